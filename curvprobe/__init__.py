@@ -1,0 +1,27 @@
+"""curvprobe: curvature-aligned probing of neural-network loss landscapes.
+
+Importing curvprobe limits BLAS (OpenBLAS/MKL) to one thread through
+threadpoolctl, because BLAS threads fighting torch's intra-op threads roughly
+double eigensolver wall time on 2 cores. Set ``CURVPROBE_BLAS_THREADS`` to
+another number (or ``0`` to leave BLAS alone) before importing.
+"""
+
+from curvprobe._threads import configure_threads
+
+configure_threads()
+
+from curvprobe.eigen import Eigenspace, top_eigenspace  # noqa: E402
+from curvprobe.operators import HessianOperator, LinearOperator, MatrixOperator  # noqa: E402
+from curvprobe.problem import Problem  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Eigenspace",
+    "HessianOperator",
+    "LinearOperator",
+    "MatrixOperator",
+    "Problem",
+    "__version__",
+    "top_eigenspace",
+]

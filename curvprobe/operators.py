@@ -1,0 +1,113 @@
+"""Symmetric linear operators on flat parameter vectors.
+
+:class:`LinearOperator` holds what every operator shares (shape checks, the
+matvec counter, the scipy adapter); a subclass implements ``_matmat`` only.
+:class:`HessianOperator` is ``H^(k)(w) = ∇²L_k(w)`` through exact HVPs of a
+:class:`~curvprobe.problem.Problem`; :class:`MatrixOperator` wraps a dense
+symmetric matrix (ground truth in tests and synthetic problems);
+:class:`DeflatedOperator` is ``P A P`` with ``P = I − V Vᵀ``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse.linalg as spla
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from curvprobe.problem import Problem
+
+
+class LinearOperator:
+    """A symmetric ``N × N`` operator applied to float64 column blocks.
+
+    ``num_matvecs`` counts vectors: one ``matmat`` on ``m`` columns adds ``m``.
+    """
+
+    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        self.shape = (int(n), int(n))
+        self.dtype = torch.float64
+        self.device = torch.device(device)
+        self.num_matvecs = 0
+
+    def _matmat(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``A V`` for ``V`` of shape (N, m); float64 (N, m)."""
+        if V.dim() != 2 or V.shape[0] != self.shape[0]:
+            raise ValueError(f"matmat expects shape ({self.shape[0]}, m), got {tuple(V.shape)}")
+        self.num_matvecs += V.shape[1]
+        return self._matmat(V.to(self.device, torch.float64))
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``A v`` for ``v`` of shape (N,); float64 (N,)."""
+        if v.dim() != 1 or v.shape[0] != self.shape[0]:
+            raise ValueError(f"matvec expects shape ({self.shape[0]},), got {tuple(v.shape)}")
+        return self.matmat(v[:, None])[:, 0]
+
+    def __matmul__(self, x: Tensor) -> Tensor:
+        return self.matvec(x) if x.dim() == 1 else self.matmat(x)
+
+    def to_scipy(self) -> spla.LinearOperator:
+        """A :class:`scipy.sparse.linalg.LinearOperator` view (float64, numpy in
+        and out); its products go through this operator and are counted."""
+
+        def mm(x: np.ndarray) -> np.ndarray:
+            X = torch.as_tensor(np.asarray(x, dtype=np.float64).reshape(self.shape[0], -1),
+                                device=self.device)
+            return self.matmat(X).cpu().numpy()
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            return mm(x)[:, 0]
+
+        return spla.LinearOperator(self.shape, matvec=mv, rmatvec=mv, matmat=mm, rmatmat=mm,
+                                   dtype=np.float64)
+
+
+class HessianOperator(LinearOperator):
+    """``H v`` with ``H = ∇²L(w)``, the Hessian of the mean loss over samples
+    ``[start, k)`` of ``problem`` at ``w`` (default ``w*``)."""
+
+    def __init__(self, problem: Problem, k: int | None = None, w: Tensor | None = None,
+                 *, start: int = 0) -> None:
+        super().__init__(problem.num_params, problem.device)
+        start, stop = problem._range(k, start)
+        self.problem, self.start, self.k = problem, start, stop
+        self.w = problem._point(w)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.problem.hvp(V, self.k, self.w, start=self.start)
+
+
+class MatrixOperator(LinearOperator):
+    """A dense symmetric matrix ``A`` (N, N) as an operator."""
+
+    def __init__(self, A: Tensor | np.ndarray) -> None:
+        A = torch.as_tensor(A, dtype=torch.float64)
+        if A.dim() != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"A must be square, got shape {tuple(A.shape)}")
+        super().__init__(A.shape[0], A.device)
+        self.A = A
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.A @ V
+
+
+class DeflatedOperator(LinearOperator):
+    """``P A P`` with ``P = I − V Vᵀ`` for orthonormal ``V`` (N, r): the
+    operator restricted to the orthogonal complement of ``span(V)``. Each
+    product is also counted by the wrapped operator."""
+
+    def __init__(self, op: LinearOperator, V: Tensor) -> None:
+        super().__init__(op.shape[0], op.device)
+        self.op, self.V = op, V
+
+    def _project(self, X: Tensor) -> Tensor:
+        return X - self.V @ (self.V.T @ X)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self._project(self.op.matmat(self._project(X)))
