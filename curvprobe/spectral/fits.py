@@ -183,6 +183,8 @@ class TriangleFit:
         the positive h sorted in decreasing order.
     predicted_s = alpha · gamma; triangle_error = |s_hessian − predicted_s|;
     triangle_relative_error = triangle_error / s_hessian.
+    top_k, n_gamma, n_alpha, n_s: K and the points available to each fit
+        (n_alpha = n_s = number of positive h).
     reason: why fields are NaN ("" when none is).
     """
 
