@@ -15,8 +15,18 @@ settings.register_profile("ci", max_examples=25, deadline=None,
 settings.load_profile("ci")
 
 
+_DENSE_CACHE: dict[tuple[int, int | None, int], torch.Tensor] = {}
+
+
 def dense_hessian(problem: Problem, k: int | None = None, start: int = 0) -> torch.Tensor:
-    """Hessian of the mean loss over [start, k) by torch.func.hessian (N, N)."""
+    """Hessian of the mean loss over [start, k) by torch.func.hessian (N, N), cached."""
+    key = (id(problem), k, start)
+    if key not in _DENSE_CACHE:
+        _DENSE_CACHE[key] = _dense_hessian(problem, k, start)
+    return _DENSE_CACHE[key]
+
+
+def _dense_hessian(problem: Problem, k: int | None, start: int) -> torch.Tensor:
     stop = problem.num_samples if k is None else k
     f = lambda w: problem.chunk_losses(w, start, stop).sum() / (stop - start)  # noqa: E731
     return torch.func.hessian(f)(problem.params.double()).double()

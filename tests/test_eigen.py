@@ -1,0 +1,154 @@
+"""Top-D eigenspace: Lanczos against numpy.linalg.eigh and dense Hessians."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from curvprobe import MatrixOperator, top_eigenspace
+from curvprobe.operators import DeflatedOperator
+
+from conftest import dense_hessian
+
+
+def spectrum(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "spread":
+        return rng.standard_normal(n) * np.arange(1, n + 1) ** -0.5
+    if kind == "clustered":
+        return np.r_[10 + 1e-3 * rng.standard_normal(5), rng.uniform(-1, 1, n - 5)]
+    if kind == "degenerate":
+        return np.r_[[5.0] * 3, [4.0] * 3, rng.uniform(-3, 3, n - 6)]
+    if kind == "negative":
+        return np.r_[[-10.0] * 3, rng.uniform(-1, 0.2, n - 3)]
+    if kind == "bulk":  # dense bulk: residual-only stopping skips eigenvalues here
+        return rng.uniform(0.9, 1.0, n)
+    raise ValueError(kind)
+
+
+def random_symmetric(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    Q, _ = np.linalg.qr(rng.standard_normal((lam.size, lam.size)))
+    return (Q * lam) @ Q.T
+
+
+def check_certified(es, A: np.ndarray, D: int, tol: float) -> None:
+    ref = np.sort(np.linalg.eigvalsh(A))[::-1][:D]
+    scale = abs(ref).max()
+    assert es.all_converged
+    assert es.values.shape == (D,) and es.vectors.shape == (A.shape[0], D)
+    assert np.all(np.diff(es.values.numpy()) <= 0)
+    # a relative residual r bounds the distance to *some* eigenvalue; the guard
+    # makes it the right one: θ_i within tol·|θ_1| of λ_i
+    assert np.abs(es.values.numpy() - ref).max() <= tol * scale
+    U = es.vectors
+    assert torch.allclose(U.T @ U, torch.eye(D, dtype=torch.float64), atol=1e-10)
+    R = torch.as_tensor(A) @ U - U * es.values
+    true = R.norm(dim=0) / es.values.abs().max()
+    assert torch.allclose(true, es.residuals, rtol=1e-6, atol=1e-12)
+    assert float(es.residuals.max()) <= tol
+
+
+@given(kind=st.sampled_from(["spread", "clustered", "degenerate", "negative", "bulk"]),
+       n=st.integers(60, 200), D=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
+def test_lanczos_matches_eigh(kind, n, D, seed):
+    rng = np.random.default_rng(seed)
+    A = random_symmetric(spectrum(kind, n, rng), rng)
+    es = top_eigenspace(MatrixOperator(A), D, tol=1e-6, seed=seed % 1000)
+    check_certified(es, A, D, 1e-6)
+
+
+@pytest.mark.parametrize("kind", ["degenerate", "bulk"])
+def test_guard_catches_missed_eigenvalues(kind):
+    """Without the guard a single Krylov sequence misses copies / bulk values."""
+    rng = np.random.default_rng(0)
+    A = random_symmetric(spectrum(kind, 300, rng), rng)
+    ref = np.sort(np.linalg.eigvalsh(A))[::-1][:20]
+    unguarded = top_eigenspace(MatrixOperator(A), 20, tol=1e-3, guard_steps=0)
+    assert not unguarded.all_converged  # uncertified, and says so
+    guarded = top_eigenspace(MatrixOperator(A), 20, tol=1e-3)
+    check_certified(guarded, A, 20, 1e-3)
+    if kind == "bulk":  # measured: residuals < tol, yet an eigenvalue skipped
+        assert float(unguarded.residuals.max()) <= 1e-3
+        assert np.abs(unguarded.values.numpy() - ref).max() > 1e-3 * abs(ref[0])
+
+
+def test_thick_restart_with_small_basis():
+    rng = np.random.default_rng(1)
+    A = random_symmetric(spectrum("spread", 300, rng), rng)
+    es = top_eigenspace(MatrixOperator(A), 10, tol=1e-8, basis_size=14, max_matvecs=5000)
+    check_certified(es, A, 10, 1e-8)
+
+
+def test_budget_exhausted_is_reported():
+    rng = np.random.default_rng(2)
+    A = random_symmetric(spectrum("bulk", 300, rng), rng)
+    es = top_eigenspace(MatrixOperator(A), 10, tol=1e-10, max_matvecs=30)
+    assert es.num_matvecs <= 30 + 1
+    assert not es.all_converged
+
+
+def test_warm_start_needs_fewer_matvecs():
+    rng = np.random.default_rng(3)
+    lam = spectrum("spread", 400, rng)
+    A = random_symmetric(lam, rng)
+    E = random_symmetric(rng.standard_normal(400), rng)
+    A2 = A + 1e-4 * E
+    cold = top_eigenspace(MatrixOperator(A), 10, tol=1e-4)
+    cold2 = top_eigenspace(MatrixOperator(A2), 10, tol=1e-4)
+    warm = top_eigenspace(MatrixOperator(A2), 10, tol=1e-4, init=cold)
+    check_certified(warm, A2, 10, 1e-4)
+    assert warm.num_matvecs < cold2.num_matvecs
+
+
+def test_power_iteration_baseline():
+    rng = np.random.default_rng(4)
+    lam = np.r_[np.geomspace(10, 1, 5), rng.uniform(0, 0.5, 95)]
+    A = random_symmetric(lam, rng)
+    es = top_eigenspace(MatrixOperator(A), 3, tol=1e-3, method="power")
+    assert es.method == "power"
+    assert np.allclose(es.values.numpy(), np.sort(lam)[::-1][:3], rtol=1e-2)
+
+
+def test_scipy_adapter_counts_and_agrees():
+    rng = np.random.default_rng(5)
+    A = random_symmetric(spectrum("spread", 80, rng), rng)
+    op = MatrixOperator(A)
+    x = rng.standard_normal((80, 3))
+    assert np.allclose(op.to_scipy() @ x, A @ x)
+    assert np.allclose(op.to_scipy().matvec(x[:, 0]), A @ x[:, 0])
+    assert op.num_matvecs == 4
+
+
+def test_deflated_operator():
+    rng = np.random.default_rng(6)
+    A = random_symmetric(spectrum("spread", 50, rng), rng)
+    V, _ = np.linalg.qr(rng.standard_normal((50, 4)))
+    P = np.eye(50) - V @ V.T
+    op = DeflatedOperator(MatrixOperator(A), torch.as_tensor(V))
+    x = torch.randn(50, dtype=torch.float64)
+    assert torch.allclose(op.matvec(x), torch.as_tensor(P @ A @ P) @ x)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt"])
+def test_hessian_eigenspace_matches_dense(small_problems, name):
+    problem = small_problems[name]
+    H = dense_hessian(problem).numpy()
+    es = top_eigenspace(problem.hessian_operator(), 5, tol=1e-8)
+    check_certified(es, H, 5, 1e-8)
+
+
+@pytest.mark.parametrize("D", [0, -1, 2.5, 80])
+def test_bad_D(D):
+    A = np.eye(80)
+    with pytest.raises(ValueError, match="1 <= D < N"):
+        top_eigenspace(MatrixOperator(A), D)
+
+
+def test_bad_method_and_tol():
+    A = np.eye(10)
+    with pytest.raises(ValueError, match="unknown method"):
+        top_eigenspace(MatrixOperator(A), 2, method="arnoldi")
+    with pytest.raises(ValueError, match="tol"):
+        top_eigenspace(MatrixOperator(A), 2, tol=0.0)
