@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 if TYPE_CHECKING:
@@ -232,6 +232,68 @@ class Problem:
             (g,) = torch.autograd.grad(losses.sum(), wr)
             total += g.double()
         return total / (stop - start)
+
+    def per_sample_losses_at(self, W: Tensor, *, start: int = 0, stop: int | None = None,
+                             point_batch: int = 8) -> Tensor:
+        """Losses at many points: ``out[s, i] = ℓ_{start+i}(W[s])``, float64 (S, stop − start).
+
+        ``W`` (S, N) holds flat points; they are evaluated ``point_batch`` at a
+        time with ``vmap`` over points (one batched forward per sample chunk),
+        so memory is bounded by ``point_batch`` N-vectors and one chunk.
+        """
+        start, stop = self._range(stop, start)
+        if W.dim() != 2 or W.shape[1] != self.num_params:
+            raise ValueError(f"W must have shape (S, {self.num_params}), got {tuple(W.shape)}")
+        W = W.to(self.device, self.dtype)
+        rows = []
+        with torch.no_grad():
+            for p0 in range(0, W.shape[0], point_batch):
+                Wp = W[p0:p0 + point_batch]
+                cols = [vmap(lambda w, a=a, b=b: self.chunk_losses(w, a, b))(Wp).double()
+                        for a, b in self.chunks(start, stop)]
+                rows.append(torch.cat(cols, dim=1))
+        out = torch.cat(rows)
+        _check_finite(out, "per-sample losses")
+        return out
+
+    def subspace_derivatives(self, U: Tensor, indices: Tensor | list[int] | range,
+                             w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-sample gradients and Hessians inside ``span(U)``.
+
+        With ``f_i(z) = ℓ_i(w + U z)`` for ``U`` (N, D): returns
+        ``∇f_i(0) = Uᵀ g_i`` as (n, D) and ``∇²f_i(0) = Uᵀ H_i U`` as
+        (n, D, D), float64, for the 0-based sample ``indices`` (n of them).
+        Computed with ``vmap`` over the samples of each chunk (``jacfwd`` over
+        ``jacrev`` in z), so no per-sample N-vector outlives its chunk.
+        """
+        idx = torch.as_tensor(list(indices) if isinstance(indices, range) else indices,
+                              dtype=torch.long).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
+            raise ValueError(f"sample indices must be in [0, {self._n - 1}]")
+        if U.dim() != 2 or U.shape[0] != self.num_params:
+            raise ValueError(f"U must have shape ({self.num_params}, D), got {tuple(U.shape)}")
+        w0, Ud = self._point(w), U.to(self.device, self.dtype)
+        z0 = torch.zeros(U.shape[1], dtype=self.dtype, device=self.device)
+
+        def f(z: Tensor, target: Tensor, *xs: Tensor) -> Tensor:
+            params = {**self._constants, **self.unflatten(w0 + Ud @ z)}
+            with math_attention():
+                out = functional_call(self.model, params, tuple(x.unsqueeze(0) for x in xs))
+            return self.loss_fn(out, target.unsqueeze(0)).reshape(())
+
+        in_dims = (None, 0) + (0,) * len(self.inputs)
+        grad_fn = vmap(jacrev(f), in_dims=in_dims)
+        hess_fn = vmap(jacfwd(jacrev(f)), in_dims=in_dims)
+        grads, hessians = [], []
+        for a in range(0, idx.numel(), self.batch_size):
+            sel = idx[a:a + self.batch_size].to(self.device)
+            args = (self.targets[sel],) + tuple(x[sel] for x in self.inputs)
+            grads.append(grad_fn(z0, *args).double())
+            hessians.append(hess_fn(z0, *args).double())
+        D = U.shape[1]
+        g = torch.cat(grads) if grads else torch.zeros(0, D, dtype=torch.float64)
+        H = torch.cat(hessians) if hessians else torch.zeros(0, D, D, dtype=torch.float64)
+        return g, 0.5 * (H + H.transpose(1, 2))
 
     def hvp(self, v: Tensor, k: int | None = None, w: Tensor | None = None, *,
             start: int = 0, mode: str | None = None) -> Tensor:
