@@ -10,14 +10,30 @@ from curvprobe._threads import configure_threads
 
 configure_threads()
 
+from curvprobe.criteria import ESTIMATORS, stabilization  # noqa: E402
 from curvprobe.eigen import Eigenspace, top_eigenspace  # noqa: E402
 from curvprobe.operators import HessianOperator, LinearOperator, MatrixOperator  # noqa: E402
+from curvprobe.probes import Dirac, Isotropic, Sphere, Subspace  # noqa: E402
 from curvprobe.problem import Problem  # noqa: E402
+from curvprobe.results import load, save  # noqa: E402
+from curvprobe.surrogate import Estimate, QuadraticSurrogate  # noqa: E402
+from curvprobe.validity import quadratic_validity  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ESTIMATORS",
+    "Dirac",
     "Eigenspace",
+    "Estimate",
+    "Isotropic",
+    "QuadraticSurrogate",
+    "Sphere",
+    "Subspace",
+    "load",
+    "quadratic_validity",
+    "save",
+    "stabilization",
     "HessianOperator",
     "LinearOperator",
     "MatrixOperator",
