@@ -24,7 +24,7 @@ import torch
 from scipy.sparse.linalg import eigsh
 
 from curvprobe import top_eigenspace
-from curvprobe.models import builtin_problem
+from curvprobe.builtin import builtin_problem
 
 D, TOL = 20, 1e-3
 
@@ -81,7 +81,7 @@ def hvp_ratios(problem) -> dict[str, float]:
 
 MEMORY_CHILD = r"""
 import json, resource, sys, torch
-from curvprobe.models import builtin_problem
+from curvprobe.builtin import builtin_problem
 n, chunk = int(sys.argv[1]), int(sys.argv[2])
 problem = builtin_problem("tiny-gpt", num_samples=n, batch_size=chunk, progress=False)
 v = torch.randn(problem.num_params, dtype=torch.float64)

@@ -255,7 +255,7 @@ def synthetic_images(
     num_classes: int = 3,
     *,
     seed: int = 0,
-    noise: float = 1.0,
+    noise: float = 1.5,
     cycles: float = 2.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Oriented gratings in Gaussian noise; the class is the orientation.

@@ -40,14 +40,15 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from curvprobe import data
 
@@ -68,7 +69,8 @@ __all__ = [
     "train",
 ]
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 1  # bump when an architecture or train() changes: old cache files go stale
+_TRAIN_THREADS = 1  # pretrained() trains single-threaded: same weights on any core count
 
 
 def _relu2(x: torch.Tensor) -> torch.Tensor:
@@ -217,8 +219,8 @@ class TinyGPT(nn.Module):
 
     ``logits = lm_head(norm(h_L))``, ``h_0 = norm(wte[idx])``,
     ``h_l = Block_l(h_{l-1})``; norms are parameter-free RMSNorm, positions
-    enter only through rotary embeddings of q and k (any T ≤ whatever fits;
-    ``config.seq_len`` is the training length), ``lm_head`` is untied.
+    enter only through rotary embeddings of q and k (any T works;
+    ``config.seq_len`` is the length it is trained on), ``lm_head`` is untied.
 
     Args:
         config: shape; ``GPTConfig()`` if None.
@@ -445,14 +447,14 @@ class Recipe:
 
 
 PRETRAINED_RECIPES: dict[str, Recipe] = {
-    "tiny-gpt": Recipe(num_samples=40_000, steps=3_000, lr=3e-3, batch_size=32),
-    "mlp": Recipe(num_samples=2_048, steps=2_000, lr=1e-2, batch_size=64),
+    "tiny-gpt": Recipe(num_samples=48_000, steps=4_000, lr=1e-2, batch_size=32),
+    "mlp": Recipe(num_samples=4_096, steps=2_000, lr=1e-2, batch_size=64),
     "cnn": Recipe(num_samples=2_048, steps=1_500, lr=1e-2, batch_size=64),
 }
 """Training recipes of the names :func:`pretrained` accepts.
 
-"tiny-gpt": ``GPTConfig()`` on ``data.token_sequences(40_000, 32, split="train")``;
-"mlp": ``MLPConfig()`` on ``data.synthetic_classification(2_048)``;
+"tiny-gpt": ``GPTConfig()`` on ``data.token_sequences(48_000, 32, split="train")``;
+"mlp": ``MLPConfig()`` on ``data.synthetic_classification(4_096)``;
 "cnn": ``CNNConfig()`` on ``data.synthetic_images(2_048)``.
 """
 
@@ -493,6 +495,17 @@ def _cache_key(name: str, config, recipe: Recipe, inputs: torch.Tensor, targets:
     return digest.hexdigest()[:16]
 
 
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``, restoring the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _save_atomic(payload: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -516,8 +529,11 @@ def pretrained(
 
     Names and their recipes are in :data:`PRETRAINED_RECIPES` ("tiny-gpt",
     "mlp", "cnn"). Training is seeded and deterministic for a given torch
-    build and thread count; "tiny-gpt" takes about a minute on 2 CPU cores,
-    "mlp" and "cnn" a few seconds. The cache file
+    build; "tiny-gpt" takes about 90 s on one CPU core,
+    "mlp" and "cnn" a few seconds. Training runs single-threaded (the
+    previous ``torch.get_num_threads()`` is restored), which is as fast for
+    models this small and makes the weights independent of the core count.
+    The cache file
     ``<cache>/<name>-<key>.pt`` (see :func:`cache_directory`) holds the state
     dict, the config and recipe as JSON-able dicts, the per-step training
     losses and the training time; ``key`` hashes the config, the recipe and
@@ -553,10 +569,11 @@ def pretrained(
         return model.eval(), config
     loss_fn = token_cross_entropy if name == "tiny-gpt" else sample_cross_entropy
     start = time.perf_counter()
-    model, losses = train(
-        model, inputs, targets, loss_fn, steps=recipe.steps, lr=recipe.lr,
-        batch_size=recipe.batch_size, seed=recipe.train_seed, progress=progress,
-    )
+    with _torch_threads(_TRAIN_THREADS):
+        model, losses = train(
+            model, inputs, targets, loss_fn, steps=recipe.steps, lr=recipe.lr,
+            batch_size=recipe.batch_size, seed=recipe.train_seed, progress=progress,
+        )
     payload = {
         "format": _CACHE_FORMAT,
         "name": name,
