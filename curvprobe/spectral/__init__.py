@@ -15,3 +15,14 @@ from curvprobe.spectral.fits import power_law_fit as power_law_fit
 from curvprobe.spectral.fits import rank_profile as rank_profile
 from curvprobe.spectral.fits import s_weight as s_weight
 from curvprobe.spectral.fits import zeta_bound as zeta_bound
+from curvprobe.spectral.kronecker import KRONECKER_KINDS as KRONECKER_KINDS
+from curvprobe.spectral.kronecker import KroneckerFactors as KroneckerFactors
+from curvprobe.spectral.kronecker import kronecker_alignment as kronecker_alignment
+from curvprobe.spectral.kronecker import kronecker_factors as kronecker_factors
+from curvprobe.spectral.layers import DEFAULT_KINDS as DEFAULT_KINDS
+from curvprobe.spectral.layers import Layer as Layer
+from curvprobe.spectral.layers import directional_curvature as directional_curvature
+from curvprobe.spectral.layers import gradient_svd as gradient_svd
+from curvprobe.spectral.layers import layer_group as layer_group
+from curvprobe.spectral.layers import layer_spectra as layer_spectra
+from curvprobe.spectral.layers import select_layers as select_layers
