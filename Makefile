@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow bench clean
+.PHONY: install test test-slow demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,8 +28,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+demo: $(STAMP)
+	$(VENV)/bin/curvprobe demo $(DEMO_ARGS)
+
 bench: $(STAMP)
 	$(PY) benchmarks/eigensolvers.py
+	$(PY) benchmarks/criteria.py
+	$(PY) benchmarks/spectral.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
