@@ -94,14 +94,14 @@ class Eigenspace:
 
 @dataclass
 class _Krylov:
-    """One thick-restart Lanczos run: Ritz pairs plus the residual factor
-    ``A U − U Θ = f sᵀ`` (absolute residuals ``‖f‖ |s|``)."""
+    """One thick-restart (block) Lanczos run: Ritz pairs plus the residual
+    factor ``A U − U Θ = F Sᵀ`` with ``F`` (N, b) and ``S`` (nev, b)."""
 
     values: Tensor
     vectors: Tensor
     residuals: Tensor
-    f: Tensor
-    s: Tensor
+    F: Tensor
+    S: Tensor
 
 
 def _orthonormalize_against(x: Tensor, Q: Tensor | None) -> Tensor:
@@ -119,70 +119,90 @@ def _random_unit(n: int, generator: torch.Generator, device: torch.device,
     return x / x.norm()
 
 
-def _trlan(op: LinearOperator, nev: int, v0: Tensor, *, tol: float, basis_size: int,
-           max_matvecs: int, generator: torch.Generator, scale: float | None = None) -> _Krylov:
-    """Thick-restart Lanczos for the ``nev`` largest eigenpairs of ``op``.
+def _next_block(F: Tensor, Q: Tensor, generator: torch.Generator, floor: float) -> Tensor:
+    """Orthonormal basis of the residual block ``F`` (N, b), orthogonal to
+    ``Q``; a column with norm ≤ ``floor`` (an invariant subspace was found)
+    is replaced by a fresh random direction."""
+    cols: list[Tensor] = []
+    for j in range(F.shape[1]):
+        basis = torch.cat([Q] + [c[:, None] for c in cols], dim=1)
+        x = _orthonormalize_against(F[:, j : j + 1], basis)[:, 0]
+        norm = float(x.norm())
+        cols.append(x / norm if norm > floor else
+                    _random_unit(F.shape[0], generator, F.device, basis))
+    return torch.stack(cols, dim=1)
 
-    Stops when every wanted pair has ``‖A u − θ u‖ ≤ tol · scale`` (``scale``
-    defaults to the current ``|θ_1|``) or after ``max_matvecs`` products.
+
+def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: int,
+           max_matvecs: int, generator: torch.Generator, scale: float | None = None) -> _Krylov:
+    """Thick-restart block Lanczos for the ``nev`` largest eigenpairs of ``op``.
+
+    ``X0`` (N, b) starts the Krylov space; its width b is the block size (1:
+    the classic single-vector method; b > 1 uses batched products). The
+    projected matrix ``T = Qᵀ A Q`` is filled from the Gram–Schmidt
+    coefficients (both passes), so kept Ritz vectors after a restart need no
+    special structure: ``A Q = Q T + F Eᵀ`` holds with ``F`` the residual of
+    the last block, and the residual of a Ritz pair ``(θ, Q s)`` is
+    ``‖F s_last‖``. Stops when every wanted pair has
+    ``‖A u − θ u‖ ≤ tol · scale`` (``scale`` defaults to ``max |θ_i|`` over
+    the wanted ones) or after ``max_matvecs`` products.
     """
     n = op.shape[0]
-    m = min(basis_size, n)
-    Q = torch.zeros(n, m + 1, dtype=torch.float64, device=op.device)
-    T = torch.zeros(m, m, dtype=torch.float64, device=op.device)
-    Q[:, 0] = v0 / v0.norm()
-    kept, used = 0, 0
+    b = X0.shape[1]
+    m = min(max(basis_size, nev + 2 * b), n)
+    Q = torch.zeros(n, 0, dtype=torch.float64, device=op.device)
+    X = _next_block(X0, Q, generator, 0.0)
+    T = torch.zeros(0, 0, dtype=torch.float64, device=op.device)
+    used = 0
     while True:
-        for j in range(kept, m):
-            w = op.matvec(Q[:, j])
-            used += 1
-            h = Q[:, : j + 1].T @ w
-            w = w - Q[:, : j + 1] @ h
-            h2 = Q[:, : j + 1].T @ w
-            w = w - Q[:, : j + 1] @ h2
-            h = h + h2
-            T[: j + 1, j] = h
-            T[j, : j + 1] = h
-            beta = float(w.norm())
-            theta, S = torch.linalg.eigh(T[: j + 1, : j + 1])
-            theta, S = theta.flip(0), S.flip(1)
-            top_scale = scale if scale is not None else float(theta[:nev].abs().max())
-            res = beta * S[j, :].abs()
-            size = j + 1
-            wanted = min(nev, size)
-            done = size >= nev and bool((res[:nev] <= tol * top_scale).all())
-            if done or used >= max_matvecs or size >= n:
-                return _Krylov(theta[:wanted], Q[:, :size] @ S[:, :wanted], res[:wanted],
-                               w, S[j, :wanted].clone())
-            if beta <= 1e-14 * max(top_scale, 1e-300):
-                # invariant subspace found (its residuals are zero): go on in a
-                # fresh random direction orthogonal to the basis.
-                Q[:, j + 1] = _random_unit(n, generator, op.device, Q[:, :size])
-            else:
-                Q[:, j + 1] = w / beta
-        # thick restart: keep the best p Ritz vectors and the residual direction
-        p = min(m - 1, nev + max(1, (m - nev) // 2))
-        Q[:, :p] = Q[:, :m] @ S[:, :p]
-        Q[:, p] = Q[:, m]
-        T.zero_()
-        T[:p, :p] = torch.diag(theta[:p])
-        kept = p
+        b = min(X.shape[1], n - Q.shape[1])
+        X = X[:, :b]
+        W = op.matmat(X)
+        used += b
+        Q = torch.cat([Q, X], dim=1)
+        H = Q.T @ W
+        W = W - Q @ H
+        H2 = Q.T @ W
+        W = W - Q @ H2
+        H = H + H2
+        size = Q.shape[1]
+        T_new = torch.zeros(size, size, dtype=torch.float64, device=op.device)
+        T_new[: size - b, : size - b] = T
+        T_new[:, size - b :] = H
+        T_new[size - b :, :] = H.T
+        T = 0.5 * (T_new + T_new.T)
+        theta, S = torch.linalg.eigh(T)
+        theta, S = theta.flip(0), S.flip(1)
+        wanted = min(nev, size)
+        top_scale = scale if scale is not None else float(theta[:wanted].abs().max())
+        S_last = S[size - b :, :]
+        res = (W @ S_last).norm(dim=0)
+        done = size >= nev and bool((res[:nev] <= tol * top_scale).all())
+        if done or used >= max_matvecs or size >= n:
+            return _Krylov(theta[:wanted], Q @ S[:, :wanted], res[:wanted], W,
+                           S_last[:, :wanted].T.contiguous())
+        if size + b > m:
+            # thick restart: keep the best p Ritz vectors; A Z = Z Θ + W S_lastᵀ
+            p = max(nev, min(m - b, nev + (m - nev) // 2))
+            Q = Q @ S[:, :p]
+            T = torch.diag(theta[:p])
+        X = _next_block(W, Q, generator, 1e-14 * max(top_scale, 1e-300))
 
 
-def _start_vector(n: int, init: Tensor | Eigenspace | None, generator: torch.Generator,
-                  device: torch.device) -> Tensor:
-    """Random unit vector, or — warm start — the normalised sum of the columns
-    of a previous subspace plus a 1e-3 random part (so no direction is zero)."""
+def _start_block(n: int, init: Tensor | Eigenspace | None, generator: torch.Generator,
+                 device: torch.device) -> Tensor:
+    """Start block: one random unit vector, or — warm start — the previous
+    subspace's vectors (N, p) plus a 1e-3 random part (so no direction is
+    exactly zero)."""
     x = _random_unit(n, generator, device)
     if init is None:
-        return x
+        return x[:, None]
     U = init.vectors if isinstance(init, Eigenspace) else torch.as_tensor(init)
     U = U.to(device, torch.float64).reshape(n, -1)
-    v = U.sum(dim=1)
-    if not torch.isfinite(v).all() or float(v.norm()) == 0.0:
+    if not torch.isfinite(U).all() or float(U.norm()) == 0.0:
         raise ValueError("init subspace is zero or non-finite")
-    v = v / v.norm() + 1e-3 * x
-    return v / v.norm()
+    noise = torch.randn(U.shape, generator=generator, dtype=torch.float64).to(device)
+    return U / U.norm(dim=0).clamp_min(1e-300) + 1e-3 * noise / n**0.5
 
 
 def _check_args(op: LinearOperator, D: int, tol: float) -> None:
@@ -240,11 +260,20 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         return _power_iteration(op, D, tol=tol, generator=generator, budget=budget,
                                 iters=power_iters, change_tol=power_tol, start=start)
     m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
-    v0 = _start_vector(n, init, generator, op.device)
-    run = _trlan(op, D, v0, tol=tol, basis_size=m, max_matvecs=budget, generator=generator)
+    X0 = _start_block(n, init, generator, op.device)
+    if X0.shape[1] > 1:
+        # warm start: one batched Rayleigh–Ritz step in the previous subspace;
+        # if that does not certify, single-vector Lanczos from its Ritz vectors
+        run = _trlan(op, D, X0, tol=tol, basis_size=m, max_matvecs=X0.shape[1], generator=generator)
+        if not bool((run.residuals <= tol * float(run.values.abs().max())).all()):
+            v0 = run.vectors.sum(dim=1, keepdim=True)
+            run = _trlan(op, D, v0, tol=tol, basis_size=m, generator=generator,
+                         max_matvecs=max(budget - (op.num_matvecs - start), 1))
+    else:
+        run = _trlan(op, D, X0, tol=tol, basis_size=m, max_matvecs=budget, generator=generator)
     values, vectors, residuals = run.values, run.vectors, run.residuals
     scale = float(values.abs().max())
-    F, S = run.f[:, None], run.s[:, None]
+    F, S = run.F, run.S
     guard_value, certified = math.nan, False
     for _ in range(max_guard_rounds + 1):
         if guard_steps <= 0 or vectors.shape[1] + 1 >= n:
@@ -256,7 +285,7 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         theta_D = float(values.sort(descending=True).values[D - 1])
         deflated = DeflatedOperator(op, vectors)
         x0 = _random_unit(n, generator, op.device, vectors)
-        guard = _trlan(deflated, 1, x0, tol=tol, basis_size=guard_steps,
+        guard = _trlan(deflated, 1, x0[:, None], tol=tol, basis_size=guard_steps,
                        max_matvecs=min(guard_steps, budget - spent), generator=generator,
                        scale=scale)
         guard_value = float(guard.values[0])
@@ -265,7 +294,7 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
             break
         # an eigenvalue above θ_D was missed: solve for it in the complement
         spent = op.num_matvecs - start
-        extra = _trlan(deflated, min(D, n - vectors.shape[1] - 1), guard.vectors[:, 0], tol=tol,
+        extra = _trlan(deflated, min(D, n - vectors.shape[1] - 1), guard.vectors[:, :1], tol=tol,
                        basis_size=m, max_matvecs=max(budget - spent, 1), generator=generator,
                        scale=scale)
         # A x = PAPx + V Vᵀ A x and Vᵀ A x = S Fᵀ x for x ⟂ V: exact residuals
@@ -273,8 +302,8 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         values = torch.cat([values, extra.values])
         vectors = torch.cat([vectors, extra.vectors], dim=1)
         residuals = torch.cat([residuals, torch.sqrt(extra.residuals**2 + leak**2)])
-        F = torch.cat([F, extra.f[:, None]], dim=1)
-        S = torch.block_diag(S, extra.s[:, None])
+        F = torch.cat([F, extra.F], dim=1)
+        S = torch.block_diag(S, extra.S)
     order = values.argsort(descending=True)[:D]
     scale = float(values[order].abs().max())
     rel = residuals[order] / scale if scale > 0 else residuals[order]
