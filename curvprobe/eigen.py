@@ -25,6 +25,12 @@ is a lower bound on the largest eigenvalue not yet found, so if it exceeds
 ``θ_D`` an eigenvalue was missed. The missed part is then solved on the
 deflated operator, merged, and the guard repeats.
 
+Warm start (``init``, a previous subspace — the next k, the next
+checkpoint): one batched Rayleigh–Ritz step in that subspace (``D`` products
+in one ``matmat``, the fastest HVP path); if it certifies, the run ends there
+(plus the guard), otherwise single-vector Lanczos continues from the sum of
+its Ritz vectors.
+
 Method ``"power"``: deflated power iteration as in PyHessian (fixed maximum
 iterations, stop when the eigenvalue estimate changes by less than 1e-4
 relative). Kept only as the reference baseline for benchmarks: it stops on the

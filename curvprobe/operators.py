@@ -75,7 +75,7 @@ class HessianOperator(LinearOperator):
     def __init__(self, problem: Problem, k: int | None = None, w: Tensor | None = None,
                  *, start: int = 0) -> None:
         super().__init__(problem.num_params, problem.device)
-        start, stop = problem._range(k, start)
+        start, stop = problem.sample_range(k, start)
         self.problem, self.start, self.k = problem, start, stop
         self.w = problem._point(w)
 

@@ -175,7 +175,8 @@ class Problem:
             raise ValueError(f"w must have shape ({self.num_params},), got {tuple(w.shape)}")
         return w.to(self.device, self.dtype)
 
-    def _range(self, k: int | None, start: int = 0) -> tuple[int, int]:
+    def sample_range(self, k: int | None, start: int = 0) -> tuple[int, int]:
+        """Validated ``(start, stop)`` for samples ``[start, k)`` (``k`` None: all)."""
         stop = self._n if k is None else int(k)
         if not 0 <= start < self._n:
             raise ValueError(f"start must be in [0, {self._n - 1}], got {start}")
@@ -208,7 +209,7 @@ class Problem:
     def per_sample_losses(self, w: Tensor | None = None, *, start: int = 0,
                           stop: int | None = None) -> Tensor:
         """Losses ``ℓ_i(w)`` for ``start ≤ i < stop``: float64 tensor (stop − start,)."""
-        start, stop = self._range(stop, start)
+        start, stop = self.sample_range(stop, start)
         w = self._point(w)
         with torch.no_grad():
             out = torch.cat([self.chunk_losses(w, a, b).double() for a, b in self.chunks(start, stop)])
@@ -217,12 +218,12 @@ class Problem:
 
     def loss(self, w: Tensor | None = None, k: int | None = None, *, start: int = 0) -> Tensor:
         """Mean loss ``L`` over samples ``[start, k)`` (default all): float64 scalar."""
-        start, stop = self._range(k, start)
+        start, stop = self.sample_range(k, start)
         return self.per_sample_losses(w, start=start, stop=stop).sum() / (stop - start)
 
     def gradient(self, w: Tensor | None = None, k: int | None = None, *, start: int = 0) -> Tensor:
         """Gradient of the mean loss over ``[start, k)`` at ``w``: float64 (N,)."""
-        start, stop = self._range(k, start)
+        start, stop = self.sample_range(k, start)
         w = self._point(w)
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
         for a, b in self.chunks(start, stop):
@@ -241,7 +242,7 @@ class Problem:
         time with ``vmap`` over points (one batched forward per sample chunk),
         so memory is bounded by ``point_batch`` N-vectors and one chunk.
         """
-        start, stop = self._range(stop, start)
+        start, stop = self.sample_range(stop, start)
         if W.dim() != 2 or W.shape[1] != self.num_params:
             raise ValueError(f"W must have shape (S, {self.num_params}), got {tuple(W.shape)}")
         W = W.to(self.device, self.dtype)
@@ -310,7 +311,7 @@ class Problem:
         -------
         Tensor, float64, same shape as ``v``.
         """
-        start, stop = self._range(k, start)
+        start, stop = self.sample_range(k, start)
         w = self._point(w)
         V = self._check_vectors(v)
         mode = mode or self.hvp_mode

@@ -206,14 +206,14 @@ class QuadraticProblem(Problem):
     def dense_hessian(self, k: int | None = None, start: int = 0) -> Tensor:
         """Hessian of the mean loss over samples ``[start, k)`` (default all),
         ``(1/(k − start)) Σ_i H_i``: (N, N) float64, the same at every w."""
-        start, stop = self._range(k, start)
+        start, stop = self.sample_range(k, start)
         return self._Hs[start:stop].sum(0) / (stop - start)
 
     def dense_gradient(self, k: int | None = None, start: int = 0, *,
                        w: Tensor | None = None) -> Tensor:
         """Gradient of the mean loss over ``[start, k)`` at ``w`` (default w*):
         ``(1/(k − start)) Σ_i (g_i + H_i (w − w*))``, (N,) float64."""
-        start, stop = self._range(k, start)
+        start, stop = self.sample_range(k, start)
         d = self._point(w) - self._w0
         G = self._G[start:stop] + self._Hs[start:stop] @ d
         return G.sum(0) / (stop - start)

@@ -43,7 +43,7 @@ def quadratic_validity(problem: Problem, sigmas: Sequence[float], *, k: int | No
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
     stop = problem.num_samples if k is None else k
-    problem._range(stop)
+    problem.sample_range(stop)
     N = problem.num_params
     w_star = problem.params.double()
     L0 = problem.loss(k=stop)
