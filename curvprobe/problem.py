@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
+from torch.func import functional_call, grad, jacfwd, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ class Problem:
         ``∇f_i(0) = Uᵀ g_i`` as (n, D) and ``∇²f_i(0) = Uᵀ H_i U`` as
         (n, D, D), float64, for the 0-based sample ``indices`` (n of them).
         Computed with ``vmap`` over the samples of each chunk (``jacfwd`` over
-        ``jacrev`` in z), so no per-sample N-vector outlives its chunk.
+        ``grad`` in z), so no per-sample N-vector outlives its chunk.
         """
         idx = torch.as_tensor(list(indices) if isinstance(indices, range) else indices,
                               dtype=torch.long).reshape(-1)
@@ -283,8 +283,10 @@ class Problem:
             return self.loss_fn(out, target.unsqueeze(0)).reshape(())
 
         in_dims = (None, 0) + (0,) * len(self.inputs)
-        grad_fn = vmap(jacrev(f), in_dims=in_dims)
-        hess_fn = vmap(jacfwd(jacrev(f)), in_dims=in_dims)
+        # jacfwd over grad, not over jacrev: torch 2.13's jacfwd(jacrev(.))
+        # gets layer_norm's second derivative wrong (pytorch#196700)
+        grad_fn = vmap(grad(f), in_dims=in_dims)
+        hess_fn = vmap(jacfwd(grad(f)), in_dims=in_dims)
         grads, hessians = [], []
         for a in range(0, idx.numel(), self.batch_size):
             sel = idx[a:a + self.batch_size].to(self.device)
