@@ -154,3 +154,27 @@ def test_mismatched_sample_counts():
     model = nn.Linear(2, 1).eval()
     with pytest.raises(ValueError, match="number of samples"):
         Problem(model, lambda o, t: o[:, 0], torch.zeros(4, 2), torch.zeros(5))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "gpt"])
+def test_subspace_derivatives_match_hvps(small_problems, name):
+    problem = small_problems[name]
+    U, _ = torch.linalg.qr(torch.randn(problem.num_params, 3, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(2)))
+    idx = [0, 3, problem.num_samples - 1]
+    g, H = problem.subspace_derivatives(U, idx)
+    assert g.shape == (3, 3) and H.shape == (3, 3, 3)
+    for j, i in enumerate(idx):
+        assert rel_err(g[j], U.T @ problem.gradient(k=i + 1, start=i)) <= 1e-10
+        assert rel_err(H[j], U.T @ problem.hvp(U, i + 1, start=i)) <= 1e-10
+    with pytest.raises(ValueError, match="sample indices"):
+        problem.subspace_derivatives(U, [problem.num_samples])
+
+
+def test_losses_at_many_points(small_problems):
+    problem = small_problems["gpt"]
+    W = problem.params + 0.01 * torch.randn(5, problem.num_params, dtype=torch.float64,
+                                            generator=torch.Generator().manual_seed(0))
+    L = problem.per_sample_losses_at(W, start=1, stop=9, point_batch=2)
+    for s in range(5):
+        assert torch.allclose(L[s], problem.per_sample_losses(W[s], start=1, stop=9), rtol=1e-13)
