@@ -265,7 +265,9 @@ class Problem:
         ``∇f_i(0) = Uᵀ g_i`` as (n, D) and ``∇²f_i(0) = Uᵀ H_i U`` as
         (n, D, D), float64, for the 0-based sample ``indices`` (n of them).
         Computed with ``vmap`` over the samples of each chunk (``jacfwd`` over
-        ``grad`` in z), so no per-sample N-vector outlives its chunk.
+        ``grad`` in z), so no per-sample N-vector outlives its chunk; chunks
+        hold ``batch_size // D`` samples, so memory stays that of one
+        ``batch_size`` chunk's HVP.
         """
         idx = torch.as_tensor(list(indices) if isinstance(indices, range) else indices,
                               dtype=torch.long).reshape(-1)
@@ -288,8 +290,10 @@ class Problem:
         grad_fn = vmap(grad(f), in_dims=in_dims)
         hess_fn = vmap(jacfwd(grad(f)), in_dims=in_dims)
         grads, hessians = [], []
-        for a in range(0, idx.numel(), self.batch_size):
-            sel = idx[a:a + self.batch_size].to(self.device)
+        # D tangents per sample: keep chunk · D per-sample N-vectors ≤ batch_size
+        chunk = max(1, self.batch_size // U.shape[1])
+        for a in range(0, idx.numel(), chunk):
+            sel = idx[a:a + chunk].to(self.device)
             args = (self.targets[sel],) + tuple(x[sel] for x in self.inputs)
             grads.append(grad_fn(z0, *args).double())
             hessians.append(hess_fn(z0, *args).double())
