@@ -20,7 +20,9 @@ from curvprobe.spectral.kronecker import KroneckerFactors as KroneckerFactors
 from curvprobe.spectral.kronecker import kronecker_alignment as kronecker_alignment
 from curvprobe.spectral.kronecker import kronecker_factors as kronecker_factors
 from curvprobe.spectral.layers import DEFAULT_KINDS as DEFAULT_KINDS
+from curvprobe.spectral.layers import CURVATURE_METHODS as CURVATURE_METHODS
 from curvprobe.spectral.layers import Layer as Layer
+from curvprobe.spectral.layers import block_hvp as block_hvp
 from curvprobe.spectral.layers import directional_curvature as directional_curvature
 from curvprobe.spectral.layers import gradient_svd as gradient_svd
 from curvprobe.spectral.layers import layer_group as layer_group

@@ -74,6 +74,7 @@ from curvprobe.spectral.layers import (
     Layer,
     _check_top_k,
     _resolve_k,
+    _block_path_available,
     _var,
     directional_curvature,
     gradient_svd,
@@ -324,7 +325,7 @@ def _alignment_fits(sigma: np.ndarray, h: np.ndarray, h_kron: np.ndarray, Phi: n
 
 def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None = None,
                         top_k: int = 20, k: int | None = None,
-                        max_factor_size: int = MAX_FACTOR_SIZE,
+                        max_factor_size: int = MAX_FACTOR_SIZE, method: str = "block",
                         hvp_mode: str | None = None) -> xr.Dataset:
     """Kronecker factors, alignment ratios and the decomposition α = β + φ, per layer.
 
@@ -342,6 +343,8 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
         top_k: K ≤ min(m, n) for every selected layer.
         k: samples ``[0, k)`` (default all).
         max_factor_size: refuse layers with m or n above it.
+        method: "block" (default) or "full", how h is computed
+            (:func:`~curvprobe.spectral.layers.directional_curvature`).
         hvp_mode: override of the problem's HVP mode for h.
 
     Returns:
@@ -380,14 +383,14 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
         sigma, U, Vh, ranks[i] = gradient_svd(layer, gradient, K, precision=problem.dtype)
         G = layer.matrix(gradient)
         grad_err[i] = float((f.gradient - G).norm() / G.norm()) if float(G.norm()) > 0 else _NAN
-        if not grad_err[i] <= tol:
+        if np.isfinite(grad_err[i]) and grad_err[i] > tol:
             warnings.warn(
                 f"layer {layer.name!r}: the hooked rows do not reproduce the gradient "
                 f"(relative error {grad_err[i]:.2e} > {tol:.1e}); its Kronecker factors do not "
                 "describe this parameter (is the weight also used outside the module's forward?)",
                 RuntimeWarning, stacklevel=2,
             )
-        h, _ = directional_curvature(problem, layer, U, Vh, k, hvp_mode=hvp_mode)
+        h, _ = directional_curvature(problem, layer, U, Vh, k, method=method, hvp_mode=hvp_mode)
         per_rank["sigma"][i] = sigma.numpy()
         per_rank["h"][i] = h.numpy()
         per_rank["lambda_delta"][i] = _descending_eigvals(f.c_delta, K).numpy()
@@ -448,6 +451,7 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
     coords["rank"] = ("rank", np.arange(1, K + 1, dtype=np.int64))
     attrs = provenance(problem, k)
     attrs.update(
+        measurement="kronecker_alignment",
         title="curvprobe Kronecker alignment (Calvo alpha = beta + phi)",
         top_k=K,
         layers_requested=layers if layers is None or isinstance(layers, str) else list(layers),
@@ -456,6 +460,7 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
                 "rows = samples x tokens (sequences) or x output positions (conv, unfold)",
         kfac_model="H_WW ~ (B/k) C_A (x) C_delta; chi absorbs B/k",
         hook_gradient_tolerance=float(tol),
+        h_method=method if method != "block" or _block_path_available(problem) else "full",
         num_hvps_total=int(K * L),
         seconds=float(time.perf_counter() - t0),
     )

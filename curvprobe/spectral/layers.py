@@ -8,13 +8,17 @@ samples of a :class:`~curvprobe.problem.Problem`:
     E_j = u_j v_jᵀ  (‖E_j‖_F = 1),     j = 1..K,
     h_j = vec(E_j)ᵀ H_WW vec(E_j),     H_WW = the (W, W) block of ∇²L_k(w*).
 
-``h_j`` is exact: each ``E_j`` is embedded in a full ``N``-vector that is zero
-outside the layer's slice of the flat parameter vector, all ``K`` of them go to
-**one** batched :meth:`Problem.hvp` call (``V`` of shape ``(N, K)``), and
-``h_j = E_jᵀ (H E_j)`` is read off inside the slice — the HVP is of the whole
-model, so ``h_j`` includes every path through the network, restricted to the
-layer block only by the choice of direction. Cost per layer: ``K`` HVPs
+``h_j`` is exact (no finite differences): all ``K`` directions go to **one**
+batched HVP call. Two equivalent paths (:func:`directional_curvature`):
+``method="block"`` (default) differentiates the loss with respect to the
+layer's weight alone — every other parameter held at w* — which gives exactly
+the (W, W) block of the full Hessian while skipping the work outside it;
+``method="full"`` embeds each ``E_j`` in an ``N``-vector that is zero outside
+the layer's slice of the flat parameter vector and calls :meth:`Problem.hvp`
+with ``V`` of shape ``(N, K)``. Either way the loss is the whole model's, so
+``h_j`` includes every path through the network. Cost per layer: ``K`` HVPs
 (vectors) in one call, plus one gradient pass shared by all layers.
+``benchmarks/spectral.py`` measures both paths and the batching.
 
 Which parameters are layers
     Default (``layers=None``): the ``weight`` of every ``nn.Linear``,
@@ -26,7 +30,9 @@ Which parameters are layers
     (``Problem.param_names``, e.g. ``"blocks.0.attn.c_q.weight"``); patterns
     containing ``*``, ``?`` or ``[`` are shell globs (:func:`fnmatch.fnmatchcase`)
     matched against every matrix-shaped parameter (2-D weights, 3-D ``Conv1d``
-    and 4-D conv kernels — embeddings included, biases never).
+    and 4-D conv kernels — embeddings included, biases never). A tied weight
+    is one parameter, listed once under the name ``named_parameters()`` gives
+    it and with the kind of the module that owns that name.
 
 Orientation
     Every layer is analysed as the ``out × in`` matrix it applies: a Linear or
@@ -56,7 +62,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -76,11 +82,12 @@ from curvprobe.spectral.fits import (
 __all__ = [
     "DEFAULT_KINDS",
     "Layer",
+    "CURVATURE_METHODS",
+    "block_hvp",
     "directional_curvature",
     "gradient_svd",
     "layer_group",
     "layer_spectra",
-    "netcdf_attrs",
     "select_layers",
 ]
 
@@ -124,7 +131,7 @@ class Layer:
 
     name: str
     module_name: str
-    module: nn.Module
+    module: nn.Module = field(repr=False, compare=False)
     kind: str
     group: str
     param_shape: tuple[int, ...]
@@ -257,6 +264,8 @@ def select_layers(problem: Problem, layers: str | Iterable[str] | None = None) -
                 f"name layers explicitly (available: {available})"
             )
         return chosen
+    if not isinstance(layers, (str, Iterable)):
+        raise TypeError(f"layers must be None, a name or glob, or a list of them; got {type(layers).__name__}")
     patterns = [layers] if isinstance(layers, str) else list(layers)
     if not patterns:
         raise ValueError(f"layers is empty; available layers: {available}")
@@ -339,39 +348,125 @@ def _numerical_rank(S: Tensor, shape: tuple[int, int], dtype: torch.dtype) -> in
     return int((S > tol).sum())
 
 
+CURVATURE_METHODS = ("block", "full")
+"""How :func:`directional_curvature` forms ``H E_j``: see its docstring."""
+
+
+def _block_path_available(problem: Problem) -> bool:
+    """The block HVP re-creates :meth:`Problem.chunk_losses`; a subclass (or an
+    instance) that overrides it gets the full path instead."""
+    return type(problem).chunk_losses is Problem.chunk_losses and "chunk_losses" not in vars(problem)
+
+
+def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *,
+              mode: str | None = None) -> Tensor:
+    """``H_WW V``: Hessian of ``L_k`` with respect to one layer's weight, all other
+    parameters held at w*, times ``V``.
+
+    ``H_WW`` is exactly the (W, W) block of the full Hessian ``∇²L_k(w*)``; only
+    the products with that block are formed, so the reverse pass stops at the
+    layer, no other weight gradient is computed, and forward tangents start at
+    the layer. Chunks, float64 accumulation, the SDPA math kernel and the HVP
+    kernels (double backward / vmapped forward-over-reverse, chosen like
+    :meth:`Problem.hvp`) are those of :class:`Problem`; the per-chunk loss is
+    :meth:`Problem.chunk_losses` with the layer's tensor substituted.
+
+    Args:
+        V: (numel, m) columns in the parameter's stored layout (flattened).
+        k: samples ``[0, k)`` (default all).
+        mode: "auto" / "double_backward" / "forward_over_reverse" (default the
+            problem's ``hvp_mode``).
+
+    Returns:
+        (numel, m) float64.
+    """
+    from torch.func import functional_call
+
+    from curvprobe.problem import (HVP_MODES, VMAP_MIN_VECTORS, _hvp_double_backward,
+                                   _hvp_forward_over_reverse, math_attention)
+
+    if not _block_path_available(problem):
+        raise ValueError(f"{type(problem).__name__} overrides chunk_losses; use method='full'")
+    mode = mode or problem.hvp_mode
+    if mode not in HVP_MODES:
+        raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
+    if mode == "auto":
+        mode = "forward_over_reverse" if V.shape[1] >= VMAP_MIN_VECTORS else "double_backward"
+    chunk_hvp = _hvp_double_backward if mode == "double_backward" else _hvp_forward_over_reverse
+    stop = _resolve_k(problem, k)
+    w = problem.params
+    base = {**problem._constants, **problem.unflatten(w)}
+    x0 = w[layer.flat]
+    Vd = V.to(device=problem.device, dtype=problem.dtype)
+    total = torch.zeros(V.shape, dtype=torch.float64, device=problem.device)
+    for a, b in problem.chunks(0, stop):
+        inputs = tuple(t[a:b] for t in problem.inputs)
+        targets = problem.targets[a:b]
+
+        def chunk_loss(x: Tensor, inputs=inputs, targets=targets) -> Tensor:
+            params = {**base, layer.name: x.view(layer.param_shape)}
+            with math_attention():
+                out = functional_call(problem.model, params, inputs)
+            return problem.loss_fn(out, targets).sum()
+
+        total += chunk_hvp(chunk_loss, x0, Vd).double()
+    return total / stop
+
+
 def directional_curvature(problem: Problem, layer: Layer, U: Tensor, Vh: Tensor,
-                          k: int | None = None, *, directions_per_call: int | None = None,
+                          k: int | None = None, *, method: str = "block",
+                          directions_per_call: int | None = None,
                           hvp_mode: str | None = None) -> tuple[Tensor, int]:
     """Exact curvature ``h_j = vec(u_j v_jᵀ)ᵀ H vec(u_j v_jᵀ)`` along rank-one directions.
 
+    ``H = ∇²L_k(w*)``; the directions live in the layer, so only the block
+    ``H_WW`` enters. Two exact ways to form ``H E_j``:
+
+    - ``method="block"`` (default): :func:`block_hvp`, the Hessian with respect
+      to the layer's weight alone. Same numbers as "full" (to rounding); much
+      cheaper, because nothing outside the block is differentiated. A problem
+      whose ``chunk_losses`` is overridden (an adapter subclass) falls back to
+      "full".
+    - ``method="full"``: each ``E_j`` embedded in an ``N``-vector that is zero
+      outside the layer's slice and passed to :meth:`Problem.hvp` (the HVP of
+      the whole model); ``h_j`` is read inside the slice.
+
     Args:
-        problem: the problem (its HVPs define H = ∇²L_k at w*).
+        problem: the problem.
         layer: the layer the directions live in.
         U: (m, K) left vectors u_j; Vh: (K, n) right vectors v_jᵀ.
         k: first k samples (default all).
-        directions_per_call: columns per :meth:`Problem.hvp` call; None puts
-            all K directions in one batched call (the default and the fast
-            path), 1 does one HVP per direction (the baseline).
+        method: "block" or "full".
+        directions_per_call: columns per HVP call; None puts all K directions
+            in one batched call, 1 does one HVP per direction.
         hvp_mode: override of the problem's HVP mode.
 
     Returns:
         ``(h (K,) float64, calls)``: curvatures and the number of HVP calls.
         The HVP count (vectors) is K.
     """
+    if method not in CURVATURE_METHODS:
+        raise ValueError(f"method must be one of {CURVATURE_METHODS}, got {method!r}")
+    if method == "block" and not _block_path_available(problem):
+        method = "full"
     K = U.shape[1]
     per_call = K if directions_per_call is None else int(directions_per_call)
     if per_call < 1:
         raise ValueError(f"directions_per_call must be >= 1, got {directions_per_call}")
     E = torch.einsum("mj,jn->jmn", U.to(torch.float64), Vh.to(torch.float64))
-    cols = layer.to_flat(E)  # (numel, K)
+    cols = layer.to_flat(E).to(device=problem.device, dtype=problem.dtype)  # (numel, K)
     h = torch.empty(K, dtype=torch.float64)
     calls = 0
     for a in range(0, K, per_call):
         b = min(a + per_call, K)
-        V = torch.zeros(problem.num_params, b - a, dtype=problem.dtype, device=problem.device)
-        V[layer.flat] = cols[:, a:b].to(problem.dtype)
-        HV = problem.hvp(V, k, mode=hvp_mode)
-        h[a:b] = (V[layer.flat].double() * HV[layer.flat]).sum(dim=0).cpu()
+        block = cols[:, a:b]
+        if method == "block":
+            HV = block_hvp(problem, layer, block, k, mode=hvp_mode)
+        else:
+            V = torch.zeros(problem.num_params, b - a, dtype=problem.dtype, device=problem.device)
+            V[layer.flat] = block
+            HV = problem.hvp(V, k, mode=hvp_mode)[layer.flat]
+        h[a:b] = (block.double() * HV).sum(dim=0).cpu()
         calls += 1
     return h, calls
 
@@ -451,22 +546,13 @@ def netcdf_attrs(attrs: dict) -> dict:
 
 
 def provenance(problem: Problem, k: int) -> dict:
-    """Dataset attrs shared by the spectral results."""
-    import curvprobe
+    """Dataset attrs shared by the spectral results (:func:`curvprobe.results.provenance`
+    plus the sample range and HVP mode)."""
+    from curvprobe.results import provenance as base_provenance
 
-    return {
-        "curvprobe_version": curvprobe.__version__,
-        "torch_version": str(torch.__version__),
-        "model": type(problem.model).__name__,
-        "num_params": problem.num_params,
-        "num_samples": k,
-        "samples": f"first k samples [0, {k}) of {problem.num_samples}",
-        "num_samples_available": problem.num_samples,
-        "dtype": str(problem.dtype).replace("torch.", ""),
-        "device": str(problem.device),
-        "batch_size": problem.batch_size,
-        "hvp_mode": problem.hvp_mode,
-    }
+    return base_provenance(problem, num_samples=k,
+                           samples=f"first k samples [0, {k}) of {problem.num_samples}",
+                           hvp_mode=problem.hvp_mode)
 
 
 def layer_coords(layers: Sequence[Layer]) -> dict:
@@ -494,7 +580,8 @@ def _var(dims, values, long_name: str, units: str) -> tuple:
 
 
 def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None, top_k: int = 20,
-                  k: int | None = None, directions_per_call: int | None = None,
+                  k: int | None = None, method: str = "block",
+                  directions_per_call: int | None = None,
                   hvp_mode: str | None = None) -> xr.Dataset:
     """Gradient singular values, exact directional curvatures and their fits, per layer.
 
@@ -503,8 +590,10 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
     samples:
 
     - ``sigma[j]`` = σ_j, the top-K singular values of G;
-    - ``h[j]`` = vec(u_j v_jᵀ)ᵀ H_WW vec(u_j v_jᵀ), exact, from one batched HVP
-      of the whole model with K columns (zero outside the layer's slice);
+    - ``h[j]`` = vec(u_j v_jᵀ)ᵀ H_WW vec(u_j v_jᵀ), exact, all K directions in
+      one batched HVP call (``method``: "block" differentiates only the
+      layer's weight, "full" uses :meth:`Problem.hvp` on N-vectors that are
+      zero outside the layer; see :func:`directional_curvature`);
     - ``weight_sigma[j]``: top-K singular values of W itself at w*;
     - per layer: α, γ, s with R², predicted s = αγ and its (relative) error,
       ``s_weight`` (fit on the top-K ``weight_sigma``), rank-profile AIC/BIC
@@ -518,6 +607,7 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
         top_k: K, the number of singular directions per layer (≤ min(m, n)
             for every selected layer).
         k: use samples ``[0, k)`` (default: all of them).
+        method: "block" (default) or "full", how ``H E_j`` is formed.
         directions_per_call: HVP columns per call (None = all K in one call).
         hvp_mode: override of the problem's HVP mode.
 
@@ -556,19 +646,20 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
         # rank tolerance from the problem's dtype: the float64 accumulation
         # does not make float32 gradients more accurate
         s, U, Vh, ranks[i] = gradient_svd(layer, gradient, K, precision=problem.dtype)
-        hj, calls[i] = directional_curvature(problem, layer, U, Vh, k,
+        hj, calls[i] = directional_curvature(problem, layer, U, Vh, k, method=method,
                                              directions_per_call=directions_per_call,
                                              hvp_mode=hvp_mode)
         seconds[i] = time.perf_counter() - t1
         sigma[i], h[i] = s.cpu().numpy(), hj.numpy()
         weight_sigma[i] = torch.linalg.svdvals(layer.matrix(w_star).double())[:K].cpu().numpy()
         fits.append(_layer_fits(sigma[i], h[i], weight_sigma[i], int(ranks[i])))
+    used = method if method != "block" or _block_path_available(problem) else "full"
     return _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls, seconds,
-                            fits, t_grad, time.perf_counter() - t0, layers)
+                            fits, t_grad, time.perf_counter() - t0, layers, used)
 
 
 def _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls, seconds, fits,
-                     t_grad, t_total, requested) -> xr.Dataset:
+                     t_grad, t_total, requested, method) -> xr.Dataset:
     per = lambda key, dtype=np.float64: np.array([f[key] for f in fits], dtype=dtype)  # noqa: E731
     one = ("layer",)
     pair = ("layer", "rank")
@@ -616,14 +707,18 @@ def _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls
     coords["rank_model"] = ("rank_model", np.array(RANK_MODELS, dtype=str))
     attrs = provenance(problem, k)
     attrs.update(
+        measurement="layer_spectra",
         title="curvprobe layer spectra (Calvo alpha triangle)",
         top_k=K,
         layers_requested=requested if requested is None or isinstance(requested, str) else list(requested),
         num_hvps_total=int(K * len(chosen)),
         gradient_seconds=float(t_grad),
         seconds=float(t_total),
-        h_method="exact HVP of the full model, directions zero outside the layer block, "
-                 "batched K columns per Problem.hvp call",
+        h_method=method,
+        h_method_description=("exact HVP of the (W, W) block of the Hessian (only W differentiated)"
+                              if method == "block" else
+                              "exact HVP of the full model (Problem.hvp), directions zero outside "
+                              "the layer block"),
         orientation="out x in matrices; conv kernels m x (c_in*kh*kw); HF Conv1D and embedding "
                     "weights transposed",
         rank_tolerance="sigma_1 * max(m, n) * eps(problem dtype)",
