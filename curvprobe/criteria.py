@@ -300,8 +300,8 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
         Perturbed points evaluated together (memory: that many N-vectors).
     eigen_kwargs : extra keywords for :func:`top_eigenspace`.
     init : Eigenspace or Tensor (N, p), optional
-        Warm start for the eigenspace of the first k (a resumed run passes the
-        eigenspace of the k before).
+        Warm start for the first eigenspace (per_k: of the first k — a resumed
+        run passes the eigenspace of the k before; fixed: of H^(K)).
     on_k : callable ``on_k(j, k, eigenspace)``, optional
         Called after each finished k of ``subspace="per_k"`` (progress,
         checkpointing).
@@ -359,7 +359,7 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
         kwargs = {"tol": tol, "seed": seed, **(eigen_kwargs or {})}
         if subspace == "fixed":
             with timed("subspace"):
-                es = top_eigenspace(problem.hessian_operator(K), Dmax, **kwargs)
+                es = top_eigenspace(problem.hessian_operator(K), Dmax, init=init, **kwargs)
             with timed("assembly"):
                 coeffs = coefficients_fixed(problem, ks, a, es)
             for j in range(len(ks)):
@@ -467,7 +467,7 @@ def _subspace_estimates_fixed(problem, ks, coeffs, xi, sigmas, dims, p, col, tab
 
 def _subspace_estimates_per_k(problem, ks, a, xi, sigmas, dims, p, col, table, timed, point_batch,
                               kwargs, eig: _EigenRecord, progress, on_k, init) -> None:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     Dmax = xi.shape[1]
     grad_sum = torch.zeros(problem.num_params, dtype=torch.float64, device=problem.device)
