@@ -11,6 +11,7 @@ from curvprobe._threads import configure_threads
 configure_threads()
 
 from curvprobe.criteria import ESTIMATORS, stabilization  # noqa: E402
+from curvprobe.curriculum import CurriculumProbe  # noqa: E402
 from curvprobe.eigen import Eigenspace, top_eigenspace  # noqa: E402
 from curvprobe.operators import HessianOperator, LinearOperator, MatrixOperator  # noqa: E402
 from curvprobe.probes import Dirac, Isotropic, Sphere, Subspace  # noqa: E402
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ESTIMATORS",
+    "CurriculumProbe",
     "Dirac",
     "Eigenspace",
     "Estimate",

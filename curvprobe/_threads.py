@@ -14,8 +14,10 @@ def configure_threads(blas_threads: int | None = None) -> None:
         blas_threads = int(os.environ.get("CURVPROBE_BLAS_THREADS", "1"))
     if blas_threads <= 0:
         return
-    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(blas_threads))
+    # Only OpenBLAS (numpy/scipy): torch reads MKL_NUM_THREADS when it is
+    # imported and would drop to one intra-op thread if curvprobe is imported
+    # first (as `python -m curvprobe` does).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(blas_threads))
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=blas_threads, user_api="blas")
