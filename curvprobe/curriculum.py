@@ -43,7 +43,6 @@ continues from exactly where it was.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,7 +53,7 @@ import xarray as xr
 from curvprobe.criteria import (DEFAULT_ESTIMATORS, SUBSPACE_MODES, check_estimators, check_sigmas,
                                 stabilization)
 from curvprobe.problem import Problem
-from curvprobe.results import load, save
+from curvprobe.results import atomic_write, load, save
 
 __all__ = ["CurriculumProbe"]
 
@@ -164,17 +163,7 @@ class CurriculumProbe:
         save(combined, self.path, overwrite=True)
         if "vectors" in first:
             self._init = first["vectors"]
-            _atomic_torch_save({"step": step, "k": self.ks[0], "vectors": self._init}, self.eig_path)
+            atomic_write(self.eig_path, lambda h: torch.save({"step": step, "k": self.ks[0], "vectors": self._init}, h))
         return ds
 
 
-def _atomic_torch_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

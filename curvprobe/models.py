@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from torch import nn
 from tqdm import tqdm
 
 from curvprobe import data
+from curvprobe.results import atomic_write
 
 __all__ = [
     "ACTIVATIONS",
@@ -506,16 +506,6 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _save_atomic(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pretrained(
@@ -584,5 +574,5 @@ def pretrained(
         "train_seconds": time.perf_counter() - start,
         "torch_version": str(torch.__version__),
     }
-    _save_atomic(payload, path)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     return model, config

@@ -94,6 +94,22 @@ def decode(ds: xr.Dataset) -> xr.Dataset:
     return _map_attrs(ds, _decode_attr)
 
 
+def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> Path:
+    """Write a file atomically: ``write(handle)`` fills a temporary file in
+    the target directory, which then replaces ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``ds`` to netCDF at ``path`` atomically.
 

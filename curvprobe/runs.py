@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import xarray as xr
 from curvprobe import _progress
 from curvprobe.config import ConfigError, ProbeConfig, load_config
 from curvprobe.criteria import stabilization
-from curvprobe.results import load, save
+from curvprobe.results import atomic_write, load, save
 
 __all__ = ["FULLSPACE_ESTIMATORS", "SUBSPACE_ESTIMATORS", "RunError", "RunOutcome", "default_out",
            "merge_parts", "run_probe"]
@@ -91,20 +90,8 @@ def part_name(k: int) -> str:
     return f"k_{int(k):06d}"
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[object], None], mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, payload: dict) -> None:
-    _atomic_write_bytes(path, lambda h: h.write(json.dumps(payload, indent=2, sort_keys=True)), "w")
+    atomic_write(path, lambda h: h.write(json.dumps(payload, indent=2, sort_keys=True)), "w")
 
 
 def _read_json(path: Path) -> dict:
@@ -330,7 +317,7 @@ def run_probe(config: ProbeConfig, *, problem=None, resume: bool = False, progre
                                        on_k=lambda j, kk, es: captured.update(es=es), **common)
                 es = captured["es"]
                 vectors = es.vectors.detach().to("cpu", torch.float64).contiguous()
-                _atomic_write_bytes(eig_path, lambda h: torch.save(
+                atomic_write(eig_path, lambda h: torch.save(
                     {"k": k, "vectors": vectors, "values": es.values.cpu(),
                      "residuals": es.residuals.cpu()}, h))
                 store(name, ds, time.perf_counter() - t0)
