@@ -129,14 +129,13 @@ def _next_block(F: Tensor, Q: Tensor, generator: torch.Generator, floor: float) 
     """Orthonormal basis of the residual block ``F`` (N, b), orthogonal to
     ``Q``; a column with norm ≤ ``floor`` (an invariant subspace was found)
     is replaced by a fresh random direction."""
-    cols: list[Tensor] = []
-    for j in range(F.shape[1]):
-        basis = torch.cat([Q] + [c[:, None] for c in cols], dim=1)
-        x = _orthonormalize_against(F[:, j : j + 1], basis)[:, 0]
+    X = _orthonormalize_against(F, Q)
+    for j in range(X.shape[1]):
+        x = _orthonormalize_against(X[:, j : j + 1], X[:, :j])[:, 0]
         norm = float(x.norm())
-        cols.append(x / norm if norm > floor else
-                    _random_unit(F.shape[0], generator, F.device, basis))
-    return torch.stack(cols, dim=1)
+        X[:, j] = x / norm if norm > floor else _random_unit(
+            F.shape[0], generator, F.device, torch.cat([Q, X[:, :j]], dim=1))
+    return X
 
 
 def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: int,
@@ -156,22 +155,24 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
     n = op.shape[0]
     b = X0.shape[1]
     m = min(max(basis_size, nev + 2 * b), n)
-    Q = torch.zeros(n, 0, dtype=torch.float64, device=op.device)
-    X = _next_block(X0, Q, generator, 0.0)
+    buf = torch.empty(n, m + b, dtype=torch.float64, device=op.device)  # the basis, preallocated
+    size = 0
+    X = _next_block(X0, buf[:, :0], generator, 0.0)
     T = torch.zeros(0, 0, dtype=torch.float64, device=op.device)
     used = 0
     while True:
-        b = min(X.shape[1], n - Q.shape[1])
+        b = min(X.shape[1], n - size)
         X = X[:, :b]
         W = op.matmat(X)
         used += b
-        Q = torch.cat([Q, X], dim=1)
+        buf[:, size : size + b] = X
+        size += b
+        Q = buf[:, :size]
         H = Q.T @ W
         W = W - Q @ H
         H2 = Q.T @ W
         W = W - Q @ H2
         H = H + H2
-        size = Q.shape[1]
         T_new = torch.zeros(size, size, dtype=torch.float64, device=op.device)
         T_new[: size - b, : size - b] = T
         T_new[:, size - b :] = H
@@ -190,7 +191,9 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
         if size + b > m:
             # thick restart: keep the best p Ritz vectors; A Z = Z Θ + W S_lastᵀ
             p = max(nev, min(m - b, nev + (m - nev) // 2))
-            Q = Q @ S[:, :p]
+            buf[:, :p] = Q @ S[:, :p]
+            size = p
+            Q = buf[:, :size]
             T = torch.diag(theta[:p])
         X = _next_block(W, Q, generator, 1e-14 * max(top_scale, 1e-300))
 
