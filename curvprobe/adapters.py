@@ -328,15 +328,6 @@ def _check_equivalence(model: nn.Module, wrapper: CausalLMLogits, input_ids: Ten
             )
 
 
-def _resolve_dtype(model: nn.Module, dtype: torch.dtype | None) -> torch.dtype:
-    if dtype is not None:
-        return dtype
-    for p in model.parameters():
-        if p.requires_grad:
-            return p.dtype
-    raise ValueError("model has no trainable parameters")
-
-
 # ---------------------------------------------------------------- builders
 def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | None = None,
               batch_size: int = 256, dtype: torch.dtype | None = None,

@@ -320,12 +320,7 @@ class Problem:
         start, stop = self.sample_range(k, start)
         w = self._point(w)
         V = self._check_vectors(v)
-        mode = mode or self.hvp_mode
-        if mode not in HVP_MODES:
-            raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
-        if mode == "auto":
-            mode = "forward_over_reverse" if V.shape[1] >= VMAP_MIN_VECTORS else "double_backward"
-        chunk_hvp = _hvp_double_backward if mode == "double_backward" else _hvp_forward_over_reverse
+        chunk_hvp = hvp_kernel(mode or self.hvp_mode, V.shape[1])
         total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
         Vd = V.to(self.dtype)
         for a, b in self.chunks(start, stop):
@@ -359,6 +354,17 @@ class Problem:
 def _check_finite(x: Tensor, what: str) -> None:
     if not bool(torch.isfinite(x).all()):
         raise FloatingPointError(f"non-finite {what}: the model or data produce NaN/inf at this point")
+
+
+def hvp_kernel(mode: str, num_vectors: int) -> Callable[[Callable[[Tensor], Tensor], Tensor, Tensor], Tensor]:
+    """The HVP kernel ``(f, w, V) -> ∇²f(w) V`` for ``mode`` (one of
+    :data:`HVP_MODES`) and a batch of ``num_vectors`` columns; ``"auto"`` picks
+    forward-over-reverse from :data:`VMAP_MIN_VECTORS` columns on."""
+    if mode not in HVP_MODES:
+        raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
+    if mode == "auto":
+        mode = "forward_over_reverse" if num_vectors >= VMAP_MIN_VECTORS else "double_backward"
+    return _hvp_double_backward if mode == "double_backward" else _hvp_forward_over_reverse
 
 
 def _hvp_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor) -> Tensor:

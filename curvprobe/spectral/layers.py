@@ -382,17 +382,11 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     """
     from torch.func import functional_call
 
-    from curvprobe.problem import (HVP_MODES, VMAP_MIN_VECTORS, _hvp_double_backward,
-                                   _hvp_forward_over_reverse, math_attention)
+    from curvprobe.problem import hvp_kernel, math_attention
 
     if not _block_path_available(problem):
         raise ValueError(f"{type(problem).__name__} overrides chunk_losses; use method='full'")
-    mode = mode or problem.hvp_mode
-    if mode not in HVP_MODES:
-        raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
-    if mode == "auto":
-        mode = "forward_over_reverse" if V.shape[1] >= VMAP_MIN_VECTORS else "double_backward"
-    chunk_hvp = _hvp_double_backward if mode == "double_backward" else _hvp_forward_over_reverse
+    chunk_hvp = hvp_kernel(mode or problem.hvp_mode, V.shape[1])
     stop = _resolve_k(problem, k)
     w = problem.params
     base = {**problem._constants, **problem.unflatten(w)}
