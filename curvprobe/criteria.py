@@ -324,6 +324,8 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
     est = check_estimators(estimators, p, num_samples)
     if subspace not in SUBSPACE_MODES:
         raise ValueError(f"unknown subspace mode {subspace!r}; valid: {', '.join(SUBSPACE_MODES)}")
+    if eigen_kwargs and "init" in eigen_kwargs:
+        raise ValueError("pass the warm start as stabilization(..., init=...), not in eigen_kwargs")
     if validity is True:
         validity = quadratic_validity(problem, sigmas, k=max(ks), seed=seed)
     K, N, S, Dmax = max(ks), problem.num_params, int(num_samples), max(dims)

@@ -218,6 +218,7 @@ def test_save_load_roundtrip(tmp_path):
     (dict(num_samples=1), ">= 2"),
     (dict(subspace="sometimes"), "valid: per_k"),
     (dict(p=0.5), "p must be"),
+    (dict(eigen_kwargs={"init": None}), "init=..."),
 ])
 def test_bad_input(kwargs, match):
     problem = mlp_problem(n=30)
