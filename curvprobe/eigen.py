@@ -151,11 +151,11 @@ def _project_out(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     column's norm (the reads of ``Q`` dominate a Lanczos step's own cost)."""
     before = W.norm(dim=0)
     C = Q.T @ W
-    W = W - Q @ C
+    W = torch.addmm(W, Q, C, alpha=-1)
     if bool((W.norm(dim=0) < _DGKS * before).any()):
         C2 = Q.T @ W
-        W = W - Q @ C2
-        C = C + C2
+        W.addmm_(Q, C2, alpha=-1)
+        C += C2
     return W, C
 
 
