@@ -171,7 +171,7 @@ def cmd_validity(args) -> int:
     from curvprobe.runs import default_out
     from curvprobe.sources import build_problem
     from curvprobe.validity import quadratic_validity
-    from curvprobe._stabilization_plots import plot_validity
+    from curvprobe.plots import plot_validity
 
     config = load_config(args.config, _overrides(args), required=("model", "sigmas"))
     k = args.k
@@ -242,7 +242,7 @@ def _kind(ds) -> str:
 
 
 def cmd_plot(args) -> int:
-    from curvprobe._stabilization_plots import stabilization_figures
+    from curvprobe.plots import stabilization_figures
 
     path = Path(args.path)
     found: dict[str, object] = {}
