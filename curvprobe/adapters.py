@@ -164,6 +164,7 @@ class CausalLMLogits(_LogitsWrapper):
         self._embeds = isinstance(embed, nn.Module) and _accepts(model, "inputs_embeds")
 
     def forward(self, input_ids: Tensor) -> Tensor:
+        """Token ids (b, T) long -> logits (b, T, V) in the model's dtype."""
         if self._embeds:
             return self._call(inputs_embeds=self.model.get_input_embeddings()(input_ids))
         return self._call(input_ids=input_ids)
@@ -177,6 +178,7 @@ class SequenceClassifierLogits(_LogitsWrapper):
     """
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Token ids (b, T) long and an optional 0/1 mask (b, T) -> logits (b, C)."""
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
         return self._call(input_ids=input_ids, **kwargs)
 

@@ -66,6 +66,7 @@ class Field:
 
     @property
     def flag(self) -> str:
+        """The command-line flag: ``--`` and the name with ``-`` for ``_``."""
         return "--" + self.name.replace("_", "-")
 
 
@@ -353,10 +354,12 @@ class ProbeConfig:
 
     @property
     def max_k(self) -> int:
+        """The largest sample count of ``ks``."""
         return max(self.ks)
 
     @property
     def torch_dtype(self):
+        """:attr:`dtype` as a ``torch.dtype`` (``torch.float32`` or ``torch.float64``)."""
         import torch
 
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]

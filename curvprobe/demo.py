@@ -60,6 +60,7 @@ class DemoSettings:
 
     @property
     def num_data(self) -> int:
+        """Samples the demo needs: ``max(ks) + 1`` (Δ(k+1) uses sample k+1)."""
         return max(self.ks) + 1
 
 

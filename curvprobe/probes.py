@@ -37,13 +37,23 @@ class Dirac:
     """``q = δ_{w*}``: the pointwise criterion Δ₁(k+1) = |δ_k(w*)|."""
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return 0
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
+
+        float64 for float64 ``noise``, on its device; param units.
+        """
         return torch.zeros(noise.shape[0], num_params, dtype=torch.float64, device=noise.device)
 
     def sample(self, num: int, generator: torch.Generator, num_params: int,
                device: torch.device | str = "cpu") -> Tensor:
+        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
+
+        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
+        reproducible on any device.
+        """
         return torch.zeros(num, num_params, dtype=torch.float64, device=device)
 
 
@@ -57,13 +67,23 @@ class Isotropic:
         object.__setattr__(self, "sigma", _positive("sigma", self.sigma))
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return num_params
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
+
+        float64 for float64 ``noise``, on its device; param units.
+        """
         return self.sigma * noise
 
     def sample(self, num: int, generator: torch.Generator, num_params: int,
                device: torch.device | str = "cpu") -> Tensor:
+        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
+
+        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
+        reproducible on any device.
+        """
         noise = torch.randn(num, num_params, generator=generator, dtype=torch.float64)
         return self.perturb(noise.to(device), num_params)
 
@@ -78,13 +98,23 @@ class Sphere:
         object.__setattr__(self, "eps", _positive("eps", self.eps))
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return num_params
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
+
+        float64 for float64 ``noise``, on its device; param units.
+        """
         return self.eps * noise / noise.norm(dim=1, keepdim=True)
 
     def sample(self, num: int, generator: torch.Generator, num_params: int,
                device: torch.device | str = "cpu") -> Tensor:
+        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
+
+        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
+        reproducible on any device.
+        """
         noise = torch.randn(num, num_params, generator=generator, dtype=torch.float64)
         return self.perturb(noise.to(device), num_params)
 
@@ -104,9 +134,11 @@ class Subspace:
 
     @property
     def D(self) -> int:
+        """Subspace dimension (columns of ``U``)."""
         return self.U.shape[1]
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return self.D
 
     def coefficients(self, noise: Tensor) -> Tensor:
@@ -114,10 +146,19 @@ class Subspace:
         return self.sigma * noise
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
+
+        float64 for float64 ``noise``, on its device; param units.
+        """
         return self.coefficients(noise) @ self.U.to(noise.device, torch.float64).T
 
     def sample(self, num: int, generator: torch.Generator, num_params: int,
                device: torch.device | str = "cpu") -> Tensor:
+        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
+
+        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
+        reproducible on any device.
+        """
         noise = torch.randn(num, self.D, generator=generator, dtype=torch.float64)
         return self.perturb(noise.to(device), num_params)
 

@@ -77,6 +77,7 @@ class RunOutcome:
 
     @property
     def result_path(self) -> Path:
+        """The merged results file in :attr:`directory`."""
         return self.directory / RESULT_FILE
 
 
