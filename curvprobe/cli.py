@@ -178,12 +178,12 @@ def cmd_validity(args) -> int:
     Returns the exit status.
     """
     from curvprobe.config import load_config
+    from curvprobe.plots import plot_validity
     from curvprobe.report import table
     from curvprobe.results import save
     from curvprobe.runs import default_out
     from curvprobe.sources import build_problem
     from curvprobe.validity import quadratic_validity
-    from curvprobe.plots import plot_validity
 
     config = load_config(args.config, _overrides(args), required=("model", "sigmas"))
     k = args.k

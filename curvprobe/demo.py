@@ -147,8 +147,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
              log: Callable[[str], None] | None = None, settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into ``out`` (default ``runs/<timestamp>``); see the module docstring."""
     from curvprobe import models
-    from curvprobe.plots import stabilization_figures
     from curvprobe.convergence import mc_convergence
+    from curvprobe.plots import stabilization_figures
     from curvprobe.report import summary_markdown
     from curvprobe.runs import RunError, default_out, run_probe
     from curvprobe.sources import build_problem
