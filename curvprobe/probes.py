@@ -32,6 +32,20 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+class _GaussianNoise:
+    """Shared by the probes that map ``noise_dim`` standard normals per point."""
+
+    def sample(self, num: int, generator: torch.Generator, num_params: int,
+               device: torch.device | str = "cpu") -> Tensor:
+        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
+
+        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
+        reproducible on any device.
+        """
+        noise = torch.randn(num, self.noise_dim(num_params), generator=generator, dtype=torch.float64)
+        return self.perturb(noise.to(device), num_params)
+
+
 @dataclass(frozen=True)
 class Dirac:
     """``q = δ_{w*}``: the pointwise criterion Δ₁(k+1) = |δ_k(w*)|."""
@@ -58,7 +72,7 @@ class Dirac:
 
 
 @dataclass(frozen=True)
-class Isotropic:
+class Isotropic(_GaussianNoise):
     """``ε ~ N(0, σ² I_N)`` in the full parameter space (criterion Δ₂)."""
 
     sigma: float
@@ -77,19 +91,9 @@ class Isotropic:
         """
         return self.sigma * noise
 
-    def sample(self, num: int, generator: torch.Generator, num_params: int,
-               device: torch.device | str = "cpu") -> Tensor:
-        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
-
-        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
-        reproducible on any device.
-        """
-        noise = torch.randn(num, num_params, generator=generator, dtype=torch.float64)
-        return self.perturb(noise.to(device), num_params)
-
 
 @dataclass(frozen=True)
-class Sphere:
+class Sphere(_GaussianNoise):
     """``ε d`` with ``d`` uniform on the unit sphere of R^N (a smoothed Δ₁)."""
 
     eps: float
@@ -108,19 +112,9 @@ class Sphere:
         """
         return self.eps * noise / noise.norm(dim=1, keepdim=True)
 
-    def sample(self, num: int, generator: torch.Generator, num_params: int,
-               device: torch.device | str = "cpu") -> Tensor:
-        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
-
-        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
-        reproducible on any device.
-        """
-        noise = torch.randn(num, num_params, generator=generator, dtype=torch.float64)
-        return self.perturb(noise.to(device), num_params)
-
 
 @dataclass(frozen=True, eq=False)
-class Subspace:
+class Subspace(_GaussianNoise):
     """``U_D z`` with ``z ~ N(0, σ² I_D)``: probing inside ``span(U_D)``
     (criterion Δ₂^(D)). ``U`` (N, D) must have orthonormal columns."""
 
@@ -151,16 +145,6 @@ class Subspace:
         float64 for float64 ``noise``, on its device; param units.
         """
         return self.coefficients(noise) @ self.U.to(noise.device, torch.float64).T
-
-    def sample(self, num: int, generator: torch.Generator, num_params: int,
-               device: torch.device | str = "cpu") -> Tensor:
-        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
-
-        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
-        reproducible on any device.
-        """
-        noise = torch.randn(num, self.D, generator=generator, dtype=torch.float64)
-        return self.perturb(noise.to(device), num_params)
 
 
 Probe = Dirac | Isotropic | Subspace | Sphere
