@@ -35,7 +35,7 @@ import xarray as xr
 
 from curvprobe import _progress
 from curvprobe.config import load_config
-from curvprobe.results import save
+from curvprobe.results import atomic_write, save
 
 __all__ = ["FULL", "QUICK", "DemoSettings", "choose_sigmas", "run_demo"]
 
@@ -129,18 +129,7 @@ class DemoResult:
 
 
 def _save_figure(fig, path: Path) -> Path:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bool = False,
