@@ -164,6 +164,7 @@ class CausalLMLogits(_LogitsWrapper):
         self._embeds = isinstance(embed, nn.Module) and _accepts(model, "inputs_embeds")
 
     def forward(self, input_ids: Tensor) -> Tensor:
+        """Token ids (b, T) long -> logits (b, T, V) in the model's dtype."""
         if self._embeds:
             return self._call(inputs_embeds=self.model.get_input_embeddings()(input_ids))
         return self._call(input_ids=input_ids)
@@ -177,6 +178,7 @@ class SequenceClassifierLogits(_LogitsWrapper):
     """
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Token ids (b, T) long and an optional 0/1 mask (b, T) -> logits (b, C)."""
         kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
         return self._call(input_ids=input_ids, **kwargs)
 
@@ -365,9 +367,11 @@ def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | N
     batch_size : int
         Sequences per chunk. Peak memory is dominated by the (b, T, V) logits
         and their double-backward buffers, not by the parameters.
-    dtype, device :
+    dtype : torch.dtype, optional
         Dtype of the parameters, the logits and the loss (default: the
-        model's), and the device (default: the model's).
+        model's).
+    device : torch.device or str, optional
+        Device (default: the model's).
 
     Returns
     -------
@@ -408,13 +412,16 @@ def classifier(model: nn.Module, input_ids: Tensor, labels: Tensor, *,
         classification (``num_labels ≥ 2``). Eval mode, ``"eager"`` or
         ``"sdpa"`` attention; never modified.
     input_ids : LongTensor (n, T)
-    labels : integer tensor (n,), values in ``[0, C)``
+        Token ids; row order defines the sample order ``k``.
+    labels : integer Tensor (n,)
+        Class labels, values in ``[0, C)``.
     attention_mask : (n, T) of 0/1, optional
         Passed to the model as is (dropped if it has no zeros). With padding,
         transformers builds the attention mask with Python-level checks on its
         values, so :meth:`Problem.subspace_derivatives` (``vmap`` over samples)
         raises for most models; losses, gradients and HVPs work.
-    batch_size, dtype, device : as in :func:`causal_lm`.
+    batch_size, dtype, device
+        As in :func:`causal_lm`.
 
     Returns
     -------

@@ -125,6 +125,10 @@ def _check_fresh(path: Path, overwrite: bool) -> None:
 
 # ----------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
+    """``curvprobe demo``: the whole measurement on the built-in tiny transformer.
+
+    Returns the exit status.
+    """
     from curvprobe.demo import run_demo
 
     result = run_demo(args.out, quick=args.quick, progress=_show_progress(args), log=_say_with_hint(args))
@@ -145,6 +149,10 @@ def _probe_config(args):
 
 
 def cmd_probe(args) -> int:
+    """``curvprobe probe``: a resumable stabilization run from a TOML config and flags.
+
+    Returns the exit status.
+    """
     from curvprobe.report import summary_markdown
     from curvprobe.runs import default_out, run_probe
 
@@ -165,13 +173,17 @@ def cmd_probe(args) -> int:
 
 
 def cmd_validity(args) -> int:
+    """``curvprobe validity``: the quadratic-validity σ sweep at one k.
+
+    Returns the exit status.
+    """
     from curvprobe.config import load_config
+    from curvprobe.plots import plot_validity
     from curvprobe.report import table
     from curvprobe.results import save
     from curvprobe.runs import default_out
     from curvprobe.sources import build_problem
     from curvprobe.validity import quadratic_validity
-    from curvprobe._stabilization_plots import plot_validity
 
     config = load_config(args.config, _overrides(args), required=("model", "sigmas"))
     k = args.k
@@ -242,7 +254,11 @@ def _kind(ds) -> str:
 
 
 def cmd_plot(args) -> int:
-    from curvprobe._stabilization_plots import stabilization_figures
+    """``curvprobe plot``: figures from a results file or a run directory.
+
+    Returns the exit status.
+    """
+    from curvprobe.plots import stabilization_figures
 
     path = Path(args.path)
     found: dict[str, object] = {}
@@ -286,6 +302,10 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
+    """``curvprobe info``: versions, threads, devices, cache location.
+
+    Returns the exit status.
+    """
     import importlib.metadata as md
     import platform
 
@@ -334,6 +354,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_spectrum(args) -> int:
+    """``curvprobe spectrum``: per-layer exponents α, γ, s (and Kronecker alignment).
+
+    Returns the exit status.
+    """
     from curvprobe.config import load_config
     from curvprobe.report import table
     from curvprobe.results import save
@@ -384,6 +408,7 @@ def cmd_spectrum(args) -> int:
 
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
+    """The ``curvprobe`` argument parser: one sub-command per ``cmd_*`` function."""
     from curvprobe import __version__
 
     parser = _Parser(prog="curvprobe", description="Curvature-aligned probing of loss landscapes.")

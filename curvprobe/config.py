@@ -66,6 +66,7 @@ class Field:
 
     @property
     def flag(self) -> str:
+        """The command-line flag: ``--`` and the name with ``-`` for ``_``."""
         return "--" + self.name.replace("_", "-")
 
 
@@ -353,10 +354,12 @@ class ProbeConfig:
 
     @property
     def max_k(self) -> int:
+        """The largest sample count of ``ks``."""
         return max(self.ks)
 
     @property
     def torch_dtype(self):
+        """:attr:`dtype` as a ``torch.dtype`` (``torch.float32`` or ``torch.float64``)."""
         import torch
 
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
@@ -445,16 +448,25 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
 
     Parameters
     ----------
-    path : TOML file (optional). Relative paths inside it are resolved against
-        its directory.
-    overrides : ``{key: value}`` from the command line (strings are parsed as
-        the flag syntax: ``"10,20,40"``); ``None`` values are ignored. Relative
-        paths are resolved against the working directory.
-    required : keys that must be given (a missing one is a :class:`ConfigError`
-        that names it). Keys not required and not given get placeholder values
-        only where a later step fills them (``ks``/``sigmas`` of commands that
-        do not use them).
-    defaults : replacement defaults (e.g. the demo's).
+    path : str or PathLike, optional
+        TOML file. Relative paths inside it are resolved against its
+        directory.
+    overrides : mapping, optional
+        ``{key: value}`` from the command line (strings are parsed as the flag
+        syntax: ``"10,20,40"``); ``None`` values are ignored. Relative paths
+        are resolved against the working directory.
+    required : sequence of str
+        Keys that must be given (a missing one is a :class:`ConfigError` that
+        names it). Keys not required and not given get placeholder values only
+        where a later step fills them (``ks``/``sigmas`` of commands that do
+        not use them).
+    defaults : mapping, optional
+        Replacement defaults (e.g. the demo's).
+
+    Returns
+    -------
+    ProbeConfig
+        The validated configuration.
     """
     values: dict[str, Any] = {}
     if defaults:

@@ -71,24 +71,31 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
 
     Parameters
     ----------
-    problem : Problem with at least k + 2 samples.
+    problem : Problem
+        Ordered samples; at least k + 2 of them.
     k : int
         Sample count (the criterion compares L_(k+1) with L_k).
-    sigmas : probe scales σ > 0.
-    dims : subspace dimensions D (one eigenspace of size max(dims)).
-    num_samples : S_max, the number of draws.
-    sample_counts : the S at which running estimates are reported (default
-        4, 8, 16, ... and S_max).
-    seed, tol, point_batch, eigen_kwargs, init : as in :func:`stabilization`.
+    sigmas : sequence of float
+        Probe scales σ > 0 (param).
+    dims : sequence of int
+        Subspace dimensions D (one eigenspace of size max(dims)).
+    num_samples : int
+        S_max, the number of draws.
+    sample_counts : sequence of int, optional
+        The S at which running estimates are reported (default 4, 8, 16, ...
+        and S_max).
+    seed, tol, point_batch, eigen_kwargs, init
+        As in :func:`stabilization`.
 
     Returns
     -------
-    xarray.Dataset with dims ``S``, ``sigma``, ``dim``, ``estimator``
-    (direct_mc, quad_mc, cv_mc, gm): ``value`` (loss²) and ``stderr``
-    (running mean over the first S draws; ``gm`` is constant in S with
-    stderr 0); ``eval_seconds`` (sigma, dim, estimator): seconds to evaluate
-    each estimator at S_max for one (σ, D); eigensolver diagnostics over
-    ``rank``; attrs ``k``, ``seed``, ``hvps`` and provenance.
+    xarray.Dataset
+        Dims ``S``, ``sigma``, ``dim``, ``estimator`` (direct_mc, quad_mc,
+        cv_mc, gm): ``value`` (loss²) and ``stderr`` (running mean over the
+        first S draws; ``gm`` is constant in S with stderr 0);
+        ``eval_seconds`` (sigma, dim, estimator): seconds to evaluate each
+        estimator at S_max for one (σ, D); eigensolver diagnostics over
+        ``rank``; attrs ``k``, ``seed``, ``hvps`` and provenance.
     """
     from curvprobe.results import provenance
 

@@ -62,12 +62,17 @@ class CurriculumProbe:
     """Run :func:`curvprobe.stabilization` every ``every`` training steps and
     append the results along ``step`` to the netCDF file ``path``.
 
+    Calling the probe returns the new step's Dataset, or None when the step
+    is skipped. Warm start: with ``subspace="per_k"`` the eigensolver of the
+    first k starts from the previous call's eigenvectors of that k (those of
+    later k from the k before, as in :func:`stabilization`); with
+    ``subspace="fixed"`` there is no warm start.
+
     Parameters
     ----------
     ks : increasing ints
         Sample counts k (the problem needs ``max(ks) + 1`` samples).
-    sigmas, dims, estimators, num_samples, subspace, seed, tol, p, point_batch,
-    eigen_kwargs, validity :
+    sigmas, dims, estimators, num_samples, subspace, seed, tol, p, point_batch, eigen_kwargs, validity
         As in :func:`curvprobe.stabilization` (``validity=True`` runs the
         quadratic-validity sweep at ``max(ks)`` at every call).
     path : str or PathLike
@@ -80,12 +85,6 @@ class CurriculumProbe:
         Probe when ``step % every == 0``.
     progress : bool
         Progress bar over k inside each call.
-
-    Calling the probe returns the new step's Dataset, or None when the step
-    is skipped. Warm start: with ``subspace="per_k"`` the eigensolver of the
-    first k starts from the previous call's eigenvectors of that k (those of
-    later k from the k before, as in :func:`stabilization`); with
-    ``subspace="fixed"`` there is no warm start.
     """
 
     def __init__(self, ks: Sequence[int], *, sigmas: Sequence[float], path: str | os.PathLike,

@@ -35,7 +35,7 @@ import xarray as xr
 
 from curvprobe import _progress
 from curvprobe.config import load_config
-from curvprobe.results import save
+from curvprobe.results import atomic_write, save
 
 __all__ = ["FULL", "QUICK", "DemoSettings", "choose_sigmas", "run_demo"]
 
@@ -60,6 +60,7 @@ class DemoSettings:
 
     @property
     def num_data(self) -> int:
+        """Samples the demo needs: ``max(ks) + 1`` (Δ(k+1) uses sample k+1)."""
         return max(self.ks) + 1
 
 
@@ -128,26 +129,15 @@ class DemoResult:
 
 
 def _save_figure(fig, path: Path) -> Path:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bool = False,
              log: Callable[[str], None] | None = None, settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into ``out`` (default ``runs/<timestamp>``); see the module docstring."""
     from curvprobe import models
-    from curvprobe._stabilization_plots import stabilization_figures
     from curvprobe.convergence import mc_convergence
+    from curvprobe.plots import stabilization_figures
     from curvprobe.report import summary_markdown
     from curvprobe.runs import RunError, default_out, run_probe
     from curvprobe.sources import build_problem

@@ -285,6 +285,7 @@ class MLP(nn.Module):
             _init_affine(layer, gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, widths[0]) float -> logits (B, widths[-1]), same dtype."""
         for layer in self.layers[:-1]:
             x = self.act(layer(x))
         return self.layers[-1](x)
@@ -327,6 +328,7 @@ class SmallCNN(nn.Module):
             _init_affine(layer, gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, in_channels, size, size) float -> logits (B, num_classes), same dtype."""
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         return self.head(x.flatten(start_dim=1))

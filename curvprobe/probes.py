@@ -32,23 +32,47 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
+class _GaussianNoise:
+    """Shared by the probes that map ``noise_dim`` standard normals per point."""
+
+    def sample(self, num: int, generator: torch.Generator, num_params: int,
+               device: torch.device | str = "cpu") -> Tensor:
+        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
+
+        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
+        reproducible on any device.
+        """
+        noise = torch.randn(num, self.noise_dim(num_params), generator=generator, dtype=torch.float64)
+        return self.perturb(noise.to(device), num_params)
+
+
 @dataclass(frozen=True)
 class Dirac:
     """``q = δ_{w*}``: the pointwise criterion Δ₁(k+1) = |δ_k(w*)|."""
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return 0
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
+
+        float64 for float64 ``noise``, on its device; param units.
+        """
         return torch.zeros(noise.shape[0], num_params, dtype=torch.float64, device=noise.device)
 
     def sample(self, num: int, generator: torch.Generator, num_params: int,
                device: torch.device | str = "cpu") -> Tensor:
+        """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).
+
+        The noise is drawn from ``generator`` on the CPU, then moved, so a draw is
+        reproducible on any device.
+        """
         return torch.zeros(num, num_params, dtype=torch.float64, device=device)
 
 
 @dataclass(frozen=True)
-class Isotropic:
+class Isotropic(_GaussianNoise):
     """``ε ~ N(0, σ² I_N)`` in the full parameter space (criterion Δ₂)."""
 
     sigma: float
@@ -57,19 +81,19 @@ class Isotropic:
         object.__setattr__(self, "sigma", _positive("sigma", self.sigma))
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return num_params
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
-        return self.sigma * noise
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
 
-    def sample(self, num: int, generator: torch.Generator, num_params: int,
-               device: torch.device | str = "cpu") -> Tensor:
-        noise = torch.randn(num, num_params, generator=generator, dtype=torch.float64)
-        return self.perturb(noise.to(device), num_params)
+        float64 for float64 ``noise``, on its device; param units.
+        """
+        return self.sigma * noise
 
 
 @dataclass(frozen=True)
-class Sphere:
+class Sphere(_GaussianNoise):
     """``ε d`` with ``d`` uniform on the unit sphere of R^N (a smoothed Δ₁)."""
 
     eps: float
@@ -78,19 +102,19 @@ class Sphere:
         object.__setattr__(self, "eps", _positive("eps", self.eps))
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return num_params
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
-        return self.eps * noise / noise.norm(dim=1, keepdim=True)
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
 
-    def sample(self, num: int, generator: torch.Generator, num_params: int,
-               device: torch.device | str = "cpu") -> Tensor:
-        noise = torch.randn(num, num_params, generator=generator, dtype=torch.float64)
-        return self.perturb(noise.to(device), num_params)
+        float64 for float64 ``noise``, on its device; param units.
+        """
+        return self.eps * noise / noise.norm(dim=1, keepdim=True)
 
 
 @dataclass(frozen=True, eq=False)
-class Subspace:
+class Subspace(_GaussianNoise):
     """``U_D z`` with ``z ~ N(0, σ² I_D)``: probing inside ``span(U_D)``
     (criterion Δ₂^(D)). ``U`` (N, D) must have orthonormal columns."""
 
@@ -104,9 +128,11 @@ class Subspace:
 
     @property
     def D(self) -> int:
+        """Subspace dimension (columns of ``U``)."""
         return self.U.shape[1]
 
     def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point: columns of ``noise`` for :meth:`perturb`."""
         return self.D
 
     def coefficients(self, noise: Tensor) -> Tensor:
@@ -114,12 +140,11 @@ class Subspace:
         return self.sigma * noise
 
     def perturb(self, noise: Tensor, num_params: int) -> Tensor:
-        return self.coefficients(noise) @ self.U.to(noise.device, torch.float64).T
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim).
 
-    def sample(self, num: int, generator: torch.Generator, num_params: int,
-               device: torch.device | str = "cpu") -> Tensor:
-        noise = torch.randn(num, self.D, generator=generator, dtype=torch.float64)
-        return self.perturb(noise.to(device), num_params)
+        float64 for float64 ``noise``, on its device; param units.
+        """
+        return self.coefficients(noise) @ self.U.to(noise.device, torch.float64).T
 
 
 Probe = Dirac | Isotropic | Subspace | Sphere

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from curvprobe._stabilization_plots import slope_or_none
+from curvprobe.plots import slope_or_none
 
 __all__ = ["summary_markdown", "table"]
 

@@ -77,6 +77,7 @@ class RunOutcome:
 
     @property
     def result_path(self) -> Path:
+        """The merged results file in :attr:`directory`."""
         return self.directory / RESULT_FILE
 
 
@@ -197,13 +198,16 @@ def run_probe(config: ProbeConfig, *, problem=None, resume: bool = False, progre
     validity : Dataset, optional
         A precomputed :func:`quadratic_validity` result used for the regime
         flags instead of ``config.validity``'s own sweep.
-    digests : SHA-256 of the source files (recorded in ``sources.json``,
-        compared on resume).
-    log : callable receiving one-line status messages.
+    digests : dict of str to str, optional
+        SHA-256 of the source files (recorded in ``sources.json``, compared on
+        resume).
+    log : callable, optional
+        Receives one-line status messages.
 
     Returns
     -------
-    RunOutcome with the merged Dataset (also saved as ``stabilization.nc``).
+    RunOutcome
+        With the merged Dataset (also saved as ``stabilization.nc``).
     """
     say = log or (lambda message: None)
     t_start = time.perf_counter()

@@ -82,15 +82,24 @@ class Estimate:
 class QuadraticSurrogate:
     """``q(z) = a + cᵀz + ½ zᵀBz`` with probing law ``z ~ N(0, σ² I_D)``.
 
+    All coefficients are stored as float64 on ``c``'s device.
+
     Parameters
     ----------
-    a : scalar tensor (or float), loss.
-    c : Tensor (D,), loss/param.
-    B : Tensor (D, D), symmetric (``max|B − Bᵀ| ≤ 1e-10 · max|B|``), loss/param².
-    sigma : float > 0, param.
+    a : scalar Tensor or float
+        Constant term (loss).
+    c : Tensor (D,)
+        Linear term (loss/param).
+    B : Tensor (D, D)
+        Quadratic term, symmetric (``max|B − Bᵀ| ≤ 1e-10 · max|B|``)
+        (loss/param²).
+    sigma : float > 0
+        Probing scale σ (param).
 
-    All are stored as float64 on ``c``'s device. ``ValueError`` on non-finite
-    values, wrong shapes, an asymmetric ``B`` or ``σ ≤ 0``.
+    Raises
+    ------
+    ValueError
+        On non-finite values, wrong shapes, an asymmetric ``B`` or ``σ ≤ 0``.
     """
 
     a: Tensor
@@ -168,7 +177,8 @@ class QuadraticSurrogate:
 
         Returns
         -------
-        Estimate (mean in loss^p).
+        Estimate
+            Mean (loss^p), standard error and ``S``.
         """
         S = _check_count(num_samples)
         if not (math.isfinite(p) and p >= 1):
@@ -198,20 +208,39 @@ class QuadraticSurrogate:
         The differences are formed before dividing (the exact increment
         identity; never the difference of two separately rounded means).
 
-        Parameters
-        ----------
-        loss_next : ``ℓ_{k+1}(w*)``, the loss of sample k+1 (loss).
-        mean_loss_k : ``L_k(w*)``, the mean loss of samples 1..k (loss).
-        grad_next_proj : (D,) ``U_Dᵀ g_{k+1}(w*)``.
-        grad_mean_proj : (D,) ``U_Dᵀ g^(k)(w*)``.
-        hess_next_proj : (D, D) ``U_Dᵀ H_{k+1}(w*) U_D`` (D HVPs on sample k+1).
-        ritz_matrix : (D, D) ``T_k = U_Dᵀ H^(k)(w*) U_D``.
-        k : int ≥ 1, the prefix size.
-        sigma : float > 0, probing scale (param).
-
         Matrices computed from HVPs are symmetric only up to round-off: each is
         checked (relative asymmetry ≤ :data:`DERIVATIVE_SYMMETRY_RTOL`) and
         replaced by its symmetric part, which is all ``zᵀBz`` sees.
+
+        Parameters
+        ----------
+        loss_next : float or scalar Tensor
+            ``ℓ_{k+1}(w*)``, the loss of sample k+1 (loss).
+        mean_loss_k : float or scalar Tensor
+            ``L_k(w*)``, the mean loss of samples 1..k (loss).
+        grad_next_proj : Tensor (D,)
+            ``U_Dᵀ g_{k+1}(w*)`` (loss/param).
+        grad_mean_proj : Tensor (D,)
+            ``U_Dᵀ g^(k)(w*)`` (loss/param).
+        hess_next_proj : Tensor (D, D)
+            ``U_Dᵀ H_{k+1}(w*) U_D`` (D HVPs on sample k+1; loss/param²).
+        ritz_matrix : Tensor (D, D)
+            ``T_k = U_Dᵀ H^(k)(w*) U_D`` (loss/param²).
+        k : int ≥ 1
+            The prefix size.
+        sigma : float > 0
+            Probing scale (param).
+
+        Returns
+        -------
+        QuadraticSurrogate
+            float64 coefficients ``a_k``, ``c_k``, ``B_k`` on the device of
+            ``grad_next_proj``.
+
+        Raises
+        ------
+        ValueError
+            On ``k < 1``, mismatched shapes, non-finite or asymmetric matrices.
         """
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")

@@ -71,16 +71,23 @@ def _identity_loss(out: Tensor, targets: Tensor) -> Tensor:
 class QuadraticProblem(Problem):
     """A :class:`~curvprobe.Problem` of per-sample quadratics with exact derivatives.
 
+    The model is built here and kept in eval mode; the problem's trained point
+    (``params``) is ``w_star``. All arrays are converted to float64.
+
     Parameters
     ----------
-    a : (n,)        losses ``ℓ_i(w*)``.
-    G : (n, N)      gradients ``g_i(w*)``.
-    Hs : (n, N, N)  symmetric Hessians ``H_i`` (constant in w).
-    w_star : (N,)   the trained point (default zeros): the problem's ``params``.
-    batch_size, hvp_mode : as for :class:`~curvprobe.Problem`.
-
-    The model is built here and kept in eval mode; the problem's trained point
-    (``params``) is ``w_star``.
+    a : array_like (n,)
+        Losses ``ℓ_i(w*)``.
+    G : array_like (n, N)
+        Gradients ``g_i(w*)``.
+    Hs : array_like (n, N, N)
+        Symmetric Hessians ``H_i`` (constant in w).
+    w_star : array_like (N,) or None
+        The trained point (default zeros): the problem's ``params``.
+    batch_size : int
+        As for :class:`~curvprobe.Problem`.
+    hvp_mode : str
+        As for :class:`~curvprobe.Problem`.
     """
 
     def __init__(self, a: ArrayLike | Tensor, G: ArrayLike | Tensor, Hs: ArrayLike | Tensor,
@@ -164,8 +171,14 @@ class QuadraticProblem(Problem):
 
         Parameters
         ----------
-        X : (n, N), y : (n,), w_star : (N,) or None. Extra keywords go to the
-        constructor.
+        X : array_like (n, N)
+            Inputs ``x_i`` as rows.
+        y : array_like (n,)
+            Targets ``y_i``.
+        w_star : array_like (N,) or None
+            Expansion point; None takes the least-squares solution.
+        **kwargs
+            Go to the constructor.
         """
         X = torch.as_tensor(X, dtype=torch.float64)
         y = torch.as_tensor(y, dtype=torch.float64)

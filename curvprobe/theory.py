@@ -96,14 +96,19 @@ def gaussian_moment(a: ArrayLike | Tensor, c: ArrayLike | Tensor, B: ArrayLike |
 
     Parameters
     ----------
-    a : (...,)        constant term a_k (loss).
-    c : (..., D)      linear term c_k (loss/param).
-    B : (..., D, D)   symmetric quadratic term B_k (loss/param²).
-    sigma : scalar or broadcastable to (...,), > 0 (param).
+    a : array_like (...,)
+        Constant term a_k (loss).
+    c : array_like (..., D)
+        Linear term c_k (loss/param).
+    B : array_like (..., D, D)
+        Symmetric quadratic term B_k (loss/param²).
+    sigma : scalar or array_like broadcastable to (...,)
+        Probing scale σ > 0 (param).
 
     Returns
     -------
-    Tensor (...,) float64 — GM in loss². Batch dims broadcast.
+    Tensor (...,) float64
+        GM in loss². Batch dims broadcast.
     """
     a, c, B = _f64(a, "a"), _f64(c, "c"), _f64(B, "B")
     s2 = check_sigma(sigma) ** 2
@@ -125,12 +130,15 @@ def spectral_closed_form(delta_lambdas: ArrayLike | Tensor, sigma: ArrayLike | T
 
     Parameters
     ----------
-    delta_lambdas : (..., D) eigenvalue increments (loss/param²).
-    sigma : scalar or broadcastable to (...,), > 0 (param).
+    delta_lambdas : array_like (..., D)
+        Eigenvalue increments δλ_i (loss/param²).
+    sigma : scalar or array_like broadcastable to (...,)
+        Probing scale σ > 0 (param).
 
     Returns
     -------
-    Tensor (...,) float64, loss².
+    Tensor (...,) float64
+        ``Δ₂^(D)`` in loss².
     """
     d = _f64(delta_lambdas, "delta_lambdas")
     if d.dim() < 1:
@@ -154,14 +162,23 @@ def rate_bound(M_l: float, M_g: float, M_H: float, sigma: float, D: int,
 
     Parameters
     ----------
-    M_l (loss), M_g (loss/param), M_H (loss/param²) : finite, ≥ 0.
-    sigma : finite, > 0 (param).
-    D : int ≥ 1, subspace dimension.
-    k : int or array of ints ≥ 1, prefix sample counts.
+    M_l : float ≥ 0
+        Bound on the per-sample losses (loss).
+    M_g : float ≥ 0
+        Bound on the gradient difference (loss/param).
+    M_H : float ≥ 0
+        Bound on the per-sample Hessian norms (loss/param²).
+    sigma : float > 0
+        Probing scale (param).
+    D : int ≥ 1
+        Subspace dimension.
+    k : int or array_like of ints ≥ 1
+        Prefix sample counts.
 
     Returns
     -------
-    Tensor float64 with the shape of ``k`` (loss²).
+    Tensor float64
+        The bound, with the shape of ``k`` (loss²).
     """
     for name, m in (("M_l", M_l), ("M_g", M_g), ("M_H", M_H)):
         if not (math.isfinite(float(m)) and float(m) >= 0):
@@ -184,12 +201,15 @@ def extremal_objective(increments: ArrayLike | Tensor, index_set: ArrayLike | Te
 
     Parameters
     ----------
-    increments : (n,) eigenvalue increments δ_i.
-    index_set : (D,) distinct indices into ``increments``.
+    increments : array_like (n,)
+        Eigenvalue increments δ_i (loss/param²).
+    index_set : array_like of ints (D,)
+        Distinct indices into ``increments``.
 
     Returns
     -------
-    float64 scalar tensor.
+    Tensor () float64
+        ``F(I)`` ((loss/param²)²).
     """
     d = _f64(increments, "increments")
     if d.dim() != 1:
@@ -237,12 +257,15 @@ def extremal_index_set(increments: ArrayLike | Tensor, D: int) -> Tensor:
 
     Parameters
     ----------
-    increments : (n,) eigenvalue increments δ_i (any sign, finite).
-    D : int, 1 ≤ D ≤ n.
+    increments : array_like (n,)
+        Eigenvalue increments δ_i (any sign, finite).
+    D : int
+        Size of the index set, ``1 ≤ D ≤ n``.
 
     Returns
     -------
-    LongTensor (D,), the indices of ``I`` in increasing order.
+    LongTensor (D,)
+        The indices of ``I`` in increasing order.
     """
     d = _f64(increments, "increments")
     if d.dim() != 1:
@@ -269,14 +292,21 @@ class SlopeFit:
 
     Attributes
     ----------
-    slope, intercept : float
-    stderr : float        standard error of the slope.
+    slope : float
+        Slope of the line (log value per log k).
+    intercept : float
+        Intercept of the line (log value at k = 1).
+    stderr : float
+        Standard error of the slope.
     ci_low, ci_high : float
         Two-sided confidence interval of the slope at ``level``:
         ``slope ± t_{(1+level)/2, n−2} · stderr``.
     level : float
-    r2 : float            coefficient of determination of the line.
-    n : int               number of points.
+        Confidence level of the interval.
+    r2 : float
+        Coefficient of determination of the line.
+    n : int
+        Number of points.
     """
 
     slope: float
@@ -302,13 +332,17 @@ def empirical_slope(k: ArrayLike | Tensor, values: ArrayLike | Tensor, *,
 
     Parameters
     ----------
-    k : (n,) positive sample counts, not all equal.
-    values : (n,) positive criterion values.
-    level : confidence level in (0, 1).
+    k : array_like (n,)
+        Positive sample counts, not all equal; n ≥ 3.
+    values : array_like (n,)
+        Positive criterion values.
+    level : float
+        Confidence level in (0, 1).
 
     Returns
     -------
     SlopeFit
+        Slope, intercept, standard error and confidence interval.
     """
     kk = np.asarray(torch.as_tensor(k, dtype=torch.float64), dtype=np.float64)
     vv = np.asarray(torch.as_tensor(values, dtype=torch.float64), dtype=np.float64)

@@ -117,6 +117,7 @@ class LineFit:
     n: int
 
     def to_dict(self) -> dict:
+        """The fields as a plain ``{name: value}`` dict."""
         return asdict(self)
 
 
@@ -204,6 +205,7 @@ class TriangleFit:
     reason: str = ""
 
     def to_dict(self) -> dict:
+        """The fields as a plain ``{name: value}`` dict."""
         return asdict(self)
 
 
@@ -344,6 +346,7 @@ class RankProfile:
     reason: str = ""
 
     def to_dict(self) -> dict:
+        """``{"best_model_bic", "delta_bic", "fits": {model: ModelFit.to_dict()}, "n", "reason"}``."""
         return {
             "best_model_bic": self.best_model_bic,
             "delta_bic": dict(self.delta_bic),
@@ -481,6 +484,7 @@ class WeightDecayFit:
     reason: str = ""
 
     def to_dict(self) -> dict:
+        """The fields as a plain ``{name: value}`` dict."""
         return asdict(self)
 
 

@@ -73,14 +73,13 @@ from curvprobe.spectral.fits import MIN_POINTS, ols_fit
 from curvprobe.spectral.layers import (
     Layer,
     _check_top_k,
+    _curvature_path,
+    _layer_rank_frame,
     _resolve_k,
-    _block_path_available,
     _var,
     directional_curvature,
     gradient_svd,
-    layer_coords,
     netcdf_attrs,
-    provenance,
     select_layers,
 )
 
@@ -447,20 +446,15 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
         "num_hvps": _var(one, np.full(L, K, dtype=np.int64), "HVP vectors used", "1"),
         "fit_reason": _var(one, per("reason", str), "why slopes are NaN", "1"),
     })
-    coords = layer_coords(chosen)
-    coords["rank"] = ("rank", np.arange(1, K + 1, dtype=np.int64))
-    attrs = provenance(problem, k)
+    coords, attrs = _layer_rank_frame(problem, chosen, k, K, layers, measurement="kronecker_alignment",
+                                      title="curvprobe Kronecker alignment (Calvo alpha = beta + phi)")
     attrs.update(
-        measurement="kronecker_alignment",
-        title="curvprobe Kronecker alignment (Calvo alpha = beta + phi)",
-        top_k=K,
-        layers_requested=layers if layers is None or isinstance(layers, str) else list(layers),
         factors="C_delta = delta^T delta / B, C_A = A^T A / B; delta_r = d(loss of the row's "
                 "sample)/d(layer output row), from backward of the sum of per-sample losses; "
                 "rows = samples x tokens (sequences) or x output positions (conv, unfold)",
         kfac_model="H_WW ~ (B/k) C_A (x) C_delta; chi absorbs B/k",
         hook_gradient_tolerance=float(tol),
-        h_method=method if method != "block" or _block_path_available(problem) else "full",
+        h_method=_curvature_path(problem, method),
         num_hvps_total=int(K * L),
         seconds=float(time.perf_counter() - t0),
     )

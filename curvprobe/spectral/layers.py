@@ -358,6 +358,12 @@ def _block_path_available(problem: Problem) -> bool:
     return type(problem).chunk_losses is Problem.chunk_losses and "chunk_losses" not in vars(problem)
 
 
+def _curvature_path(problem: Problem, method: str) -> str:
+    """The path :func:`directional_curvature` takes for ``method``: ``"block"``
+    falls back to ``"full"`` where :func:`_block_path_available` says no."""
+    return "full" if method == "block" and not _block_path_available(problem) else method
+
+
 def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *,
               mode: str | None = None) -> Tensor:
     """``H_WW V``: Hessian of ``L_k`` with respect to one layer's weight, all other
@@ -441,8 +447,7 @@ def directional_curvature(problem: Problem, layer: Layer, U: Tensor, Vh: Tensor,
     """
     if method not in CURVATURE_METHODS:
         raise ValueError(f"method must be one of {CURVATURE_METHODS}, got {method!r}")
-    if method == "block" and not _block_path_available(problem):
-        method = "full"
+    method = _curvature_path(problem, method)
     K = U.shape[1]
     per_call = K if directions_per_call is None else int(directions_per_call)
     if per_call < 1:
@@ -568,6 +573,23 @@ def _var(dims, values, long_name: str, units: str) -> tuple:
     return dims, values, {"long_name": long_name, "units": units}
 
 
+def _layer_rank_frame(problem: Problem, layers: Sequence[Layer], k: int, K: int, requested,
+                      measurement: str, title: str) -> tuple[dict, dict]:
+    """Coordinates (:func:`layer_coords` and ``rank`` 1..K) and the leading attrs
+    (provenance, ``measurement``, ``title``, ``top_k``, ``layers_requested``) of a
+    per-layer, per-rank spectral Dataset."""
+    coords = layer_coords(layers)
+    coords["rank"] = ("rank", np.arange(1, K + 1, dtype=np.int64))
+    attrs = provenance(problem, k)
+    attrs.update(
+        measurement=measurement,
+        title=title,
+        top_k=K,
+        layers_requested=requested if requested is None or isinstance(requested, str) else list(requested),
+    )
+    return coords, attrs
+
+
 # --------------------------------------------------------------------------- #
 # layer_spectra
 # --------------------------------------------------------------------------- #
@@ -647,7 +669,7 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
         sigma[i], h[i] = s.cpu().numpy(), hj.numpy()
         weight_sigma[i] = torch.linalg.svdvals(layer.matrix(w_star).double())[:K].cpu().numpy()
         fits.append(_layer_fits(sigma[i], h[i], weight_sigma[i], int(ranks[i])))
-    used = method if method != "block" or _block_path_available(problem) else "full"
+    used = _curvature_path(problem, method)
     return _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls, seconds,
                             fits, t_grad, time.perf_counter() - t0, layers, used)
 
@@ -696,15 +718,10 @@ def _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls
                                     "why rank-profile fields are NaN", "1"),
         "s_weight_reason": _var(one, per("s_weight_reason", str), "why s_weight is NaN", "1"),
     }
-    coords = layer_coords(chosen)
-    coords["rank"] = ("rank", np.arange(1, K + 1, dtype=np.int64))
+    coords, attrs = _layer_rank_frame(problem, chosen, k, K, requested, measurement="layer_spectra",
+                                      title="curvprobe layer spectra (Calvo alpha triangle)")
     coords["rank_model"] = ("rank_model", np.array(RANK_MODELS, dtype=str))
-    attrs = provenance(problem, k)
     attrs.update(
-        measurement="layer_spectra",
-        title="curvprobe layer spectra (Calvo alpha triangle)",
-        top_k=K,
-        layers_requested=requested if requested is None or isinstance(requested, str) else list(requested),
         num_hvps_total=int(K * len(chosen)),
         gradient_seconds=float(t_grad),
         seconds=float(t_total),
