@@ -33,10 +33,14 @@ missed eigenvalue inside a dense bulk closer to θ_D than the tolerance
 resolves is beyond any short guard (2 of 300 uniform bulks at tol 1e-6).
 
 Warm start (``init``, a previous subspace — the next k, the next
-checkpoint): one batched Rayleigh–Ritz step in that subspace (``D`` products
-in one ``matmat``, the fastest HVP path); if it certifies, the run ends there
-(plus the guard), otherwise single-vector Lanczos continues from the sum of
-its Ritz vectors.
+checkpoint): Lanczos starts from the sum of the previous vectors. If they span
+an invariant subspace of the new operator the Krylov space reaches it in ``p``
+steps (as a Rayleigh–Ritz step would); otherwise the start's weight on the
+wanted directions saves steps over a random one. Measured on tiny-gpt
+(k = 480 → 512, D = 16, tol 1e-3): 47 main steps against 50 cold, where a
+batched Rayleigh–Ritz step followed by Lanczos from its Ritz vectors took 61 —
+a 6 % change of the sample set moves the subspace by ~1e-2, ten times the
+tolerance, and only the Krylov polynomial closes that gap.
 
 Method ``"power"``: deflated power iteration as in PyHessian (fixed maximum
 iterations, stop when the eigenvalue estimate changes by less than 1e-4
@@ -221,20 +225,20 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
         X = _next_block(W, Q, generator, 1e-14 * max(top_scale, 1e-300))
 
 
-def _start_block(n: int, init: Tensor | Eigenspace | None, generator: torch.Generator,
-                 device: torch.device) -> Tensor:
-    """Start block: one random unit vector, or — warm start — the previous
-    subspace's vectors (N, p) plus a 1e-3 random part (so no direction is
-    exactly zero)."""
+def _start_vector(n: int, init: Tensor | Eigenspace | None, generator: torch.Generator,
+                  device: torch.device) -> Tensor:
+    """Unit start vector (N, 1): random, or — warm start — the sum of the
+    previous subspace's normalised vectors plus a 1e-3 random part (so no
+    eigendirection is exactly absent from the Krylov space)."""
     x = _random_unit(n, generator, device)
-    if init is None:
-        return x[:, None]
-    U = init.vectors if isinstance(init, Eigenspace) else torch.as_tensor(init)
-    U = U.to(device, torch.float64).reshape(n, -1)
-    if not torch.isfinite(U).all() or float(U.norm()) == 0.0:
-        raise ValueError("init subspace is zero or non-finite")
-    noise = torch.randn(U.shape, generator=generator, dtype=torch.float64).to(device)
-    return U / U.norm(dim=0).clamp_min(1e-300) + 1e-3 * noise / n**0.5
+    if init is not None:
+        U = init.vectors if isinstance(init, Eigenspace) else torch.as_tensor(init)
+        U = U.to(device, torch.float64).reshape(n, -1)
+        if not torch.isfinite(U).all() or float(U.norm()) == 0.0:
+            raise ValueError("init subspace is zero or non-finite")
+        v = (U / U.norm(dim=0).clamp_min(1e-300)).sum(dim=1)
+        x = v / v.norm() + 1e-3 * x
+    return (x / x.norm())[:, None]
 
 
 def _check_args(op: LinearOperator, D: int, tol: float) -> None:
@@ -292,17 +296,8 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         return _power_iteration(op, D, tol=tol, generator=generator, budget=budget,
                                 iters=power_iters, change_tol=power_tol, start=start)
     m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
-    X0 = _start_block(n, init, generator, op.device)
-    if X0.shape[1] > 1:
-        # warm start: one batched Rayleigh–Ritz step in the previous subspace;
-        # if that does not certify, single-vector Lanczos from its Ritz vectors
-        run = _trlan(op, D, X0, tol=tol, basis_size=m, max_matvecs=X0.shape[1], generator=generator)
-        if not bool((run.residuals <= tol * float(run.values.abs().max())).all()):
-            v0 = run.vectors.sum(dim=1, keepdim=True)
-            run = _trlan(op, D, v0, tol=tol, basis_size=m, generator=generator,
-                         max_matvecs=max(budget - (op.num_matvecs - start), 1))
-    else:
-        run = _trlan(op, D, X0, tol=tol, basis_size=m, max_matvecs=budget, generator=generator)
+    run = _trlan(op, D, _start_vector(n, init, generator, op.device), tol=tol, basis_size=m,
+                 max_matvecs=budget, generator=generator)
     values, vectors, residuals = run.values, run.vectors, run.residuals
     scale = float(values.abs().max())
     F, S = run.F, run.S
