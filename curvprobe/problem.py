@@ -184,10 +184,11 @@ class Problem:
             raise ValueError(f"k must be in [{start + 1}, {self._n}] (num_samples={self._n}), got {k}")
         return start, stop
 
-    def chunks(self, start: int, stop: int) -> Iterator[tuple[int, int]]:
-        """Consecutive ``[a, b)`` sample ranges of at most ``batch_size``."""
-        for a in range(start, stop, self.batch_size):
-            yield a, min(a + self.batch_size, stop)
+    def chunks(self, start: int, stop: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+        """Consecutive ``[a, b)`` sample ranges of at most ``size`` (default ``batch_size``)."""
+        size = self.batch_size if size is None else max(1, int(size))
+        for a in range(start, stop, size):
+            yield a, min(a + size, stop)
 
     def chunk_losses(self, w: Tensor, a: int, b: int) -> Tensor:
         """Per-sample losses ``ℓ_a..ℓ_{b-1}`` at flat ``w``: (b − a,), problem dtype.
@@ -239,8 +240,11 @@ class Problem:
         """Losses at many points: ``out[s, i] = ℓ_{start+i}(W[s])``, float64 (S, stop − start).
 
         ``W`` (S, N) holds flat points; they are evaluated ``point_batch`` at a
-        time with ``vmap`` over points (one batched forward per sample chunk),
-        so memory is bounded by ``point_batch`` N-vectors and one chunk.
+        time with ``vmap`` over points (one batched forward per sample chunk).
+        A chunk then holds ``batch_size // point_batch`` samples, so one
+        forward sees ``batch_size`` sequences as elsewhere: memory is bounded
+        by ``point_batch`` N-vectors and one chunk (and small chunks are the
+        faster ones per sample on CPU).
         """
         start, stop = self.sample_range(stop, start)
         if W.dim() != 2 or W.shape[1] != self.num_params:
@@ -251,7 +255,7 @@ class Problem:
             for p0 in range(0, W.shape[0], point_batch):
                 Wp = W[p0:p0 + point_batch]
                 cols = [vmap(lambda w, a=a, b=b: self.chunk_losses(w, a, b))(Wp).double()
-                        for a, b in self.chunks(start, stop)]
+                        for a, b in self.chunks(start, stop, self.batch_size // len(Wp))]
                 rows.append(torch.cat(cols, dim=1))
         out = torch.cat(rows)
         _check_finite(out, "per-sample losses")
