@@ -392,14 +392,14 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
 
     if not _block_path_available(problem):
         raise ValueError(f"{type(problem).__name__} overrides chunk_losses; use method='full'")
-    chunk_hvp = hvp_kernel(mode or problem.hvp_mode, V.shape[1])
+    chunk_hvp, size = hvp_kernel(mode or problem.hvp_mode, V.shape[1], problem.batch_size)
     stop = _resolve_k(problem, k)
     w = problem.params
     base = {**problem._constants, **problem.unflatten(w)}
     x0 = w[layer.flat]
     Vd = V.to(device=problem.device, dtype=problem.dtype)
     total = torch.zeros(V.shape, dtype=torch.float64, device=problem.device)
-    for a, b in problem.chunks(0, stop):
+    for a, b in problem.chunks(0, stop, size):
         inputs = tuple(t[a:b] for t in problem.inputs)
         targets = problem.targets[a:b]
 
