@@ -33,14 +33,16 @@ missed eigenvalue inside a dense bulk closer to θ_D than the tolerance
 resolves is beyond any short guard (2 of 300 uniform bulks at tol 1e-6).
 
 Warm start (``init``, a previous subspace — the next k, the next
-checkpoint): Lanczos starts from the sum of the previous vectors. If they span
-an invariant subspace of the new operator the Krylov space reaches it in ``p``
-steps (as a Rayleigh–Ritz step would); otherwise the start's weight on the
-wanted directions saves steps over a random one. Measured on tiny-gpt
-(k = 480 → 512, D = 16, tol 1e-3): 47 main steps against 50 cold, where a
-batched Rayleigh–Ritz step followed by Lanczos from its Ritz vectors took 61 —
-a 6 % change of the sample set moves the subspace by ~1e-2, ten times the
-tolerance, and only the Krylov polynomial closes that gap.
+checkpoint): block Davidson from that subspace. Its first block is one
+Rayleigh–Ritz step (``p`` products in one batched ``matmat``, the fastest HVP
+path); if the subspace barely moved, that certifies and the run ends there
+(plus the guard). Otherwise blocks of the worst residuals follow. Measured on
+tiny-gpt (D = 16, tol 1e-3): k = 511 → 512 takes 16 products against 50 cold
+Lanczos steps; k = 480 → 512 takes 53 against 50, in 0.75× the wall time —
+a 6 % change of the sample set rotates the subspace by ~1e-2, ten times the
+tolerance, and no warm start skips the polynomial that closes that gap
+(Lanczos from the sum of the previous vectors took 47 steps there, but 38 at
+k = 511 → 512).
 
 Method ``"power"``: deflated power iteration as in PyHessian (fixed maximum
 iterations, stop when the eigenvalue estimate changes by less than 1e-4
@@ -59,6 +61,7 @@ from torch import Tensor
 from curvprobe.operators import DeflatedOperator, LinearOperator
 
 METHODS = ("lanczos", "power")
+_DAVIDSON_BLOCK = 8  # residuals added per warm-start block (batched HVPs)
 _DGKS = 2**-0.5  # re-orthogonalise when a projection removed more than 1 − 1/√2 of a norm
 
 
@@ -225,20 +228,58 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
         X = _next_block(W, Q, generator, 1e-14 * max(top_scale, 1e-300))
 
 
-def _start_vector(n: int, init: Tensor | Eigenspace | None, generator: torch.Generator,
-                  device: torch.device) -> Tensor:
-    """Unit start vector (N, 1): random, or — warm start — the sum of the
-    previous subspace's normalised vectors plus a 1e-3 random part (so no
-    eigendirection is exactly absent from the Krylov space)."""
-    x = _random_unit(n, generator, device)
-    if init is not None:
-        U = init.vectors if isinstance(init, Eigenspace) else torch.as_tensor(init)
-        U = U.to(device, torch.float64).reshape(n, -1)
-        if not torch.isfinite(U).all() or float(U.norm()) == 0.0:
-            raise ValueError("init subspace is zero or non-finite")
-        v = (U / U.norm(dim=0).clamp_min(1e-300)).sum(dim=1)
-        x = v / v.norm() + 1e-3 * x
-    return (x / x.norm())[:, None]
+def _davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_size: int,
+              max_matvecs: int, generator: torch.Generator) -> _Krylov:
+    """Block Davidson (no preconditioner) for the ``nev`` largest eigenpairs,
+    started from the subspace ``U0`` (N, p): the warm start.
+
+    The first block is a Rayleigh–Ritz step in ``span(U0)`` (p products in
+    one ``matmat``); each further block adds the residuals of the pairs not
+    yet within ``tol · max |θ|`` (the ``_DAVIDSON_BLOCK`` worst), so a
+    subspace that barely moved costs p products and one that moved costs a
+    few batched blocks. Keeps ``A Q``
+    next to the basis ``Q`` (memory 2 × N × basis_size), so residuals are
+    explicit: ``A X − X Θ = R`` is returned as ``F = R``, ``S = I``.
+    """
+    n = op.shape[0]
+    m = min(max(basis_size, 2 * nev), n)
+    Z = _next_block(U0, U0[:, :0], generator, 0.0)
+    Q = torch.empty(n, 0, dtype=torch.float64, device=op.device)
+    AQ = torch.empty_like(Q)
+    used = 0
+    while True:
+        if Q.shape[1] + Z.shape[1] > m:  # restart from the current Ritz vectors
+            Q, AQ = X, AX
+        AZ = op.matmat(Z)
+        used += Z.shape[1]
+        Q, AQ = torch.cat([Q, Z], dim=1), torch.cat([AQ, AZ], dim=1)
+        T = Q.T @ AQ
+        theta, S = torch.linalg.eigh(0.5 * (T + T.T))
+        wanted = min(nev, Q.shape[1])
+        theta, S = theta.flip(0)[:wanted], S.flip(1)[:, :wanted]
+        X, AX = Q @ S, AQ @ S
+        R = AX - X * theta
+        res = R.norm(dim=0)
+        open_ = res > tol * float(theta.abs().max())
+        if not bool(open_.any()) and wanted == nev or used >= max_matvecs or Q.shape[1] >= n:
+            return _Krylov(theta, X, res, R, torch.eye(wanted, dtype=torch.float64, device=op.device))
+        idx = torch.nonzero(open_)[:, 0]
+        idx = idx[res[idx].argsort(descending=True)[:_DAVIDSON_BLOCK]]
+        Z = _next_block(_orthonormalize_against(R[:, idx], Q), Q, generator,
+                        1e-14 * max(float(theta.abs().max()), 1e-300))
+        Z = Z[:, : max(1, min(Z.shape[1], max_matvecs - used))]
+
+
+def _init_block(init: Tensor | Eigenspace, n: int, D: int, generator: torch.Generator,
+                device: torch.device) -> Tensor:
+    """Warm-start block (N, max(p, D)): the previous subspace's vectors,
+    completed with random ones when it has fewer than ``D``."""
+    U = init.vectors if isinstance(init, Eigenspace) else torch.as_tensor(init)
+    U = U.to(device, torch.float64).reshape(n, -1)
+    if not torch.isfinite(U).all() or float(U.norm()) == 0.0:
+        raise ValueError("init subspace is zero or non-finite")
+    extra = [_random_unit(n, generator, device) for _ in range(D - U.shape[1])]
+    return torch.cat([U, *(x[:, None] for x in extra)], dim=1)
 
 
 def _check_args(op: LinearOperator, D: int, tol: float) -> None:
@@ -296,8 +337,12 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         return _power_iteration(op, D, tol=tol, generator=generator, budget=budget,
                                 iters=power_iters, change_tol=power_tol, start=start)
     m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
-    run = _trlan(op, D, _start_vector(n, init, generator, op.device), tol=tol, basis_size=m,
-                 max_matvecs=budget, generator=generator)
+    if init is None:
+        run = _trlan(op, D, _random_unit(n, generator, op.device)[:, None], tol=tol, basis_size=m,
+                     max_matvecs=budget, generator=generator)
+    else:
+        run = _davidson(op, D, _init_block(init, n, D, generator, op.device), tol=tol,
+                        basis_size=m, max_matvecs=budget, generator=generator)
     values, vectors, residuals = run.values, run.vectors, run.residuals
     scale = float(values.abs().max())
     F, S = run.F, run.S

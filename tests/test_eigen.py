@@ -107,6 +107,26 @@ def test_warm_start_needs_fewer_matvecs():
     assert warm.num_matvecs < cold2.num_matvecs
 
 
+def test_warm_start_from_exact_subspace_is_one_block():
+    """An invariant start subspace: one batched Rayleigh–Ritz block plus the guard."""
+    rng = np.random.default_rng(4)
+    A = random_symmetric(spectrum("spread", 300, rng), rng)
+    cold = top_eigenspace(MatrixOperator(A), 8, tol=1e-10)
+    warm = top_eigenspace(MatrixOperator(A), 8, tol=1e-6, init=cold, guard_steps=10)
+    check_certified(warm, A, 8, 1e-6)
+    assert warm.num_matvecs == 8 + 10
+
+
+@pytest.mark.parametrize("p", [3, 12])
+def test_warm_start_with_fewer_or_more_vectors(p):
+    rng = np.random.default_rng(5)
+    A = random_symmetric(spectrum("clustered", 250, rng), rng)
+    start = top_eigenspace(MatrixOperator(A), p, tol=1e-3).vectors
+    A2 = A + 1e-3 * random_symmetric(rng.standard_normal(250), rng)
+    warm = top_eigenspace(MatrixOperator(A2), 6, tol=1e-6, init=start)
+    check_certified(warm, A2, 6, 1e-6)
+
+
 def test_power_iteration_baseline():
     rng = np.random.default_rng(4)
     lam = np.r_[np.geomspace(10, 1, 5), rng.uniform(0, 0.5, 95)]
