@@ -117,6 +117,18 @@ def test_warm_start_from_exact_subspace_is_one_block():
     assert warm.num_matvecs == 8 + 10
 
 
+def test_warm_start_from_a_far_subspace_costs_one_block_more_than_cold():
+    """A subspace that moved far: Davidson gives way to Lanczos after one block."""
+    rng = np.random.default_rng(6)
+    A = random_symmetric(spectrum("spread", 300, rng), rng)
+    A2 = A + 0.3 * random_symmetric(rng.standard_normal(300) / 10, rng)
+    start = top_eigenspace(MatrixOperator(A), 8, tol=1e-3)
+    cold = top_eigenspace(MatrixOperator(A2), 8, tol=1e-6)
+    warm = top_eigenspace(MatrixOperator(A2), 8, tol=1e-6, init=start)
+    check_certified(warm, A2, 8, 1e-6)
+    assert warm.num_matvecs <= cold.num_matvecs + 8 + 10
+
+
 @pytest.mark.parametrize("p", [3, 12])
 def test_warm_start_with_fewer_or_more_vectors(p):
     rng = np.random.default_rng(5)
