@@ -111,7 +111,7 @@ def main() -> None:
           f"{float(ratios.median()):.3f} (max {float(ratios.max()):.3f})\n")
 
     # 4. assembly vs D HVPs on k and k+1 samples ---------------------------
-    print("| k | assembly (1 sample) s | 2·D HVPs on k, k+1 samples s | speed-up | max |ΔB| |")
+    print("| k | assembly (1 sample) s | 2·D HVPs on k, k+1 samples s | speed-up | max \\|ΔB\\| |")
     print("|---|---|---|---|---|")
     for k in [ks[0], ks[len(ks) // 2], ks[-1]]:
         es_k = top_eigenspace(problem.hessian_operator(k), 16, tol=1e-3)

@@ -146,7 +146,7 @@ def main() -> None:
     for name, problem in problems.items():
         print(f"- {name}: N = {problem.num_params:,} parameters, n = {problem.num_samples} samples, "
               f"dtype {problem.dtype}")
-    print("\n| model | seed | method | HVPs | wall s | converged | max rel. residual | max |θ−θ_eigsh|/|θ₁| |")
+    print("\n| model | seed | method | HVPs | wall s | converged | max rel. residual | max \\|θ−θ_eigsh\\|/\\|θ₁\\| |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['seed']} | {r['method']} | {r['hvps']} | {r['seconds']:.2f} | "

@@ -140,7 +140,7 @@ def layer_rows(label: str, spectra: xr.Dataset, kron: xr.Dataset) -> list[dict]:
 
 def print_layers(rows: list[dict]) -> None:
     print("\n## Per layer: alpha triangle and Kronecker decomposition\n")
-    print("| model | layer | type | m×n | K | rank(G) | HVPs | α (R²) | γ | s | αγ | |s−αγ|/s | BIC winner "
+    print("| model | layer | type | m×n | K | rank(G) | HVPs | α (R²) | γ | s | αγ | \\|s−αγ\\|/s | BIC winner "
           "| PR_h | β | φ | β+φ | 2+φ | slope log χ | hook ‖δᵀA/k−G‖/‖G‖ |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -159,7 +159,7 @@ def print_layers(rows: list[dict]) -> None:
 def print_by_type(rows: list[dict]) -> None:
     print("\n## α by layer type\n")
     print("| model | layer type | layers | fitted | median α | α range | median R²(α) "
-          "| median β+φ | median 2+φ | median |s−αγ|/s |")
+          "| median β+φ | median 2+φ | median \\|s−αγ\\|/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     keys = []
     for r in rows:

@@ -24,8 +24,9 @@ _NAMES = {"delta1": "Δ₁ (Dirac)", "full_mc": "Δ₂ full space (MC)", "sphere
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table with columns padded for the terminal."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    """A Markdown table with columns padded for the terminal (a ``|`` inside a
+    cell, as in ``|direct−GM|``, is escaped)."""
+    cells = [[str(c).replace("|", "\\|") for c in r] for r in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
