@@ -41,6 +41,7 @@ HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
 #: (measured by ``benchmarks/eigensolvers.py``: below it, double backward that
 #: reuses one differentiable gradient graph for all vectors is faster).
 VMAP_MIN_VECTORS = 4
+VMAP_MIN_CHUNK = 16
 
 _STOCHASTIC_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                        nn.AlphaDropout, nn.FeatureAlphaDropout, nn.modules.batchnorm._BatchNorm)
@@ -93,9 +94,10 @@ class Problem:
         Dtype of parameters and floating inputs (default: the model's), and the
         device everything is moved to (default: the model's).
     hvp_mode : {"auto", "double_backward", "forward_over_reverse"}
-        HVP path. ``"auto"`` uses double backward for fewer than
-        :data:`VMAP_MIN_VECTORS` vectors and the vmapped forward-over-reverse
-        product otherwise.
+        HVP path. ``"auto"`` uses the vmapped forward-over-reverse product
+        for :data:`VMAP_MIN_VECTORS` vectors or more when ``batch_size //
+        m`` ≥ :data:`VMAP_MIN_CHUNK`, and double backward otherwise (see
+        :func:`hvp_kernel`).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, inputs: Tensor | tuple[Tensor, ...],
@@ -365,7 +367,9 @@ def hvp_kernel(mode: str, num_vectors: int, batch_size: int
     """The HVP kernel ``(f, w, V) -> ∇²f(w) V`` for ``mode`` (one of
     :data:`HVP_MODES`) and a batch of ``num_vectors`` columns, and the samples
     per chunk to run it on. ``"auto"`` picks forward-over-reverse from
-    :data:`VMAP_MIN_VECTORS` columns on. Double backward reuses one graph for
+    :data:`VMAP_MIN_VECTORS` columns on, when its chunks would still hold
+    :data:`VMAP_MIN_CHUNK` samples (smaller ones were measured slower per
+    vector than double backward). Double backward reuses one graph for
     the columns in turn (chunks of ``batch_size``); the vmapped path holds
     ``num_vectors`` copies of the activations, so its chunks hold
     ``batch_size // num_vectors`` samples — the same memory, and measured
@@ -374,7 +378,8 @@ def hvp_kernel(mode: str, num_vectors: int, batch_size: int
     if mode not in HVP_MODES:
         raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
     if mode == "auto":
-        mode = "forward_over_reverse" if num_vectors >= VMAP_MIN_VECTORS else "double_backward"
+        vmapped = num_vectors >= VMAP_MIN_VECTORS and batch_size // num_vectors >= VMAP_MIN_CHUNK
+        mode = "forward_over_reverse" if vmapped else "double_backward"
     if mode == "double_backward":
         return _hvp_double_backward, batch_size
     return _hvp_forward_over_reverse, max(1, batch_size // max(1, num_vectors))
