@@ -250,7 +250,7 @@ def _davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_siz
     """
     n = op.shape[0]
     m = min(max(basis_size, 2 * nev), n)
-    Z = _next_block(U0, U0[:, :0], generator, 0.0)
+    Z = _next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
     Q = torch.empty(n, 0, dtype=torch.float64, device=op.device)
     AQ = torch.empty_like(Q)
     used = 0
@@ -272,10 +272,10 @@ def _davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_siz
         if far or not bool(open_.any()) and wanted == nev or used >= max_matvecs or Q.shape[1] >= n:
             return _Krylov(theta, X, res, R, torch.eye(wanted, dtype=torch.float64, device=op.device))
         idx = torch.nonzero(open_)[:, 0]
-        idx = idx[res[idx].argsort(descending=True)[:_DAVIDSON_BLOCK]]
+        room = min(_DAVIDSON_BLOCK, max_matvecs - used, n - Q.shape[1])
+        idx = idx[res[idx].argsort(descending=True)[: max(1, room)]]
         Z = _next_block(_orthonormalize_against(R[:, idx], Q), Q, generator,
                         1e-14 * max(float(theta.abs().max()), 1e-300))
-        Z = Z[:, : max(1, min(Z.shape[1], max_matvecs - used))]
 
 
 def _init_block(init: Tensor | Eigenspace, n: int, D: int, generator: torch.Generator,

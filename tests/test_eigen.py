@@ -129,6 +129,22 @@ def test_warm_start_from_a_far_subspace_costs_one_block_more_than_cold():
     assert warm.num_matvecs <= cold.num_matvecs + 8 + 10
 
 
+@settings(derandomize=True, max_examples=200)
+@given(n=st.integers(2, 9), data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_warm_start_on_tiny_operators(n, data, seed):
+    """Warm starts whose blocks fill the whole space (D up to N − 1)."""
+    D = data.draw(st.integers(1, n - 1), label="D")
+    rng = np.random.default_rng(seed)
+    A = random_symmetric(rng.standard_normal(n), rng)
+    A2 = A + data.draw(st.sampled_from([0.0, 1e-6, 1e-2, 1.0]), label="shift") * random_symmetric(
+        rng.standard_normal(n), rng)
+    start = top_eigenspace(MatrixOperator(A), D, tol=1e-3)
+    warm = top_eigenspace(MatrixOperator(A2), D, tol=1e-8, init=start)
+    assert torch.isfinite(warm.values).all() and torch.isfinite(warm.vectors).all()
+    ref = np.sort(np.linalg.eigvalsh(A2))[::-1][:D]
+    assert np.abs(warm.values.numpy() - ref).max() <= 1e-6 * max(abs(ref).max(), 1e-12)
+
+
 @pytest.mark.parametrize("p", [3, 12])
 def test_warm_start_with_fewer_or_more_vectors(p):
     rng = np.random.default_rng(5)
