@@ -294,7 +294,7 @@ def cmd_plot(args) -> int:
         if spectra is not None:
             figures["alpha_fits"] = plots.plot_alpha_fits(spectra)
             figures["spectral_transfer"] = plots.plot_spectral_transfer(spectra)
-            if hasattr(plots, "plot_rank_profile_bic") and "bic" in spectra:
+            if "bic" in spectra:
                 figures["rank_profile_bic"] = plots.plot_rank_profile_bic(spectra)
     for name, fig in figures.items():
         print(_save_figure(fig, out / f"{name}.png"))
