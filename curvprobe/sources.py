@@ -59,6 +59,16 @@ class LoadedSource:
     digests: dict[str, str]
 
 
+def _load_weights_only(path: Path, refusal: str) -> object:
+    """``torch.load(path, weights_only=True)`` on CPU; a failure becomes a
+    :class:`ConfigError` ``"<refusal> (torch.load ... failed: <reason>)"``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{refusal} (torch.load with weights_only=True failed: "
+                          f"{_first_line(exc)})") from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
@@ -116,11 +126,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"checkpoint {path} is not a PyTorch checkpoint (torch.load with "
-                          f"weights_only=True failed: {_first_line(exc)})") from None
+    obj = _load_weights_only(path, f"checkpoint {path} is not a PyTorch checkpoint")
     if isinstance(obj, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(obj.get(key), dict) and not isinstance(obj.get(key), Tensor):
@@ -251,11 +257,7 @@ def load_data(config: ProbeConfig) -> dict[str, Tensor]:
         return {"ids": _as_long_ids(array, path)}
     if path.suffix != ".pt":
         raise ConfigError(f"config key 'data': {path} must end in .pt or .npy")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"data file {path} is not a torch tensor file (torch.load with "
-                          f"weights_only=True failed: {_first_line(exc)})") from None
+    obj = _load_weights_only(path, f"data file {path} is not a torch tensor file")
     if isinstance(obj, Tensor):
         return {"ids": _as_long_ids(obj, path)}
     if isinstance(obj, dict) and {"inputs", "targets"} <= set(obj):
