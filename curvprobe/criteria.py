@@ -298,7 +298,10 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
         ``outside_validated_regime`` True and a warning for ``gm``/``quad_mc``.
     point_batch : int
         Perturbed points evaluated together (memory: that many N-vectors).
-    eigen_kwargs : extra keywords for :func:`top_eigenspace`.
+    eigen_kwargs : extra keywords for :func:`top_eigenspace`. ``per_k`` keeps
+        each k's Lanczos basis to carry it to the next k (HVPs on the new
+        samples only; memory 2 × N × basis_size float64); ``{"keep_basis":
+        False}`` turns that off.
     init : Eigenspace or Tensor (N, p), optional
         Warm start for the first eigenspace (per_k: of the first k — a resumed
         run passes the eigenspace of the k before; fixed: of H^(K)).
@@ -480,7 +483,8 @@ def _subspace_estimates_per_k(problem, ks, a, xi, sigmas, dims, p, col, table, t
                 grad_sum += problem.gradient(k=k, start=done) * (k - done)
                 done = k
         with timed("subspace"):
-            es = top_eigenspace(problem.hessian_operator(k), Dmax, init=prev, **kwargs)
+            es = top_eigenspace(problem.hessian_operator(k), Dmax, init=prev,
+                                **{"keep_basis": len(ks) > 1, **kwargs})
         eig.record(j, es, es.num_matvecs)
         prev = es
         with timed("assembly"):

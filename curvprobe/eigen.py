@@ -56,7 +56,7 @@ eigenvalue, not the residual, so its ``converged`` flags are often False.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -90,6 +90,17 @@ class Eigenspace:
     guard_value : float
         Top Ritz value of the final deflated guard run (NaN if no guard ran);
         the result is certified only if it is ≤ ``θ_D + tol·|θ_1|``.
+    cost : float
+        Work in units of one operator product: ``num_matvecs`` plus carried
+        images (a basis carried from ``k_0`` to ``k`` samples costs
+        ``(k − k_0)/k`` of a product per vector). NaN if not recorded.
+    basis, basis_image : Tensor (N, m) or None
+        With ``keep_basis=True``: the solver's final orthonormal basis ``Q``
+        (the top-D Ritz vectors span part of it) and ``A Q``, so that a warm
+        start on an operator that :meth:`~curvprobe.operators.LinearOperator.carry`
+        can derive from ``operator`` (the next k) starts from all of ``Q``.
+    operator : LinearOperator or None
+        The operator solved, kept with the basis.
     """
 
     values: Tensor
@@ -100,6 +111,10 @@ class Eigenspace:
     tol: float
     method: str
     guard_value: float = math.nan
+    cost: float = math.nan
+    basis: Tensor | None = field(default=None, repr=False, compare=False)
+    basis_image: Tensor | None = field(default=None, repr=False, compare=False)
+    operator: LinearOperator | None = field(default=None, repr=False, compare=False)
 
     @property
     def D(self) -> int:
@@ -119,14 +134,17 @@ class Eigenspace:
 
 @dataclass
 class _Krylov:
-    """One thick-restart (block) Lanczos run: Ritz pairs plus the residual
-    factor ``A U − U Θ = F Sᵀ`` with ``F`` (N, b) and ``S`` (nev, b)."""
+    """One solver run: Ritz pairs plus the residual factor
+    ``A U − U Θ = F Sᵀ`` with ``F`` (N, b) and ``S`` (nev, b); with
+    ``keep_basis``, the final basis ``Q`` and its image ``A Q``."""
 
     values: Tensor
     vectors: Tensor
     residuals: Tensor
     F: Tensor
     S: Tensor
+    basis: Tensor | None = None
+    image: Tensor | None = None
 
 
 def _orthonormalize_against(x: Tensor, Q: Tensor | None) -> Tensor:
@@ -174,7 +192,8 @@ def _project_out(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: int,
-           max_matvecs: int, generator: torch.Generator, scale: float | None = None) -> _Krylov:
+           max_matvecs: int, generator: torch.Generator, scale: float | None = None,
+           keep_basis: bool = False) -> _Krylov:
     """Thick-restart block Lanczos for the ``nev`` largest eigenpairs of ``op``.
 
     ``X0`` (N, b) starts the Krylov space; its width b is the block size (1:
@@ -185,7 +204,8 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
     the last block, and the residual of a Ritz pair ``(θ, Q s)`` is
     ``‖F s_last‖``. Stops when every wanted pair has
     ``‖A u − θ u‖ ≤ tol · scale`` (``scale`` defaults to ``max |θ_i|`` over
-    the wanted ones) or after ``max_matvecs`` products.
+    the wanted ones) or after ``max_matvecs`` products. With ``keep_basis``
+    the run also returns ``Q`` and ``A Q = Q T + F E_lastᵀ``.
     """
     n = op.shape[0]
     b = X0.shape[1]
@@ -220,8 +240,12 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
         res = torch.einsum("ij,ik,kj->j", S_last, W.T @ W, S_last).clamp_min(0).sqrt()  # ‖W s_last‖
         done = size >= nev and bool((res[:nev] <= tol * top_scale).all())
         if done or used >= max_matvecs or size >= n:
+            basis = image = None
+            if keep_basis:
+                basis, image = Q.clone(), Q @ T
+                image[:, size - b :] += W
             return _Krylov(theta[:wanted], Q @ S[:, :wanted], res[:wanted], W,
-                           S_last[:, :wanted].T.contiguous())
+                           S_last[:, :wanted].T.contiguous(), basis, image)
         if size + b > m:
             # thick restart: keep the best p Ritz vectors; A Z = Z Θ + W S_lastᵀ
             p = max(nev, min(m - b, nev + (m - nev) // 2))
@@ -233,49 +257,73 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
 
 
 def _davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_size: int,
-              max_matvecs: int, generator: torch.Generator, reach: float = math.inf) -> _Krylov:
+              max_matvecs: int, generator: torch.Generator, reach: float = math.inf,
+              image: Tensor | None = None, keep_basis: bool = False) -> _Krylov:
     """Block Davidson (no preconditioner) for the ``nev`` largest eigenpairs,
     started from the subspace ``U0`` (N, p): the warm start.
 
-    The first block is a Rayleigh–Ritz step in ``span(U0)`` (p products in
-    one ``matmat``); each further block adds the residuals of the pairs not
-    yet within ``tol · max |θ|`` (the ``_DAVIDSON_BLOCK`` worst), so a
-    subspace that barely moved costs p products and one that moved costs a
-    few batched blocks. Keeps ``A Q``
-    next to the basis ``Q`` (memory 2 × N × basis_size), so residuals are
-    explicit: ``A X − X Θ = R`` is returned as ``F = R``, ``S = I``. If a
-    residual after the first block exceeds ``reach · tol · max |θ|`` the
-    Rayleigh–Ritz result is returned as it is (the subspace moved too far for
-    Davidson blocks to beat Lanczos).
+    The first block is a Rayleigh–Ritz step in ``span(U0)``: ``p`` products
+    in one ``matmat``, or none when ``image = A U0`` is given (``U0`` then
+    orthonormal: a carried basis). Each further block adds the residuals of
+    the pairs not yet within ``tol · max |θ|`` (the ``_DAVIDSON_BLOCK``
+    worst), so a subspace that barely moved costs the first block and one
+    that moved a few batched blocks. Keeps ``A Q`` next to the basis ``Q``
+    (memory 2 × N × basis_size), so residuals are explicit: ``A X − X Θ = R``
+    is returned as ``F = R``, ``S = I``. At the basis bound it restarts from
+    the best ``nev + (basis_size − nev) // 2`` Ritz vectors. If a residual
+    after the first block exceeds ``reach · tol · max |θ|`` the Rayleigh–Ritz
+    result is returned as it is (the subspace moved too far for Davidson
+    blocks to beat Lanczos).
     """
     n = op.shape[0]
     m = min(max(basis_size, 2 * nev), n)
-    Z = _next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
-    Q = torch.empty(n, 0, dtype=torch.float64, device=op.device)
-    AQ = torch.empty_like(Q)
-    used = 0
+    if image is None:
+        Q = AQ = torch.empty(n, 0, dtype=torch.float64, device=op.device)
+        Z = _next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
+    else:
+        Q, AQ, Z = U0, image, None
+    used, first = 0, True
     while True:
-        if Q.shape[1] + Z.shape[1] > m:  # restart from the current Ritz vectors
-            Q, AQ = X, AX
-        AZ = op.matmat(Z)
-        used += Z.shape[1]
-        Q, AQ = torch.cat([Q, Z], dim=1), torch.cat([AQ, AZ], dim=1)
+        if Z is not None:
+            AZ = op.matmat(Z)
+            used += Z.shape[1]
+            Q, AQ = torch.cat([Q, Z], dim=1), torch.cat([AQ, AZ], dim=1)
         T = Q.T @ AQ
         theta, S = torch.linalg.eigh(0.5 * (T + T.T))
+        theta, S = theta.flip(0), S.flip(1)
         wanted = min(nev, Q.shape[1])
-        theta, S = theta.flip(0)[:wanted], S.flip(1)[:, :wanted]
-        X, AX = Q @ S, AQ @ S
-        R = AX - X * theta
+        X, AX = Q @ S[:, :wanted], AQ @ S[:, :wanted]
+        R = AX - X * theta[:wanted]
         res = R.norm(dim=0)
-        open_ = res > tol * float(theta.abs().max())
-        far = used == U0.shape[1] and bool((res > reach * tol * float(theta.abs().max())).any())
+        top = float(theta[:wanted].abs().max())
+        open_ = res > tol * top
+        far = first and bool((res > reach * tol * top).any())
+        first = False
         if far or not bool(open_.any()) and wanted == nev or used >= max_matvecs or Q.shape[1] >= n:
-            return _Krylov(theta, X, res, R, torch.eye(wanted, dtype=torch.float64, device=op.device))
+            return _Krylov(theta[:wanted], X, res, R,
+                           torch.eye(wanted, dtype=torch.float64, device=op.device),
+                           Q if keep_basis else None, AQ if keep_basis else None)
         idx = torch.nonzero(open_)[:, 0]
         room = min(_DAVIDSON_BLOCK, max_matvecs - used, n - Q.shape[1])
         idx = idx[res[idx].argsort(descending=True)[: max(1, room)]]
+        if Q.shape[1] + idx.numel() > m:  # restart from the best Ritz vectors
+            keep = max(wanted, min(m - idx.numel(), nev + (m - nev) // 2))
+            Q, AQ = Q @ S[:, :keep], AQ @ S[:, :keep]
         Z = _next_block(_orthonormalize_against(R[:, idx], Q), Q, generator,
-                        1e-14 * max(float(theta.abs().max()), 1e-300))
+                        1e-14 * max(top, 1e-300))
+
+
+def _warm_start(op: LinearOperator, init: Tensor | Eigenspace, D: int,
+                generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """The start block of a warm start and its image under ``op`` if known:
+    a kept basis of at least ``D`` vectors that ``op`` can carry, else the
+    previous subspace's vectors (completed with random ones up to ``D``) and
+    None."""
+    if isinstance(init, Eigenspace) and init.basis is not None and init.basis.shape[1] >= D:
+        image = op.carry(init.operator, init.basis, init.basis_image)
+        if image is not None:
+            return init.basis, image
+    return _init_block(init, op.shape[0], D, generator, op.device), None
 
 
 def _init_block(init: Tensor | Eigenspace, n: int, D: int, generator: torch.Generator,
@@ -301,7 +349,7 @@ def _check_args(op: LinearOperator, D: int, tol: float) -> None:
 def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str = "lanczos",
                    seed: int = 0, init: Tensor | Eigenspace | None = None,
                    max_matvecs: int | None = None, basis_size: int | None = None,
-                   guard_steps: int = 10, max_guard_rounds: int = 4,
+                   guard_steps: int = 10, max_guard_rounds: int = 4, keep_basis: bool = False,
                    power_iters: int = 100, power_tol: float = 1e-4) -> Eigenspace:
     """The ``D`` algebraically largest eigenpairs of the symmetric ``op``.
 
@@ -318,6 +366,10 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         Seeds the start and guard vectors (a CPU ``torch.Generator``).
     init : Tensor (N, p) or Eigenspace, optional
         Warm start from a previous subspace (the next k, the next checkpoint).
+        An Eigenspace solved with ``keep_basis=True`` whose operator ``op``
+        can :meth:`~curvprobe.operators.LinearOperator.carry` from (the
+        Hessian on fewer leading samples, same point) starts from its whole
+        basis, with ``A Q`` derived from HVPs on the new samples only.
     max_matvecs : int, optional
         Budget of operator products (default ``max(40 D, 400)``); a run that
         hits it returns with ``converged`` False where not certified.
@@ -327,6 +379,11 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     guard_steps : int
         Lanczos steps of the missed-eigenvalue guard (0 disables it; the
         result then cannot be certified and ``converged`` is all False).
+    max_guard_rounds : int
+        Missed-eigenvalue repairs before giving up the certificate.
+    keep_basis : bool
+        Return the final basis and its image (memory 2 × N × basis_size
+        float64) for a carried warm start at the next k.
     power_iters, power_tol :
         Iteration cap and eigenvalue-change tolerance of ``method="power"``.
 
@@ -340,22 +397,24 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     generator = torch.Generator().manual_seed(int(seed))
     n = op.shape[0]
     budget = int(max_matvecs) if max_matvecs is not None else max(40 * D, 400)
-    start = op.num_matvecs
+    start, start_cost = op.num_matvecs, op.cost
     if method == "power":
         return _power_iteration(op, D, tol=tol, generator=generator, budget=budget,
                                 iters=power_iters, change_tol=power_tol, start=start)
     m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
+    solve = {"tol": tol, "basis_size": m, "generator": generator, "keep_basis": keep_basis}
     if init is None:
-        run = _trlan(op, D, _random_unit(n, generator, op.device)[:, None], tol=tol, basis_size=m,
-                     max_matvecs=budget, generator=generator)
+        run = _trlan(op, D, _random_unit(n, generator, op.device)[:, None], max_matvecs=budget,
+                     **solve)
     else:
-        run = _davidson(op, D, _init_block(init, n, D, generator, op.device), tol=tol,
-                        basis_size=m, max_matvecs=budget, generator=generator, reach=_DAVIDSON_REACH)
+        U0, image = _warm_start(op, init, D, generator)
+        run = _davidson(op, D, U0, image=image, max_matvecs=budget, reach=_DAVIDSON_REACH,
+                        **solve)
         spent = op.num_matvecs - start
         if bool((run.residuals > tol * float(run.values.abs().max())).any()) and spent < budget:
             # the subspace moved far: Lanczos from the sum of its Ritz vectors
-            run = _trlan(op, D, run.vectors.sum(dim=1, keepdim=True), tol=tol, basis_size=m,
-                         max_matvecs=budget - spent, generator=generator)
+            run = _trlan(op, D, run.vectors.sum(dim=1, keepdim=True), max_matvecs=budget - spent,
+                         **solve)
     values, vectors, residuals = run.values, run.vectors, run.residuals
     scale = float(values.abs().max())
     F, S = run.F, run.S
@@ -389,12 +448,14 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         residuals = torch.cat([residuals, torch.sqrt(extra.residuals**2 + leak**2)])
         F = torch.cat([F, extra.F], dim=1)
         S = torch.block_diag(S, extra.S)
+        run.basis = run.image = None  # the merged pairs lie outside the run's basis
     order = values.argsort(descending=True)[:D]
     scale = float(values[order].abs().max())
     rel = residuals[order] / scale if scale > 0 else residuals[order]
     converged = (rel <= tol) & certified
     return Eigenspace(values[order].clone(), vectors[:, order].contiguous(), rel, op.num_matvecs - start,
-                      converged, tol, "lanczos", guard_value)
+                      converged, tol, "lanczos", guard_value, op.cost - start_cost, run.basis,
+                      run.image, op if run.basis is not None else None)
 
 
 def _power_iteration(op: LinearOperator, D: int, *, tol: float, generator: torch.Generator,
@@ -426,4 +487,5 @@ def _power_iteration(op: LinearOperator, D: int, *, tol: float, generator: torch
     U = torch.stack(vectors, dim=1)[:, order]
     scale = float(vals.abs().max()) or 1.0
     rel = torch.tensor(residuals, dtype=torch.float64)[order] / scale
-    return Eigenspace(vals[order], U, rel, op.num_matvecs - start, rel <= tol, tol, "power")
+    used = op.num_matvecs - start
+    return Eigenspace(vals[order], U, rel, used, rel <= tol, tol, "power", cost=float(used))

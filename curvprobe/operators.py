@@ -25,6 +25,9 @@ class LinearOperator:
     """A symmetric ``N × N`` operator applied to float64 column blocks.
 
     ``num_matvecs`` counts vectors: one ``matmat`` on ``m`` columns adds ``m``.
+    ``cost`` counts work in units of one product: ``num_matvecs`` plus the
+    fractional cost of images carried over from another operator
+    (:meth:`carry`).
     """
 
     def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
@@ -32,6 +35,7 @@ class LinearOperator:
         self.dtype = torch.float64
         self.device = torch.device(device)
         self.num_matvecs = 0
+        self.cost = 0.0
 
     def _matmat(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -41,7 +45,14 @@ class LinearOperator:
         if V.dim() != 2 or V.shape[0] != self.shape[0]:
             raise ValueError(f"matmat expects shape ({self.shape[0]}, m), got {tuple(V.shape)}")
         self.num_matvecs += V.shape[1]
+        self.cost += V.shape[1]
         return self._matmat(V.to(self.device, torch.float64))
+
+    def carry(self, other: LinearOperator, V: Tensor, AV: Tensor) -> Tensor | None:
+        """``A V`` (N, m) from the known image ``AV = B V`` under another
+        operator ``B``, when that is cheaper than ``m`` products; None when
+        this operator cannot be derived from ``other`` (the default)."""
+        return None
 
     def matvec(self, v: Tensor) -> Tensor:
         """``A v`` for ``v`` of shape (N,); float64 (N,)."""
@@ -81,6 +92,26 @@ class HessianOperator(LinearOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         return self.problem.hvp(V, self.k, self.w, start=self.start)
+
+    def carry(self, other: LinearOperator, V: Tensor, AV: Tensor) -> Tensor | None:
+        """``H V`` from ``AV = H_0 V`` with ``H_0`` the Hessian over a prefix
+        ``[start, k_0)`` of this operator's samples ``[start, k)`` at the same
+        point: the mean over ``k`` samples is the weighted mean
+
+            H V = ((k_0 − start) H_0 V + (k − k_0) H_new V) / (k − start),
+
+        so only the ``k − k_0`` new samples need HVPs; ``cost`` grows by
+        ``m (k − k_0) / (k − start)``. None for any other operator."""
+        if not (isinstance(other, HessianOperator) and other.problem is self.problem
+                and other.start == self.start and self.start < other.k <= self.k
+                and torch.equal(other.w, self.w)):
+            return None
+        n0, n1 = other.k - self.start, self.k - self.start
+        if n0 == n1:
+            return AV.clone()
+        new = self.problem.hvp(V, self.k, self.w, start=other.k)
+        self.cost += V.shape[1] * (n1 - n0) / n1
+        return (n0 * AV + (n1 - n0) * new) / n1
 
 
 class MatrixOperator(LinearOperator):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from curvprobe import MatrixOperator, top_eigenspace
 from curvprobe.operators import DeflatedOperator
 
-from conftest import dense_hessian
+from conftest import dense_hessian, mlp_problem
 
 
 def spectrum(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -205,3 +205,58 @@ def test_bad_method_and_tol():
         top_eigenspace(MatrixOperator(A), 2, method="arnoldi")
     with pytest.raises(ValueError, match="tol"):
         top_eigenspace(MatrixOperator(A), 2, tol=0.0)
+
+
+def test_carry_derives_the_next_k_from_new_samples_only(small_problems):
+    problem = small_problems["mlp"]
+    V = torch.randn(problem.num_params, 3, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    op12, op20 = problem.hessian_operator(12), problem.hessian_operator(20)
+    image = op20.carry(op12, V, op12.matmat(V))
+    assert torch.allclose(image, dense_hessian(problem, 20) @ V, rtol=0, atol=1e-12)
+    assert op20.num_matvecs == 0 and op20.cost == pytest.approx(3 * 8 / 20)
+    # only a prefix of the same samples at the same point carries
+    shifted = problem.params + 1e-3
+    assert torch.equal(op20.carry(problem.hessian_operator(20), V, image), image)
+    for other in (problem.hessian_operator(24),
+                  problem.hessian_operator(12, start=1), problem.hessian_operator(12, w=shifted),
+                  MatrixOperator(torch.eye(problem.num_params))):
+        assert problem.hessian_operator(20).carry(other, V, V) is None
+
+
+@pytest.fixture(scope="module")
+def mlp400():
+    return mlp_problem(n=400, batch_size=200)
+
+
+@pytest.mark.parametrize("k0, k1", [(300, 301), (300, 320)])
+def test_warm_start_from_a_carried_basis(mlp400, k0, k1):
+    """The k0 basis and its image start k1's solve: certified against the
+    dense Hessian, cheaper than a warm start from the k0 vectors alone (and
+    than half a cold start for one added sample), and it chains."""
+    problem, tol = mlp400, 1e-3
+    prev = top_eigenspace(problem.hessian_operator(k0), 5, tol=tol, keep_basis=True)
+    Q, m = prev.basis, prev.basis.shape[1]
+    assert torch.allclose(Q.T @ Q, torch.eye(m, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(prev.basis_image, dense_hessian(problem, k0) @ Q, atol=1e-9)
+    cold = top_eigenspace(problem.hessian_operator(k1), 5, tol=tol)
+    from_vectors = top_eigenspace(problem.hessian_operator(k1), 5, tol=tol, init=prev.vectors)
+    warm = top_eigenspace(problem.hessian_operator(k1), 5, tol=tol, init=prev, keep_basis=True)
+    check_certified(warm, dense_hessian(problem, k1).numpy(), 5, tol)
+    assert warm.cost == pytest.approx(warm.num_matvecs + m * (k1 - k0) / k1)
+    assert cold.cost == cold.num_matvecs
+    assert warm.cost < from_vectors.cost
+    if k1 == k0 + 1:
+        assert warm.cost < 0.5 * cold.cost
+    nxt = top_eigenspace(problem.hessian_operator(k1 + 1), 5, tol=tol, init=warm)
+    check_certified(nxt, dense_hessian(problem, k1 + 1).numpy(), 5, tol)
+    assert nxt.basis is None and cold.basis is None
+
+
+def test_a_basis_that_cannot_carry_falls_back_to_its_vectors(small_problems):
+    problem = small_problems["mlp"]
+    prev = top_eigenspace(problem.hessian_operator(12), 5, tol=1e-8, keep_basis=True)
+    w = problem.params + 1e-3
+    warm = top_eigenspace(problem.hessian_operator(12, w=w), 5, tol=1e-8, init=prev)
+    check_certified(warm, torch.func.jacfwd(torch.func.grad(
+        lambda x: problem.chunk_losses(x, 0, 12).mean()))(w).numpy(), 5, 1e-8)
