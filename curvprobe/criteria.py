@@ -368,7 +368,7 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
             with timed("assembly"):
                 coeffs = coefficients_fixed(problem, ks, a, es)
             for j in range(len(ks)):
-                eig.record(j, es, es.num_matvecs if j == 0 else 0)
+                eig.record(j, es, first=j == 0)
             _subspace_estimates_fixed(problem, ks, coeffs, xi, sigmas, dims, p, col, table, timed,
                                       point_batch)
         else:
@@ -401,18 +401,23 @@ class _EigenRecord:
     residuals: np.ndarray = field(init=False)
     converged: np.ndarray = field(init=False)
     hvps: np.ndarray = field(init=False)
+    cost: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.values = np.full((self.num_k, self.D), np.nan)
         self.residuals = np.full((self.num_k, self.D), np.nan)
         self.converged = np.zeros((self.num_k, self.D), dtype=bool)
         self.hvps = np.zeros(self.num_k, dtype=np.int64)
+        self.cost = np.zeros(self.num_k)
 
-    def record(self, j: int, es: Eigenspace, hvps: int) -> None:
+    def record(self, j: int, es: Eigenspace, first: bool = True) -> None:
+        """Row ``j`` from ``es``; its HVP counts only where it was solved
+        (``first``; a fixed subspace serves every k)."""
         self.values[j] = es.values.cpu().numpy()
         self.residuals[j] = es.residuals.cpu().numpy()
         self.converged[j] = es.converged.cpu().numpy()
-        self.hvps[j] = hvps
+        self.hvps[j] = es.num_matvecs if first else 0
+        self.cost[j] = es.cost if first else 0.0
 
 
 def _fill_surrogate(j: int, coeff: SubspaceCoefficients, deltas: dict, xi: Tensor, sigmas, dims, p,
@@ -485,7 +490,7 @@ def _subspace_estimates_per_k(problem, ks, a, xi, sigmas, dims, p, col, table, t
         with timed("subspace"):
             es = top_eigenspace(problem.hessian_operator(k), Dmax, init=prev,
                                 **{"keep_basis": len(ks) > 1, **kwargs})
-        eig.record(j, es, es.num_matvecs)
+        eig.record(j, es)
         prev = es
         with timed("assembly"):
             coeff = coefficients_per_k(problem, k, float(a[j]), es, grad_sum)
@@ -525,6 +530,10 @@ def _dataset(problem, ks, sigmas, dims, est, table: _Table, eig: _EigenRecord, a
             "converged": (("k", "rank"), eig.converged, {"long_name": "certified eigenpair"}),
             "hvps": (("k",), eig.hvps, {"long_name": "Hessian-vector products of the eigensolver",
                                         "units": "1"}),
+            "hvp_cost": (("k",), eig.cost,
+                         {"long_name": "eigensolver work in full-HVP equivalents (a carried "
+                                       "basis adds HVPs on the new samples: (k − k0)/k each)",
+                          "units": "1"}),
             "stage_seconds": (("stage",), np.array(list(timings.values()), dtype=float),
                               {"long_name": "wall time per stage", "units": "s"}),
         },

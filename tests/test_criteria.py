@@ -125,8 +125,13 @@ def test_per_k_subspace_on_mlp_and_warm_start():
         H = torch.func.hessian(lambda w: problem.chunk_losses(w, 0, k).mean())(problem.params)
         top = torch.linalg.eigvalsh(H).flip(0)[:3].numpy()
         assert np.allclose(ds["eigenvalues"].sel(k=k).values, top, rtol=0, atol=2e-3 * abs(top[0]))
+    # every k after the first carries the previous basis: HVPs on the new samples
+    extra = ds["hvp_cost"].values - ds["hvps"].values
+    assert extra[0] == 0 and (extra[1:] > 0).all()
     fixed = stabilization(problem, ks, sigmas=[1e-2], dims=[1, 3], num_samples=8, subspace="fixed")
     assert "fixed" in fixed.attrs["subspace_note"]
+    assert fixed["hvp_cost"].values[0] == fixed["hvps"].values[0] > 0
+    assert (fixed["hvp_cost"].values[1:] == 0).all()
     # estimators not depending on D are broadcast
     full = ds["value"].sel(estimator="full_mc")
     assert np.array_equal(full.sel(dim=1).values, full.sel(dim=3).values)
