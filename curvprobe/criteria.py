@@ -300,8 +300,8 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
         Perturbed points evaluated together (memory: that many N-vectors).
     eigen_kwargs : extra keywords for :func:`top_eigenspace`. ``per_k`` keeps
         each k's Lanczos basis to carry it to the next k (HVPs on the new
-        samples only; memory 2 × N × basis_size float64); ``{"keep_basis":
-        False}`` turns that off.
+        samples only, used when they cost at most D products; memory
+        2 × N × basis_size float64); ``{"keep_basis": False}`` turns that off.
     init : Eigenspace or Tensor (N, p), optional
         Warm start for the first eigenspace (per_k: of the first k — a resumed
         run passes the eigenspace of the k before; fixed: of H^(K)).

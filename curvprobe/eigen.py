@@ -54,7 +54,9 @@ one (:meth:`~curvprobe.operators.LinearOperator.carry`: the Hessian over
 ``k > k_0`` leading samples at the same point, ``H^(k) Q = (k_0 H^(k_0) Q +
 (k − k_0) H_new Q) / k``) starts Davidson from all of ``Q`` with HVPs on the
 ``k − k_0`` new samples only — ``(k − k_0)/k`` of a product per vector,
-counted in :attr:`Eigenspace.cost`. Measured on tiny-gpt (D = 16, tol 1e-3):
+counted in :attr:`Eigenspace.cost` — provided that costs at most ``D``
+products (else the sample set grew so much that the start is the D previous
+vectors, as above). Measured on tiny-gpt (D = 16, tol 1e-3):
 k = 1023 → 1024 costs 14 products (10 of them the guard) against 59 cold;
 k = 960 → 1024 costs 39 products plus 2.2 carried against 59 (1.8× less
 wall time).
@@ -328,11 +330,13 @@ def _davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_siz
 def _warm_start(op: LinearOperator, init: Tensor | Eigenspace, D: int,
                 generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
     """The start block of a warm start and its image under ``op`` if known:
-    a kept basis of at least ``D`` vectors that ``op`` can carry, else the
-    previous subspace's vectors (completed with random ones up to ``D``) and
-    None."""
+    a kept basis of at least ``D`` vectors that ``op`` can carry for at most
+    ``D`` products (what a Rayleigh–Ritz step on the D previous vectors
+    costs: a sample set that grew by more than ``D / size(basis)`` moved the
+    subspace too far for the basis to pay), else the previous subspace's
+    vectors (completed with random ones up to ``D``) and None."""
     if isinstance(init, Eigenspace) and init.basis is not None and init.basis.shape[1] >= D:
-        image = op.carry(init.operator, init.basis, init.basis_image)
+        image = op.carry(init.operator, init.basis, init.basis_image, budget=D)
         if image is not None:
             return init.basis, image
     return _init_block(init, op.shape[0], D, generator, op.device), None

@@ -48,10 +48,12 @@ class LinearOperator:
         self.cost += V.shape[1]
         return self._matmat(V.to(self.device, torch.float64))
 
-    def carry(self, other: LinearOperator, V: Tensor, AV: Tensor) -> Tensor | None:
+    def carry(self, other: LinearOperator, V: Tensor, AV: Tensor, *,
+              budget: float = float("inf")) -> Tensor | None:
         """``A V`` (N, m) from the known image ``AV = B V`` under another
-        operator ``B``, when that is cheaper than ``m`` products; None when
-        this operator cannot be derived from ``other`` (the default)."""
+        operator ``B``, when that costs at most ``budget`` products (in
+        :attr:`cost` units); None when this operator cannot be derived from
+        ``other`` within the budget (the default: never)."""
         return None
 
     def matvec(self, v: Tensor) -> Tensor:
@@ -93,7 +95,8 @@ class HessianOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         return self.problem.hvp(V, self.k, self.w, start=self.start)
 
-    def carry(self, other: LinearOperator, V: Tensor, AV: Tensor) -> Tensor | None:
+    def carry(self, other: LinearOperator, V: Tensor, AV: Tensor, *,
+              budget: float = float("inf")) -> Tensor | None:
         """``H V`` from ``AV = H_0 V`` with ``H_0`` the Hessian over a prefix
         ``[start, k_0)`` of this operator's samples ``[start, k)`` at the same
         point: the mean over ``k`` samples is the weighted mean
@@ -101,16 +104,20 @@ class HessianOperator(LinearOperator):
             H V = ((k_0 − start) H_0 V + (k − k_0) H_new V) / (k − start),
 
         so only the ``k − k_0`` new samples need HVPs; ``cost`` grows by
-        ``m (k − k_0) / (k − start)``. None for any other operator."""
+        ``m (k − k_0) / (k − start)``. None for any other operator, or when
+        that cost exceeds ``budget``."""
         if not (isinstance(other, HessianOperator) and other.problem is self.problem
                 and other.start == self.start and self.start < other.k <= self.k
                 and torch.equal(other.w, self.w)):
             return None
         n0, n1 = other.k - self.start, self.k - self.start
+        work = V.shape[1] * (n1 - n0) / n1
+        if work > budget:
+            return None
         if n0 == n1:
             return AV.clone()
         new = self.problem.hvp(V, self.k, self.w, start=other.k)
-        self.cost += V.shape[1] * (n1 - n0) / n1
+        self.cost += work
         return (n0 * AV + (n1 - n0) * new) / n1
 
 

@@ -125,9 +125,13 @@ def test_per_k_subspace_on_mlp_and_warm_start():
         H = torch.func.hessian(lambda w: problem.chunk_losses(w, 0, k).mean())(problem.params)
         top = torch.linalg.eigvalsh(H).flip(0)[:3].numpy()
         assert np.allclose(ds["eigenvalues"].sel(k=k).values, top, rtol=0, atol=2e-3 * abs(top[0]))
-    # every k after the first carries the previous basis: HVPs on the new samples
-    extra = ds["hvp_cost"].values - ds["hvps"].values
+    # doubling the samples moves the subspace too far to carry the basis; one
+    # more sample carries it with HVPs on that sample only
+    assert np.array_equal(ds["hvp_cost"].values, ds["hvps"].values)
+    near = stabilization(problem, [40, 41, 42], sigmas=[1e-2], dims=[3], estimators=["gm"])
+    extra = near["hvp_cost"].values - near["hvps"].values
     assert extra[0] == 0 and (extra[1:] > 0).all()
+    assert (near["hvps"].values[1:] < near["hvps"].values[0]).all()
     fixed = stabilization(problem, ks, sigmas=[1e-2], dims=[1, 3], num_samples=8, subspace="fixed")
     assert "fixed" in fixed.attrs["subspace_note"]
     assert fixed["hvp_cost"].values[0] == fixed["hvps"].values[0] > 0

@@ -215,6 +215,8 @@ def test_carry_derives_the_next_k_from_new_samples_only(small_problems):
     image = op20.carry(op12, V, op12.matmat(V))
     assert torch.allclose(image, dense_hessian(problem, 20) @ V, rtol=0, atol=1e-12)
     assert op20.num_matvecs == 0 and op20.cost == pytest.approx(3 * 8 / 20)
+    assert op20.carry(op12, V, image, budget=1.0) is None  # 1.2 products over budget
+    assert op20.cost == pytest.approx(3 * 8 / 20)
     # only a prefix of the same samples at the same point carries
     shifted = problem.params + 1e-3
     assert torch.equal(op20.carry(problem.hessian_operator(20), V, image), image)
