@@ -489,7 +489,7 @@ def _subspace_estimates_per_k(problem, ks, a, xi, sigmas, dims, p, col, table, t
                 done = k
         with timed("subspace"):
             es = top_eigenspace(problem.hessian_operator(k), Dmax, init=prev,
-                                **{"keep_basis": len(ks) > 1, **kwargs})
+                                **{"keep_basis": j + 1 < len(ks), **kwargs})
         eig.record(j, es)
         prev = es
         with timed("assembly"):
