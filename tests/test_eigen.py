@@ -9,6 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from curvprobe import MatrixOperator, top_eigenspace
+from curvprobe.eigen import _trlan, christoffel_kernel, miss_probability
 from curvprobe.operators import DeflatedOperator
 
 from conftest import dense_hessian, mlp_problem
@@ -77,6 +78,81 @@ def test_guard_catches_missed_eigenvalues(kind):
     if kind == "bulk":  # measured: residuals < tol, yet an eigenvalue skipped
         assert float(unguarded.residuals.max()) <= 1e-3
         assert np.abs(unguarded.values.numpy() - ref).max() > 1e-3 * abs(ref[0])
+
+
+def lanczos_T(A: np.ndarray, x0: np.ndarray, steps: int) -> torch.Tensor:
+    """Projected matrix of ``steps`` unrestarted Lanczos steps from unit ``x0``."""
+    run = _trlan(MatrixOperator(A), 1, torch.as_tensor(x0)[:, None], tol=0.0, basis_size=steps,
+                 max_matvecs=steps, generator=torch.Generator().manual_seed(0))
+    return run.T
+
+
+@pytest.mark.parametrize("t", [-1.3, 0.2, 0.97, 1.4, 3.0])
+def test_christoffel_kernel_is_the_largest_polynomial_ratio(t):
+    """K_j(t) = max p(t)² / ‖p(A) x0‖² over degree < j: φ(t)ᵀ G⁻¹ φ(t) with the
+    Gram matrix G of the monomial Krylov vectors."""
+    rng = np.random.default_rng(7)
+    A = random_symmetric(rng.uniform(-1, 1, 40), rng)
+    x0 = rng.standard_normal(40)
+    x0 /= np.linalg.norm(x0)
+    for j in (1, 2, 4, 6):
+        M = np.stack([np.linalg.matrix_power(A, i) @ x0 for i in range(j)], axis=1)
+        phi = t ** np.arange(j)
+        brute = phi @ np.linalg.solve(M.T @ M, phi)
+        assert christoffel_kernel(lanczos_T(A, x0, j), t) == pytest.approx(brute, rel=1e-6)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["spread", "clustered", "degenerate", "negative", "bulk"]),
+       steps=st.integers(1, 25), seed=st.integers(0, 2**32 - 1))
+def test_no_unseen_eigenvector_outweighs_the_christoffel_bound(kind, steps, seed):
+    """(vᵀx0)² · K_j(λ) ≤ 1 for every eigenpair above the run's top Ritz
+    value (= 1 where it converged): what makes the guard's miss probability
+    a bound."""
+    rng = np.random.default_rng(seed)
+    A = random_symmetric(spectrum(kind, 80, rng), rng)
+    x0 = rng.standard_normal(80)
+    x0 /= np.linalg.norm(x0)
+    T = lanczos_T(A, x0, steps)
+    top = float(torch.linalg.eigvalsh(T)[-1])
+    w, V = np.linalg.eigh(A)
+    ratio = [c * c * christoffel_kernel(T, max(float(value), top))
+             for value, c in zip(w, V.T @ x0) if value >= top - 1e-12 * abs(top)]
+    assert max(ratio, default=0.0) <= 1 + 1e-8
+
+
+def test_miss_probability_is_the_law_of_a_random_component():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((50_000, 30))
+    c2 = x[:, 0] ** 2 / (x**2).sum(axis=1)
+    for level in (1e-4, 1e-3, 1e-2, 0.1):
+        p = miss_probability(1 / level, 30)
+        assert abs(np.mean(c2 <= level) - p) <= 4 * np.sqrt(p * (1 - p) / x.shape[0]) + 1e-4
+    assert miss_probability(0.5, 30) == 1.0 and miss_probability(np.inf, 30) == 0.0
+
+
+def test_miss_probability_reported_and_targeted():
+    """Reported by default; with a target the guard stops once the bound
+    meets it, and a target out of reach is not certified."""
+    rng = np.random.default_rng(9)
+    A = random_symmetric(np.r_[10.0 - np.arange(5), rng.uniform(0, 1, 295)], rng)
+    short = top_eigenspace(MatrixOperator(A), 5, tol=1e-6, guard_steps=4)
+    long = top_eigenspace(MatrixOperator(A), 5, tol=1e-6, guard_steps=12)
+    assert 0 < long.miss_probability < short.miss_probability <= 1
+    targeted = top_eigenspace(MatrixOperator(A), 5, tol=1e-6, guard_steps=40, max_miss_probability=1e-3)
+    check_certified(targeted, A, 5, 1e-6)
+    assert targeted.miss_probability <= 1e-3
+    assert targeted.num_matvecs < long.num_matvecs - 12 + 40  # stopped before the cap
+    missed = top_eigenspace(MatrixOperator(A), 5, tol=1e-6, guard_steps=2, max_miss_probability=1e-9)
+    assert missed.miss_probability > 1e-9 and not missed.converged.any()
+    unguarded = top_eigenspace(MatrixOperator(A), 5, tol=1e-6, guard_steps=0)
+    assert np.isnan(unguarded.miss_probability)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 2.0])
+def test_bad_max_miss_probability(p):
+    with pytest.raises(ValueError, match="max_miss_probability"):
+        top_eigenspace(MatrixOperator(np.diag(np.arange(5.0))), 2, max_miss_probability=p)
 
 
 def test_thick_restart_with_small_basis():
