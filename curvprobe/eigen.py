@@ -258,6 +258,18 @@ def miss_probability(kernel: float, dim: int) -> float:
     return float(betainc(0.5, 0.5 * (dim - 1), min(1.0, 1.0 / kernel)))
 
 
+def _guard_until(level: float, dim: int, target: float) -> Callable[[Tensor], bool]:
+    """Stop rule of a guard run certifying against ``target``: its top Ritz
+    value exceeds ``level`` (an eigenvalue was missed), or the miss bound at
+    ``level`` fell to ``target``."""
+
+    def until(T: Tensor) -> bool:
+        return (float(torch.linalg.eigvalsh(T)[-1]) > level
+                or miss_probability(christoffel_kernel(T, level), dim) <= target)
+
+    return until
+
+
 def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: int,
            max_matvecs: int, generator: torch.Generator, scale: float | None = None,
            keep_basis: bool = False, until: Callable[[Tensor], bool] | None = None) -> _Krylov:
@@ -511,9 +523,7 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         deflated = DeflatedOperator(op, vectors)
         dim = n - vectors.shape[1]
         x0 = _random_unit(n, generator, op.device, vectors)
-        until = None if max_miss_probability is None else (
-            lambda T: float(torch.linalg.eigvalsh(T)[-1]) > level
-            or miss_probability(christoffel_kernel(T, level), dim) <= max_miss_probability)
+        until = None if max_miss_probability is None else _guard_until(level, dim, max_miss_probability)
         guard = _trlan(deflated, 1, x0[:, None], tol=tol if until is None else 0.0,
                        basis_size=guard_steps, max_matvecs=min(guard_steps, budget - spent),
                        generator=generator, scale=scale, until=until)
