@@ -402,6 +402,7 @@ class _EigenRecord:
     converged: np.ndarray = field(init=False)
     hvps: np.ndarray = field(init=False)
     cost: np.ndarray = field(init=False)
+    miss: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.values = np.full((self.num_k, self.D), np.nan)
@@ -409,6 +410,7 @@ class _EigenRecord:
         self.converged = np.zeros((self.num_k, self.D), dtype=bool)
         self.hvps = np.zeros(self.num_k, dtype=np.int64)
         self.cost = np.zeros(self.num_k)
+        self.miss = np.full(self.num_k, np.nan)
 
     def record(self, j: int, es: Eigenspace, first: bool = True) -> None:
         """Row ``j`` from ``es``; its HVP counts only where it was solved
@@ -418,6 +420,7 @@ class _EigenRecord:
         self.converged[j] = es.converged.cpu().numpy()
         self.hvps[j] = es.num_matvecs if first else 0
         self.cost[j] = es.cost if first else 0.0
+        self.miss[j] = es.miss_probability
 
 
 def _fill_surrogate(j: int, coeff: SubspaceCoefficients, deltas: dict, xi: Tensor, sigmas, dims, p,
@@ -534,6 +537,10 @@ def _dataset(problem, ks, sigmas, dims, est, table: _Table, eig: _EigenRecord, a
                          {"long_name": "eigensolver work in full-HVP equivalents (a carried "
                                        "basis adds HVPs on the new samples: (k − k0)/k each)",
                           "units": "1"}),
+            "miss_probability": (("k",), eig.miss,
+                                 {"long_name": "bound on the probability that an eigenvalue above "
+                                               "θ_D + tol·|θ₁| went unseen by the eigensolver's guard",
+                                  "units": "1"}),
             "stage_seconds": (("stage",), np.array(list(timings.values()), dtype=float),
                               {"long_name": "wall time per stage", "units": "s"}),
         },

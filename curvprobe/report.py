@@ -147,9 +147,12 @@ def eigen_table(ds: xr.Dataset) -> str:
         conv = ds["converged"].sel(k=k).values
         ev = ds["eigenvalues"].sel(k=k).values
         label = f"{int(ds['k'].max())} (fixed: all k)" if ds.attrs.get("subspace") == "fixed" else int(k)
+        miss = float(ds["miss_probability"].sel(k=k)) if "miss_probability" in ds else math.nan
         rows.append([label, int(ds["hvps"].sel(k=k)), _fmt(float(np.nanmax(res)), 2),
-                     f"{int(conv.sum())}/{conv.size}", _fmt(float(ev[0]), 4), _fmt(float(ev[-1]), 4)])
-    return table(["k", "HVPs", "max residual", "certified", "θ₁", f"θ_{ds.sizes['rank']}"], rows)
+                     f"{int(conv.sum())}/{conv.size}", _fmt(miss, 2), _fmt(float(ev[0]), 4),
+                     _fmt(float(ev[-1]), 4)])
+    return table(["k", "HVPs", "max residual", "certified", "miss bound", "θ₁", f"θ_{ds.sizes['rank']}"],
+                 rows)
 
 
 def summary_markdown(ds: xr.Dataset, *, validity: xr.Dataset | None = None,

@@ -120,6 +120,8 @@ def test_per_k_subspace_on_mlp_and_warm_start():
     assert seen == [(0, 10, 3), (1, 20, 3), (2, 30, 3), (3, 40, 3)]
     assert bool(ds["converged"].all())
     assert float(ds["residuals"].max()) <= 1e-3
+    miss = ds["miss_probability"].values  # the guard's bound, one per solve
+    assert ((miss > 0) & (miss <= 1)).all()
     # per-k eigenvalues are those of H^(k)
     for k in ks:
         H = torch.func.hessian(lambda w: problem.chunk_losses(w, 0, k).mean())(problem.params)
