@@ -39,8 +39,8 @@ space (:func:`christoffel_kernel`), so an eigenvalue above ``θ_D + tol·|θ_1|`
 hides from a passing guard only if the uniformly random start's component
 is that small — probability :func:`miss_probability`, reported as
 :attr:`Eigenspace.miss_probability`. The bound holds for any spectrum and is
-honest rather than small: 10 steps give 0.26–0.45 on tiny-gpt (D = 20, the
-deflated operator's top 1.5 % below θ_D), 1e-2 takes 25 steps and 1e-3 30.
+honest rather than small: 10 steps give 0.28–0.47 on tiny-gpt (D = 20, the
+deflated operator's top 1.5 % below θ_D), 1e-2 takes 20–25 steps and 1e-3 30.
 ``max_miss_probability`` runs the guard to a chosen level.
 
 Warm start (``init``, a previous subspace — the next k, the next
@@ -122,7 +122,7 @@ class Eigenspace:
         eigenvalue above ``θ_D + tol·|θ_1|`` went unseen (NaN if no guard
         passed): :func:`miss_probability` of the guard run's
         :func:`christoffel_kernel` at that level. A property of the guard's
-        Krylov space, not a heuristic; 10 steps give 0.26 on tiny-gpt (D = 20).
+        Krylov space, not a heuristic; 10 steps give 0.28–0.47 on tiny-gpt (D = 20).
     cost : float
         Work in units of one operator product: ``num_matvecs`` plus carried
         images (a basis carried from ``k_0`` to ``k`` samples costs
@@ -480,7 +480,7 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     max_miss_probability : float, optional
         Certify only if :attr:`Eigenspace.miss_probability` falls to this
         level; the guard then stops as soon as it does, within
-        ``guard_steps`` (raise both together: tiny-gpt needs about 20 steps
+        ``guard_steps`` (raise both together: tiny-gpt needs 20–25 steps
         for 1e-2 and 30 for 1e-3 at D = 20). Default: the guard's fixed
         ``guard_steps`` certify and the bound is only reported.
     keep_basis : bool
