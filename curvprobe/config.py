@@ -97,6 +97,10 @@ FIELDS: tuple[Field, ...] = (
           choices=SUBSPACE_MODES),
     Field("tol", "float", 1e-3, "eigensolver relative residual tolerance"),
     Field("max_hvps", "int", 0, "eigensolver budget of Hessian-vector products per k (0: default)"),
+    Field("guard_steps", "int", 10, "Lanczos steps of the eigensolver's missed-eigenvalue guard "
+          "(the most it runs when miss_bound is set)"),
+    Field("miss_bound", "float", 0.0, "certify an eigenspace only if the probability that its guard "
+          "missed an eigenvalue is at most this (0: the guard's steps certify, the bound is reported)"),
     Field("validity", "bool", True, "run the quadratic-validity sweep at k = max(ks) and flag σ "
           "beyond the validated regime"),
     Field("validity_samples", "int", 16, "draws of the validity sweep"),
@@ -255,13 +259,15 @@ def _check(field: Field, value: Any, original: Any) -> Any:
             raise ConfigError(f"config key 'dims' must hold integers >= 1; got {min(value)}")
         return tuple(sorted(set(value)))
     positive_int = {"mc_samples": 2, "batch_size": 1, "point_batch": 1, "seq_len": 2,
-                    "validity_samples": 2}
+                    "validity_samples": 2, "guard_steps": 1}
     if name in positive_int and value < positive_int[name]:
         raise ConfigError(f"config key '{name}' must be an integer >= {positive_int[name]}; got {value}")
     if name in ("num_data", "max_hvps") and value < 0:
         raise ConfigError(f"config key '{name}' must be an integer >= 0 (0: default); got {value}")
     if name in ("tol", "validity_threshold") and not (math.isfinite(value) and value > 0):
         raise ConfigError(f"config key '{name}' must be a number > 0; got {value:g}")
+    if name == "miss_bound" and not 0 <= value < 1:
+        raise ConfigError(f"config key 'miss_bound' must lie in [0, 1) (0: report only); got {value:g}")
     if name == "p" and not (math.isfinite(value) and value >= 1):
         raise ConfigError(f"config key 'p' must be a number >= 1; got {value:g}")
     if name == "model":
@@ -331,6 +337,8 @@ class ProbeConfig:
     subspace: str = "per_k"
     tol: float = 1e-3
     max_hvps: int = 0
+    guard_steps: int = 10
+    miss_bound: float = 0.0
     validity: bool = True
     validity_samples: int = 16
     validity_threshold: float = 0.1

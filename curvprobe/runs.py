@@ -175,7 +175,12 @@ def _check_sources(out: Path, digests: dict[str, str], resuming: bool) -> None:
 
 
 def _eigen_kwargs(config: ProbeConfig) -> dict:
-    return {"max_matvecs": config.max_hvps} if config.max_hvps else {}
+    kwargs: dict = {"guard_steps": config.guard_steps}
+    if config.max_hvps:
+        kwargs["max_matvecs"] = config.max_hvps
+    if config.miss_bound:
+        kwargs["max_miss_probability"] = config.miss_bound
+    return kwargs
 
 
 def run_probe(config: ProbeConfig, *, problem=None, resume: bool = False, progress: bool = False,

@@ -26,7 +26,8 @@ from curvprobe.config import ConfigError, load_config, parse_value
 from curvprobe.results import load
 
 SMALL = ["--model", "builtin:mlp", "--ks", "4,8,16,32", "--sigmas", "0.01,0.1", "--dims", "1,2",
-         "--mc-samples", "8", "--validity-samples", "4", "--threads", "1"]
+         "--mc-samples", "8", "--validity-samples", "4", "--guard-steps", "30", "--miss-bound", "0.05",
+         "--threads", "1"]
 
 
 # ------------------------------------------------------------------ helpers
@@ -74,7 +75,8 @@ def finished_run(env, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("finished")
     config = root / "probe.toml"
     config.write_text('model = "builtin:mlp"\nks = [4, 8, 16, 32]\nsigmas = [0.01, 0.5]\n'
-                      'dims = [1, 2]\nmc_samples = 8\nvalidity_samples = 4\n')
+                      'dims = [1, 2]\nmc_samples = 8\nvalidity_samples = 4\n'
+                      'guard_steps = 30\nmiss_bound = 0.05\n')
     out = root / "run"
     result = cli(["probe", str(config), "--sigmas", "0.01,0.1", "--out", str(out), "--threads", "1"], env)
     assert result.returncode == 0, result.stderr
@@ -113,8 +115,10 @@ def test_probe_run_writes_results_and_plots(finished_run, env):
     assert set(ds["estimator"].values) == {"delta1", "full_mc", "direct_mc", "quad_mc", "gm",
                                            "cv_mc", "sphere"}
     assert bool(ds["converged"].all())
+    assert float(ds["miss_probability"].max()) <= 0.05  # certified against the config's miss_bound
     assert "outside_validated_regime" in ds
-    assert (finished_run / "summary.md").read_text().startswith("# curvprobe probe summary")
+    summary = (finished_run / "summary.md").read_text()
+    assert summary.startswith("# curvprobe probe summary") and "miss bound" in summary
     assert load_config(finished_run / "config.toml", required=()).sigmas == (0.01, 0.1)
     timings = json.loads((finished_run / "timings.json").read_text())
     assert {"validity", "fullspace", "k_000004", "k_000032"} <= set(timings["parts"])
@@ -342,6 +346,8 @@ def test_config_file_flags_and_round_trip(tmp_path, monkeypatch):
     ("model", "module:pkg.mod", "module:"),
     ("device", "gpu", "cpu, cuda"),
     ("validity", "maybe", "true or false"),
+    ("miss_bound", "1.5", "[0, 1)"),
+    ("guard_steps", "0", ">= 1"),
 ])
 def test_config_errors_name_key_and_accepted_values(key, value, needle):
     with pytest.raises(ConfigError) as info:
