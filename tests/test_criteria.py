@@ -39,7 +39,10 @@ def grid(n: int) -> list[int]:
 
 @given(qp=quadratic_problems(min_samples=4, max_samples=10, min_dim=3, max_dim=6),
        sigma=sigmas(1e-2, 1.0), subspace=st.sampled_from(["per_k", "fixed"]))
-@settings(max_examples=15)
+# derandomized: 180 comparisons at 4.5 standard errors of heavy-tailed (quartic
+# in z) estimates fail now and then on a random draw (found: N = 6, n = 7,
+# σ = 1, 4.8 standard errors); CI must not depend on drawing one
+@settings(max_examples=15, derandomize=True)
 def test_estimators_exact_on_quadratics(qp, sigma, subspace):
     ks = grid(qp.num_samples)
     D = qp.num_params - 1
