@@ -149,6 +149,19 @@ def test_miss_probability_reported_and_targeted():
     assert np.isnan(unguarded.miss_probability)
 
 
+def test_guard_runs_all_its_steps_at_a_loose_tolerance():
+    """At tol 0.1 the guard's own top Ritz pair converges within 3 steps; a
+    guard that stopped there passed with a miss bound of 1 and skipped an
+    eigenvalue above θ_D + tol·|θ_1|. Run out, it finds and repairs it."""
+    rng = np.random.default_rng(11)
+    A = random_symmetric(spectrum("spread", 300, rng), rng)
+    es = top_eigenspace(MatrixOperator(A), 5, tol=1e-1)
+    check_certified(es, A, 5, 1e-1)
+    assert es.miss_probability < 0.1
+    bare = top_eigenspace(MatrixOperator(A), 5, tol=1e-1, guard_steps=0)
+    assert es.num_matvecs >= bare.num_matvecs + 10
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 2.0])
 def test_bad_max_miss_probability(p):
     with pytest.raises(ValueError, match="max_miss_probability"):
