@@ -452,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kronecker", action="store_true", help="also the Kronecker alignment decomposition")
     p.add_argument("--overwrite", action="store_true")
     _add_config_flags(p, skip=("ks", "sigmas", "dims", "estimators", "mc_samples", "p", "subspace",
-                               "tol", "max_hvps", "guard_steps", "miss_bound", "validity", "validity_samples", "validity_threshold",
-                               "point_batch"))
+                               "tol", "max_hvps", "guard_steps", "miss_bound", "validity",
+                               "validity_samples", "validity_threshold", "point_batch"))
     _common(p)
     p.set_defaults(func=cmd_spectrum)
 
