@@ -277,15 +277,15 @@ def miss_probability(kernel: float, dim: int) -> float:
     return float(betainc(0.5, 0.5 * (dim - 1), min(1.0, 1.0 / kernel)))
 
 
-def _guard_until(level: float, dim: int, target: float | None) -> Callable[[Tensor], bool]:
+def _guard_until(level: float, dim: int, target: float | None) -> Callable[[Tensor, float], bool]:
     """Stop rule of a guard run: its top Ritz value exceeds ``level`` (an
     eigenvalue was missed), or the miss bound at ``level`` fell to ``target``
     (if given). Not the convergence of its own top Ritz pair: that pair
     converges to the top of what the start vector sees, which says nothing
     about what it does not."""
 
-    def until(T: Tensor) -> bool:
-        return (float(torch.linalg.eigvalsh(T)[-1]) > level
+    def until(T: Tensor, top: float) -> bool:
+        return (top > level
                 or target is not None and miss_probability(christoffel_kernel(T, level), dim) <= target)
 
     return until
@@ -293,7 +293,8 @@ def _guard_until(level: float, dim: int, target: float | None) -> Callable[[Tens
 
 def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: int,
            max_matvecs: int, generator: torch.Generator, scale: float | None = None,
-           keep_basis: bool = False, until: Callable[[Tensor], bool] | None = None) -> _Krylov:
+           keep_basis: bool = False,
+           until: Callable[[Tensor, float], bool] | None = None) -> _Krylov:
     """Thick-restart block Lanczos for the ``nev`` largest eigenpairs of ``op``.
 
     ``X0`` (N, b) starts the Krylov space; its width b is the block size (1:
@@ -304,7 +305,7 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
     the last block, and the residual of a Ritz pair ``(θ, Q s)`` is
     ``‖F s_last‖``. Stops when every wanted pair has
     ``‖A u − θ u‖ ≤ tol · scale`` (``scale`` defaults to ``max |θ_i|`` over
-    the wanted ones), when ``until(T)`` is true, or after ``max_matvecs``
+    the wanted ones), when ``until(T, θ_1)`` is true, or after ``max_matvecs``
     products. With ``keep_basis`` the run also returns ``Q`` and
     ``A Q = Q T + F E_lastᵀ``.
     """
@@ -341,7 +342,7 @@ def _trlan(op: LinearOperator, nev: int, X0: Tensor, *, tol: float, basis_size: 
         res = torch.einsum("ij,ik,kj->j", S_last, W.T @ W, S_last).clamp_min(0).sqrt()  # ‖W s_last‖
         done = size >= nev and bool((res[:nev] <= tol * top_scale).all())
         if until is not None:
-            done = done or until(T)
+            done = done or until(T, float(theta[0]))
         if done or used >= max_matvecs or size >= n:
             basis = image = None
             if keep_basis:
