@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from curvprobe import quadratic_validity, stabilization, top_eigenspace
-from curvprobe.builtin import builtin_problem
-from curvprobe.criteria import all_k_increments, coefficients_per_k, noise, per_k_increments
-from curvprobe.probes import Isotropic
+from curvprobe.zoo.builtin import builtin_problem
+from curvprobe.criteria.sweep import all_k_increments, coefficients_per_k, noise, per_k_increments
+from curvprobe.criteria.probes import Isotropic
 
 
 def clock(fn):

@@ -30,7 +30,7 @@ import torch
 from scipy.sparse.linalg import eigsh
 
 from curvprobe import top_eigenspace
-from curvprobe.builtin import builtin_problem
+from curvprobe.zoo.builtin import builtin_problem
 
 D, TOL = 20, 1e-3
 TARGET = 1e-2  # miss bound of the "lanczos, bound ≤ 1e-2" variant
@@ -105,7 +105,7 @@ def hvp_ratios(problem) -> dict[str, float]:
 
 MEMORY_CHILD = r"""
 import json, os, sys, threading, time, torch
-from curvprobe.builtin import builtin_problem
+from curvprobe.zoo.builtin import builtin_problem
 
 def rss():
     with open("/proc/self/statm") as f:

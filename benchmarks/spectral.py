@@ -35,8 +35,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from curvprobe import Problem, plots, results
-from curvprobe.builtin import builtin_problem
+from curvprobe import Problem, results
+from curvprobe.app import plots
+from curvprobe.zoo.builtin import builtin_problem
 from curvprobe.spectral import (
     directional_curvature,
     gradient_svd,

@@ -6,19 +6,21 @@ double eigensolver wall time on 2 cores. Set ``CURVPROBE_BLAS_THREADS`` to
 another number (or ``0`` to leave BLAS alone) before importing.
 """
 
+from curvprobe._compat import install_moved_module_finder
 from curvprobe._threads import configure_threads
 
 configure_threads()
+install_moved_module_finder()
 
 from curvprobe.criteria import ESTIMATORS, stabilization  # noqa: E402
-from curvprobe.curriculum import CurriculumProbe  # noqa: E402
-from curvprobe.eigen import Eigenspace, top_eigenspace  # noqa: E402
-from curvprobe.operators import HessianOperator, LinearOperator, MatrixOperator  # noqa: E402
-from curvprobe.probes import Dirac, Isotropic, Sphere, Subspace  # noqa: E402
-from curvprobe.problem import Problem  # noqa: E402
+from curvprobe.criteria.curriculum import CurriculumProbe  # noqa: E402
+from curvprobe.linalg import Eigenspace, top_eigenspace  # noqa: E402
+from curvprobe.core.operators import HessianOperator, LinearOperator, MatrixOperator  # noqa: E402
+from curvprobe.criteria.probes import Dirac, Isotropic, Sphere, Subspace  # noqa: E402
+from curvprobe.core.problem import Problem  # noqa: E402
 from curvprobe.results import load, save  # noqa: E402
-from curvprobe.surrogate import Estimate, QuadraticSurrogate  # noqa: E402
-from curvprobe.validity import quadratic_validity  # noqa: E402
+from curvprobe.criteria.surrogate import Estimate, QuadraticSurrogate  # noqa: E402
+from curvprobe.criteria.validity import quadratic_validity  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
-"""``python -m curvprobe``: the ``curvprobe`` command (see :mod:`curvprobe.cli`)."""
+"""``python -m curvprobe``: the ``curvprobe`` command (see :mod:`curvprobe.app.cli`)."""
 
-from curvprobe.cli import main
+from curvprobe.app.cli import main
 
 raise SystemExit(main())

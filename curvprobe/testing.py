@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
-from curvprobe.problem import Problem
+from curvprobe.core.problem import Problem
 
 __all__ = [
     "SPECTRUM_KINDS",
@@ -213,7 +213,7 @@ class QuadraticProblem(Problem):
 
     def dense_losses(self, w: Tensor | None = None) -> Tensor:
         """``ℓ_i(w)`` for all i by the formula: (n,) float64."""
-        d = self._point(w) - self._w0
+        d = self.point(w) - self._w0
         return self._a + self._G @ d + 0.5 * torch.einsum("nij,i,j->n", self._Hs, d, d)
 
     def dense_hessian(self, k: int | None = None, start: int = 0) -> Tensor:
@@ -227,7 +227,7 @@ class QuadraticProblem(Problem):
         """Gradient of the mean loss over ``[start, k)`` at ``w`` (default w*):
         ``(1/(k − start)) Σ_i (g_i + H_i (w − w*))``, (N,) float64."""
         start, stop = self.sample_range(k, start)
-        d = self._point(w) - self._w0
+        d = self.point(w) - self._w0
         G = self._G[start:stop] + self._Hs[start:stop] @ d
         return G.sum(0) / (stop - start)
 

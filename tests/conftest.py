@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from curvprobe import Problem
-from curvprobe.models import (CNNConfig, GPTConfig, MLP, MLPConfig, SmallCNN, TinyGPT,
+from curvprobe.zoo.models import (CNNConfig, GPTConfig, MLP, MLPConfig, SmallCNN, TinyGPT,
                               sample_cross_entropy, token_cross_entropy)
 
 settings.register_profile("ci", max_examples=25, deadline=None,

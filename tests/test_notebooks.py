@@ -84,7 +84,7 @@ def execute(path: Path, *, write: bool = False) -> float:
 
 
 def _warm_model_cache() -> None:
-    from curvprobe.models import pretrained
+    from curvprobe.zoo.models import pretrained
 
     pretrained("tiny-gpt", progress=False)
 

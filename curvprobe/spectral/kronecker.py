@@ -68,7 +68,7 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
-from curvprobe.problem import Problem
+from curvprobe.core.problem import Problem
 from curvprobe.spectral.fits import MIN_POINTS, ols_fit
 from curvprobe.spectral.layers import (
     Layer,

@@ -2,7 +2,7 @@
 
 For a layer weight ``W`` seen as a matrix ``W ∈ R^{m×n}`` (``m`` = output
 features; conv kernels reshaped to ``m × (c_in·kh·kw)``) and the first ``k``
-samples of a :class:`~curvprobe.problem.Problem`:
+samples of a :class:`~curvprobe.core.problem.Problem`:
 
     G = ∇_W L_k(w*) = U Σ Vᵀ,          L_k = (1/k) Σ_{i≤k} ℓ_i,
     E_j = u_j v_jᵀ  (‖E_j‖_F = 1),     j = 1..K,
@@ -69,7 +69,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from curvprobe.problem import Problem
+from curvprobe.core.problem import Problem
 from curvprobe.spectral.fits import (
     RANK_MODELS,
     alpha_gamma_s,
@@ -388,14 +388,14 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     """
     from torch.func import functional_call
 
-    from curvprobe.problem import hvp_kernel, math_attention
+    from curvprobe.core.problem import hvp_kernel, math_attention
 
     if not _block_path_available(problem):
         raise ValueError(f"{type(problem).__name__} overrides chunk_losses; use method='full'")
     chunk_hvp, size = hvp_kernel(mode or problem.hvp_mode, V.shape[1], problem.batch_size)
     stop = _resolve_k(problem, k)
     w = problem.params
-    base = {**problem._constants, **problem.unflatten(w)}
+    base = problem.functional_params(w)
     x0 = w[layer.flat]
     Vd = V.to(device=problem.device, dtype=problem.dtype)
     total = torch.zeros(V.shape, dtype=torch.float64, device=problem.device)

@@ -10,10 +10,10 @@
 - Drops the Sphinx role prefixes (``:func:``, ``:class:``, …) that some
   docstrings carry, which Markdown would otherwise print literally.
 - Fills the command-line page from the code: every config key from
-  ``curvprobe.config.FIELDS``, the ``--help`` of every ``curvprobe`` command
+  ``curvprobe.app.config.FIELDS``, the ``--help`` of every ``curvprobe`` command
   from its argparse parser, and a complete TOML example (``examples/probe.toml``
   if it exists, else one generated from ``FIELDS``), checked by loading it with
-  ``curvprobe.config.load_config``. A key missing from the example fails the
+  ``curvprobe.app.config.load_config``. A key missing from the example fails the
   build.
 - Fails the build if any page or stylesheet still loads a remote asset.
 """
@@ -117,7 +117,7 @@ def _default_text(field) -> str:
 
 
 def _config_table() -> str:
-    from curvprobe.config import FIELDS, _describe
+    from curvprobe.app.config import FIELDS, _describe
 
     rows = ["| key | flag | value | default | meaning |", "|---|---|---|---|---|"]
     for f in FIELDS:
@@ -127,7 +127,7 @@ def _config_table() -> str:
 
 
 def _find_parser() -> argparse.ArgumentParser:
-    import curvprobe.cli as cli
+    import curvprobe.app.cli as cli
 
     for name in ("build_parser", "make_parser", "get_parser", "create_parser", "parser"):
         obj = getattr(cli, name, None)
@@ -137,7 +137,7 @@ def _find_parser() -> argparse.ArgumentParser:
             parser = obj()
             if isinstance(parser, argparse.ArgumentParser):
                 return parser
-    raise LookupError("curvprobe.cli has no build_parser()/make_parser() returning an ArgumentParser")
+    raise LookupError("curvprobe.app.cli has no build_parser()/make_parser() returning an ArgumentParser")
 
 
 def _help_sections() -> str:
@@ -164,14 +164,14 @@ def _help_sections() -> str:
 
 
 def _toml_example(root: Path) -> str:
-    from curvprobe.config import FIELDS, _toml_value, load_config
+    from curvprobe.app.config import FIELDS, _toml_value, load_config
 
     example = root / "examples" / "probe.toml"
     if example.is_file():
         text = example.read_text(encoding="utf-8")
         source = "examples/probe.toml"
     else:
-        lines = ["# Every key of a probe configuration (curvprobe.config.FIELDS), with its default",
+        lines = ["# Every key of a probe configuration (curvprobe.app.config.FIELDS), with its default",
                  "# unless the key is required. Flags on the command line override the file."]
         for f in FIELDS:
             if f.required and f.name not in EXAMPLE_VALUES:
@@ -180,7 +180,7 @@ def _toml_example(root: Path) -> str:
             lines.append(f"\n# {f.help}")
             lines.append(f"{f.name} = {_toml_value(list(value) if isinstance(value, tuple) else value)}")
         text = "\n".join(lines) + "\n"
-        source = "generated from curvprobe.config.FIELDS"
+        source = "generated from curvprobe.app.config.FIELDS"
     import tomllib
 
     keys = set(tomllib.loads(text))

@@ -1,0 +1,518 @@
+"""The ``curvprobe`` command.
+
+Subcommands::
+
+    curvprobe demo [--quick] [--out DIR]        the whole measurement on the built-in transformer
+    curvprobe probe [CONFIG] [--key value ...]  a resumable stabilization run (--resume to continue)
+    curvprobe validity [CONFIG] [--k K] ...     the quadratic-validity σ sweep
+    curvprobe plot PATH [--out DIR]             figures from a results file or a run directory
+    curvprobe spectrum [CONFIG] [--top-k K] ... per-layer spectral exponents (α, γ, s)
+    curvprobe info                              versions, threads, devices, cache
+
+Every config key is a flag (``--mc-samples 32``; lists comma-separated:
+``--ks 10,20,40``); flags override the config file. Bad input ends the
+command with a one-line ``curvprobe: error: ...`` on stderr and exit status 2
+(no traceback; ``--debug`` shows one); nothing already on disk is overwritten
+by a failed command. Progress bars go to stderr, only on a terminal and
+without ``--quiet``; results (tables) go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from curvprobe.app import _progress
+from curvprobe.app.config import FIELDS, ConfigError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2)."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        sys.stderr.write(f"curvprobe: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+# ----------------------------------------------------------------- helpers
+def _say(args) -> callable:
+    if getattr(args, "quiet", False):
+        return lambda message: None
+    return lambda message: print(message, file=sys.stderr, flush=True)
+
+
+def _busy_hint(args) -> None:
+    """Suggest ``--threads 1`` when the machine is oversubscribed: torch's
+    OpenMP threads spin against other processes and run several times slower."""
+    import torch
+
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    cores = os.cpu_count() or 1
+    if torch.get_num_threads() > 1 and load > cores + 0.5:
+        _say(args)(f"note: the machine is busy (load {load:.1f} on {cores} cores); --threads 1 is "
+                   "often several times faster then")
+
+
+def _say_with_hint(args) -> callable:
+    """Like :func:`_say`, with :func:`_busy_hint` before the first message (which
+    comes after the input has been checked, so errors stay one line)."""
+    say, first = _say(args), [True]
+
+    def log(message: str) -> None:
+        if first[0]:
+            first[0] = False
+            _busy_hint(args)
+        say(message)
+
+    return log
+
+
+def _show_progress(args) -> bool:
+    return _progress.enabled(getattr(args, "quiet", False))
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for field in FIELDS:
+        value = getattr(args, field.name, None)
+        if value is not None:
+            out[field.name] = value
+    return out
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    group = parser.add_argument_group("config keys (override the config file; lists comma-separated)")
+    for field in FIELDS:
+        if field.name in skip:
+            continue
+        if field.kind == "bool":
+            group.add_argument(field.flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=field.help)
+        else:
+            metavar = "A,B,..." if field.kind.endswith("_list") else field.name.upper()
+            extra = f" [{'|'.join(field.choices)}]" if field.choices and field.kind == "str" else ""
+            group.add_argument(field.flag, dest=field.name, default=None, metavar=metavar,
+                               help=field.help + extra)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine)")
+
+
+def _save_figure(fig, path: Path) -> Path:
+    from curvprobe.app.demo import _save_figure as save
+
+    return save(fig, path)
+
+
+def _check_fresh(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+
+
+# ----------------------------------------------------------------- commands
+def cmd_demo(args) -> int:
+    """``curvprobe demo``: the whole measurement on the built-in tiny transformer.
+
+    Returns the exit status.
+    """
+    from curvprobe.app.demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick, progress=_show_progress(args), log=_say_with_hint(args))
+    print(result.summary)
+    print(f"results, figures and summary.md in {result.out}")
+    return 0
+
+
+def _probe_config(args):
+    from curvprobe.app.config import load_config
+
+    path = args.config
+    if path is None and args.resume and args.out:
+        stored = Path(args.out) / "config.toml"
+        if stored.exists():
+            path = stored
+    return load_config(path, _overrides(args))
+
+
+def cmd_probe(args) -> int:
+    """``curvprobe probe``: a resumable stabilization run from a TOML config and flags.
+
+    Returns the exit status.
+    """
+    from curvprobe.app.report import summary_markdown
+    from curvprobe.app.runs import default_out, run_probe
+
+    config = _probe_config(args)
+    if not config.out:
+        config = config.replace(out=default_out())
+    say = _say_with_hint(args)
+    outcome = run_probe(config, resume=args.resume, progress=_show_progress(args), log=say)
+    if outcome.skipped:
+        say(f"resumed: kept {len(outcome.skipped)} finished part(s), computed {len(outcome.computed)}")
+    summary = summary_markdown(outcome.dataset, title="curvprobe probe summary",
+                               notes=[f"run directory: {outcome.directory}",
+                                      f"wall time this session: {outcome.seconds:.1f} s"])
+    (outcome.directory / "summary.md").write_text(summary)
+    print(summary)
+    print(f"results: {outcome.result_path}  (figures: curvprobe plot {outcome.directory})")
+    return 0
+
+
+def cmd_validity(args) -> int:
+    """``curvprobe validity``: the quadratic-validity σ sweep at one k.
+
+    Returns the exit status.
+    """
+    from curvprobe.app.config import load_config
+    from curvprobe.app.plots import plot_validity
+    from curvprobe.app.report import table
+    from curvprobe.results import save
+    from curvprobe.app.runs import default_out
+    from curvprobe.app.sources import build_problem
+    from curvprobe.criteria.validity import quadratic_validity
+
+    config = load_config(args.config, _overrides(args), required=("model", "sigmas"))
+    k = args.k
+    if k is None:
+        k = config.max_k if args.ks is not None or (args.config and "ks" in _file_keys(args.config)) \
+            else (config.num_data or None)
+    if k is None:
+        raise ConfigError("validity needs the sample count: pass --k K (or ks / num_data in the config)")
+    k = int(k)
+    if k < 1:
+        raise ConfigError(f"--k must be >= 1, got {k}")
+    out = Path(config.out or default_out())
+    target = out / "validity.nc"
+    _check_fresh(target, args.overwrite)
+    config = config.replace(ks=[max(k - 1, 1)], num_data=config.num_data or k)
+    loaded = build_problem(config, progress=_show_progress(args))
+    if k > loaded.problem.num_samples:
+        raise ConfigError(f"k = {k} is larger than the data ({loaded.problem.num_samples} samples)")
+    _busy_hint(args)
+    _say(args)(f"quadratic validity at k = {k}: {len(config.sigmas)} σ x {config.validity_samples} draws")
+    with _progress.bar(len(config.sigmas) * config.validity_samples, "validity sweep",
+                       show=_show_progress(args), unit="pt") as pbar, \
+            _progress.counting(loaded.problem, on_points=pbar.update):
+        ds = quadratic_validity(loaded.problem, list(config.sigmas), k=k,
+                                num_samples=config.validity_samples, seed=config.seed,
+                                threshold=config.validity_threshold, point_batch=config.point_batch)
+    ds.attrs["model_source"] = config.model
+    save(ds, target, overwrite=True)
+    _save_figure(plot_validity(ds), out / "validity.png")
+    rows = [[f"{s:.3g}", f"{m:.3g}", f"{sd:.3g}", "yes" if v else "no"]
+            for s, m, sd, v in zip(ds["sigma"].values, ds["rel_error_mean"].values,
+                                   ds["rel_error_std"].values, ds["valid"].values)]
+    print(table(["σ", "mean rel. error", "std", "validated"], rows))
+    print(f"validated regime: σ ≤ {ds.attrs['validated_sigma_max']:.3g}")
+    print(f"results: {target}")
+    return 0
+
+
+def _file_keys(path) -> set[str]:
+    from curvprobe.app.config import read_toml
+
+    return set(read_toml(path))
+
+
+def _load_results(path: Path):
+    from curvprobe.results import load
+
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist")
+    try:
+        return load(path)
+    except Exception as exc:
+        raise ConfigError(f"{path} is not a curvprobe results file (netCDF): "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _kind(ds) -> str:
+    measurement = ds.attrs.get("measurement", "")
+    if measurement in ("stabilization", "quadratic_validity", "mc_convergence"):
+        return measurement
+    if "layer" in ds.dims and "rho_delta" in ds:
+        return "kronecker_alignment"
+    if "layer" in ds.dims and "alpha" in ds:
+        return "layer_spectra"
+    if "value" in ds and "estimator" in ds.dims and "k" in ds.dims:
+        return "stabilization"
+    return "unknown"
+
+
+def cmd_plot(args) -> int:
+    """``curvprobe plot``: figures from a results file or a run directory.
+
+    Returns the exit status.
+    """
+    from curvprobe.app.plots import stabilization_figures
+
+    path = Path(args.path)
+    found: dict[str, object] = {}
+    if path.is_dir():
+        candidates = [path / "stabilization.nc", path / "validity.nc", path / "parts" / "validity.nc",
+                      path / "mc_convergence.nc", path / "spectra.nc", path / "kronecker.nc"]
+        for candidate in candidates:
+            if candidate.is_file():
+                ds = _load_results(candidate)
+                found.setdefault(_kind(ds), ds)
+        if not found:
+            raise ConfigError(f"{path} holds no curvprobe results (stabilization.nc, validity.nc, "
+                              "mc_convergence.nc, spectra.nc)")
+        out = Path(args.out) if args.out else path
+    else:
+        ds = _load_results(path)
+        found[_kind(ds)] = ds
+        out = Path(args.out) if args.out else path.parent
+    if "unknown" in found and len(found) == 1:
+        raise ConfigError(f"{path}: not a result curvprobe can plot (no 'measurement' attribute it knows)")
+    stab = found.get("stabilization")
+    if stab is not None and "step" in stab.dims:  # a CurriculumProbe file: plot its last step
+        _say(args)(f"{path}: curriculum results over {stab.sizes['step']} steps; plotting step "
+                   f"{int(stab['step'].values[-1])}")
+        found["stabilization"] = stab.isel(step=-1, drop=True)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = stabilization_figures(found.get("stabilization"), validity=found.get("quadratic_validity"),
+                                    convergence=found.get("mc_convergence"))
+    if "layer_spectra" in found or "kronecker_alignment" in found:
+        from curvprobe.app import plots
+
+        spectra = found.get("layer_spectra")
+        if spectra is not None:
+            figures["alpha_fits"] = plots.plot_alpha_fits(spectra)
+            figures["spectral_transfer"] = plots.plot_spectral_transfer(spectra)
+            if "bic" in spectra:
+                figures["rank_profile_bic"] = plots.plot_rank_profile_bic(spectra)
+    for name, fig in figures.items():
+        print(_save_figure(fig, out / f"{name}.png"))
+    return 0
+
+
+def cmd_info(args) -> int:
+    """``curvprobe info``: versions, threads, devices, cache location.
+
+    Returns the exit status.
+    """
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    from curvprobe import __version__
+    from curvprobe.zoo import models
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    print(f"curvprobe {__version__}")
+    print(f"python {platform.python_version()} ({sys.executable})")
+    print("packages: " + ", ".join(f"{p} {version(p)}" for p in
+                                   ("torch", "numpy", "scipy", "xarray", "matplotlib", "tqdm",
+                                    "threadpoolctl", "transformers")))
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    print(f"cpu: {os.cpu_count()} logical cores ({affinity} usable); torch intra-op threads "
+          f"{torch.get_num_threads()}, inter-op threads {torch.get_num_interop_threads()}")
+    from threadpoolctl import threadpool_info
+
+    for pool in threadpool_info():
+        print(f"thread pool: {pool.get('internal_api')} ({pool.get('user_api')}) "
+              f"{pool.get('version') or ''} num_threads={pool.get('num_threads')} "
+              f"[{Path(pool.get('filepath', '')).name}]")
+    blas_env = os.environ.get("CURVPROBE_BLAS_THREADS", "1 (default)")
+    print(f"CURVPROBE_BLAS_THREADS={blas_env}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    print(f"devices: {', '.join(devices)}")
+    cache = models.cache_directory()
+    source = "CURVPROBE_CACHE" if os.environ.get("CURVPROBE_CACHE") else "default"
+    files = sorted(cache.glob("*.pt")) if cache.is_dir() else []
+    print(f"cache: {cache} ({source}; {'exists' if cache.is_dir() else 'not created yet'})")
+    for f in files:
+        print(f"  {f.name} ({f.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_spectrum(args) -> int:
+    """``curvprobe spectrum``: per-layer exponents α, γ, s (and Kronecker alignment).
+
+    Returns the exit status.
+    """
+    from curvprobe.app.config import load_config
+    from curvprobe.app.report import table
+    from curvprobe.results import save
+    from curvprobe.app.runs import default_out
+    from curvprobe.app.sources import build_problem
+
+    try:
+        from curvprobe import spectral
+    except ImportError as exc:  # pragma: no cover - depends on the spectral package
+        raise ConfigError(f"the spectral core is not available: {exc}") from None
+    config = load_config(args.config, _overrides(args), required=("model",))
+    k = args.k
+    out = Path(config.out or default_out())
+    for name in ("spectra.nc", "kronecker.nc"):
+        _check_fresh(out / name, args.overwrite)
+    n = config.num_data or k or 256
+    config = config.replace(ks=[max(n - 1, 1)], num_data=n)
+    say = _say(args)
+    loaded = build_problem(config, progress=_show_progress(args))
+    problem = loaded.problem
+    _busy_hint(args)
+    layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
+    say(f"layer spectra: top-{args.top_k} gradient singular directions per layer over "
+        f"{k or problem.num_samples} samples")
+    with _progress.bar(None, "layer spectra (HVP columns)", show=_show_progress(args)) as pbar, \
+            _progress.counting(problem, on_hvps=pbar.update):
+        spectra = spectral.layer_spectra(problem, layers=layers, top_k=args.top_k, k=k)
+    spectra.attrs["model_source"] = config.model
+    save(spectra, out / "spectra.nc", overwrite=True)
+    rows = []
+    for name in spectra["layer"].values:
+        row = spectra.sel(layer=name)
+        rows.append([str(name)] + [f"{float(row[v]):.3g}" for v in ("alpha", "gamma", "s_hessian",
+                                                                      "predicted_s")])
+    print(table(["layer", "α", "γ", "s", "αγ"], rows))
+    if args.kronecker:
+        say("Kronecker alignment (α = β + φ)")
+        kron = spectral.kronecker_alignment(problem, layers=layers, top_k=args.top_k, k=k)
+        kron.attrs["model_source"] = config.model
+        save(kron, out / "kronecker.nc", overwrite=True)
+    from curvprobe.app import plots
+
+    _save_figure(plots.plot_alpha_fits(spectra), out / "alpha_fits.png")
+    _save_figure(plots.plot_spectral_transfer(spectra), out / "spectral_transfer.png")
+    print(f"results: {out / 'spectra.nc'}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``curvprobe`` argument parser: one sub-command per ``cmd_*`` function."""
+    from curvprobe import __version__
+
+    parser = _Parser(prog="curvprobe", description="Curvature-aligned probing of loss landscapes.")
+    parser.add_argument("--version", action="version", version=f"curvprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("demo", help="the whole measurement on the built-in tiny transformer")
+    p.add_argument("--quick", action="store_true", help="smaller settings (≤ 2 minutes)")
+    p.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("probe", help="a resumable stabilization run from a TOML config and flags")
+    p.add_argument("config", nargs="?", default=None, help="TOML config (see examples/probe.toml)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (refused if its config differs)")
+    _add_config_flags(p)
+    _common(p)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("validity", help="quadratic-validity σ sweep")
+    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("--k", type=int, default=None, help="sample count of L_k (default max(ks) or num_data)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing validity.nc")
+    _add_config_flags(p)
+    _common(p)
+    p.set_defaults(func=cmd_validity)
+
+    p = sub.add_parser("plot", help="figures from a results file or a run directory")
+    p.add_argument("path", help="a .nc results file or a directory (demo/probe output)")
+    p.add_argument("--out", default=None, help="where the PNGs go (default beside the results)")
+    _common(p)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("spectrum", help="per-layer spectral exponents α, γ, s (and Kronecker alignment)")
+    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("--k", type=int, default=None, help="samples used (default all)")
+    p.add_argument("--top-k", type=int, default=20, help="singular directions per layer (K)")
+    p.add_argument("--layers", default=None, help="comma-separated parameter names or globs")
+    p.add_argument("--kronecker", action="store_true", help="also the Kronecker alignment decomposition")
+    p.add_argument("--overwrite", action="store_true")
+    _add_config_flags(p, skip=("ks", "sigmas", "dims", "estimators", "mc_samples", "p", "subspace",
+                               "tol", "max_hvps", "guard_steps", "miss_bound", "validity",
+                               "validity_samples", "validity_threshold", "point_batch"))
+    _common(p)
+    p.set_defaults(func=cmd_spectrum)
+
+    p = sub.add_parser("info", help="versions, threads, devices, cache location")
+    _common(p)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    print(f"curvprobe: warning: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``curvprobe`` console script and ``python -m curvprobe``."""
+    from curvprobe.app.runs import RunError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, RunError, FileExistsError) as exc:
+        print(f"curvprobe: error: {_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
+        if args.debug:
+            raise
+        print(f"curvprobe: error: {_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        hint = "; finished parts are kept: rerun the same command with --resume" if args.command == "probe" else ""
+        print(f"curvprobe: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the command line reports, --debug re-raises
+        if args.debug:
+            raise
+        print(f"curvprobe: internal error: {type(exc).__name__}: {_line(exc)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        warnings.showwarning = previous
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, KeyError) and text.startswith("'"):
+        text = text.strip("'")
+    return (text.splitlines()[0] if text else type(exc).__name__)[:500]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

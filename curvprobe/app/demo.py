@@ -1,0 +1,216 @@
+"""``curvprobe demo``: the whole measurement on the built-in tiny transformer.
+
+Stages (each timed, each with a progress bar on a terminal):
+
+1. load the cached ``tiny-gpt`` (train and cache it on first use, ≈ 90 s);
+2. quadratic-validity sweep over a σ grid at the largest k → ``validity.nc``;
+   the validated regime picks the probe scales: the largest validated σ, one
+   a decade below it, and one beyond the regime;
+3. a resumable probe run (:func:`curvprobe.app.runs.run_probe`) of every estimator
+   over a geometric k grid (12 values, 4 … 1000) with a certified top-16
+   eigenspace of H^(k) at every k (``--quick``: one eigenspace of H^(K) for
+   all k, ``subspace = "fixed"``, labelled in the results)
+   → ``stabilization.nc`` (+ ``config.toml``, ``parts/``, ``timings.json``);
+4. Monte Carlo convergence at one k (S = 4 … S_max, nested draws)
+   → ``mc_convergence.nc``;
+5. figures (DESIGN §7 items 1–6) as PNG, and ``summary.md`` (also printed).
+
+:data:`FULL` and :data:`QUICK` hold the settings; the full demo is sized for
+≤ 15 minutes on 2 CPU cores once the model is cached (measured: ≈ 8 minutes
+on one thread of a busy 2-core machine), ``--quick`` for ≤ 2 minutes
+(≈ 45 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from curvprobe.app import _progress
+from curvprobe.app.config import load_config
+from curvprobe.results import atomic_write, save
+
+__all__ = ["FULL", "QUICK", "DemoSettings", "choose_sigmas", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run."""
+
+    name: str
+    ks: tuple[int, ...]
+    dims: tuple[int, ...]
+    validity_sigmas: tuple[float, ...]
+    validity_samples: int
+    mc_samples: int
+    convergence_k: int
+    convergence_samples: int
+    subspace: str = "fixed"
+    tol: float = 1e-3
+    batch_size: int = 128  # peak memory of the coefficient assembly ∝ batch_size · D · N
+    point_batch: int = 16
+    seed: int = 0
+
+    @property
+    def num_data(self) -> int:
+        """Samples the demo needs: ``max(ks) + 1`` (Δ(k+1) uses sample k+1)."""
+        return max(self.ks) + 1
+
+
+def geometric_ks(lo: int, hi: int, count: int) -> tuple[int, ...]:
+    """``count`` distinct integers, geometrically spaced from ``lo`` to ``hi``."""
+    n = count
+    while True:
+        ks = sorted({int(round(x)) for x in np.geomspace(lo, hi, n)})
+        if len(ks) >= count:
+            return tuple(ks)
+        n += 1
+
+
+FULL = DemoSettings(
+    name="full",
+    ks=geometric_ks(4, 1000, 12),
+    dims=(1, 4, 16),
+    validity_sigmas=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+    validity_samples=8,
+    mc_samples=16,
+    convergence_k=64,
+    convergence_samples=256,
+    subspace="per_k",
+)
+
+QUICK = DemoSettings(
+    name="quick",
+    ks=geometric_ks(2, 64, 12),
+    dims=(1, 4, 16),
+    validity_sigmas=(1e-4, 1e-3, 1e-2, 1e-1),
+    validity_samples=4,
+    mc_samples=8,
+    convergence_k=32,
+    convergence_samples=64,
+    subspace="fixed",  # one eigensolve instead of 12: the quick budget (labelled in the results)
+    tol=1e-2,
+)
+
+
+def choose_sigmas(validity: xr.Dataset) -> tuple[list[float], float, float]:
+    """Probe scales from a validity sweep: ``(sigmas, σ_valid, σ_beyond)``.
+
+    ``σ_valid`` is the largest validated σ, plus the grid value a decade below
+    it when there is one; ``σ_beyond`` is the first σ of the grid at least 10×
+    ``σ_valid`` (else the largest grid value beyond the regime, else 10×
+    ``σ_valid``). If nothing validates, the smallest σ stands in (flagged).
+    """
+    grid = sorted(float(s) for s in validity["sigma"].values)
+    regime = float(validity.attrs["validated_sigma_max"])
+    valid = regime if math.isfinite(regime) else grid[0]
+    below = [s for s in grid if s <= valid / 9.99]
+    beyond = [s for s in grid if s >= valid * 9.99] or [s for s in grid if s > valid] or [valid * 10]
+    sigmas = ([below[-1]] if below else []) + [valid, beyond[0]]
+    return sigmas, valid, beyond[0]
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    stabilization: xr.Dataset
+    validity: xr.Dataset
+    convergence: xr.Dataset
+    summary: str
+    figures: list[Path]
+    seconds: dict[str, float]
+
+
+def _save_figure(fig, path: Path) -> Path:
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+
+
+def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bool = False,
+             log: Callable[[str], None] | None = None, settings: DemoSettings | None = None) -> DemoResult:
+    """Run the demo into ``out`` (default ``runs/<timestamp>``); see the module docstring."""
+    from curvprobe.zoo import models
+    from curvprobe.criteria.convergence import mc_convergence
+    from curvprobe.app.plots import stabilization_figures
+    from curvprobe.app.report import summary_markdown
+    from curvprobe.app.runs import RunError, default_out, run_probe
+    from curvprobe.app.sources import build_problem
+    from curvprobe.criteria.validity import quadratic_validity
+
+    say = log or (lambda message: None)
+    s = settings or (QUICK if quick else FULL)
+    out = Path(out or default_out()).resolve()
+    if (out / "config.toml").exists() or (out / "summary.md").exists():
+        raise RunError(f"{out} already holds a demo or run; choose another --out")
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    say(f"[1/5] built-in tiny transformer (trained and cached on first use, ≈ 90 s; cache: "
+        f"{models.cache_directory()})")
+    base = load_config(None, {
+        "model": "builtin:tiny-gpt", "ks": list(s.ks), "sigmas": [1e-3], "dims": list(s.dims),
+        "estimators": "all", "mc_samples": s.mc_samples, "num_data": s.num_data, "tol": s.tol,
+        "seed": s.seed, "subspace": s.subspace, "batch_size": s.batch_size, "point_batch": s.point_batch, "validity": False,
+        "validity_samples": s.validity_samples, "out": str(out)})
+    loaded = build_problem(base, progress=progress)
+    problem = loaded.problem
+    seconds["model (load or train)"] = time.perf_counter() - t0
+    say(f"      {problem!r}")
+
+    K = max(s.ks)
+    t0 = time.perf_counter()
+    say(f"[2/5] quadratic validity at k = {K}: {len(s.validity_sigmas)} σ x {s.validity_samples} draws")
+    out.mkdir(parents=True, exist_ok=True)
+    with _progress.bar(len(s.validity_sigmas) * s.validity_samples, "validity sweep", show=progress,
+                       unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
+        validity = quadratic_validity(problem, list(s.validity_sigmas), k=K,
+                                      num_samples=s.validity_samples, seed=s.seed,
+                                      point_batch=s.point_batch)
+    save(validity, out / "validity.nc", overwrite=True)
+    sigmas, sigma_valid, sigma_beyond = choose_sigmas(validity)
+    seconds["validity sweep"] = time.perf_counter() - t0
+    say(f"      validated σ ≤ {validity.attrs['validated_sigma_max']:.3g}; probing σ = "
+        f"{', '.join(f'{x:.3g}' for x in sigmas)} (σ = {sigma_beyond:.3g} is beyond the regime)")
+
+    t0 = time.perf_counter()
+    config = base.replace(sigmas=sigmas)
+    say(f"[3/5] stabilization over {len(s.ks)} k in [{min(s.ks)}, {K}], D ∈ {set(s.dims)}, all estimators, "
+        f"S = {s.mc_samples}, "
+        + ("per-k eigenspaces" if s.subspace == "per_k" else f"one eigenspace U_D of H^({K}) for all k")
+        + f" (tol {s.tol:g})")
+    run = run_probe(config, problem=problem, progress=progress, validity=validity,
+                    digests=loaded.digests)
+    ds = run.dataset
+    seconds["stabilization run"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say(f"[4/5] Monte Carlo convergence at k = {s.convergence_k}, S up to {s.convergence_samples}")
+    with _progress.bar(len(s.dims) * 2 * s.convergence_samples, "MC convergence", show=progress,
+                       unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
+        conv = mc_convergence(problem, s.convergence_k, sigmas=[sigma_valid, sigma_beyond],
+                              dims=list(s.dims), num_samples=s.convergence_samples, seed=s.seed,
+                              tol=s.tol, point_batch=s.point_batch)
+    save(conv, out / "mc_convergence.nc", overwrite=True)
+    seconds["MC convergence run"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("[5/5] figures and summary")
+    extra = {k: v for k, v in seconds.items() if k != "stabilization run"}
+    figures = stabilization_figures(ds, validity=validity, convergence=conv, extra_timings=extra)
+    paths = [_save_figure(fig, out / f"{name}.png") for name, fig in figures.items()]
+    seconds["figures"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_all
+    notes = [f"demo settings: {s.name} ({', '.join(f'{f.name}={getattr(s, f.name)}' for f in dataclasses.fields(s) if f.name not in ('name',))})",
+             f"wall time: {seconds['total']:.0f} s in total ("
+             + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")"]
+    summary = summary_markdown(ds, validity=validity, convergence=conv, extra_timings=extra,
+                               title=f"curvprobe demo ({s.name})", notes=notes)
+    (out / "summary.md").write_text(summary)
+    return DemoResult(out, ds, validity, conv, summary, paths, seconds)

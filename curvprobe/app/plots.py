@@ -1,0 +1,585 @@
+"""Figures from curvprobe result Datasets: spectral core and stabilization.
+
+Every function takes result ``xarray.Dataset`` objects and returns a
+:class:`matplotlib.figure.Figure` built without pyplot on the Agg canvas: no
+global backend switch, no window, no ``show``; save it with ``fig.savefig``.
+Nothing here computes a measurement — fits shown are recomputed from the
+Dataset's own arrays, exactly as the measurement did (α and rank-profile fits
+with :mod:`curvprobe.spectral.fits`, slopes in k with
+:func:`curvprobe.criteria.theory.empirical_slope`).
+
+Sections (each self-contained; add new ones below, with their own helpers):
+
+- Spectral core (DESIGN §5, §7.7) — from :func:`curvprobe.spectral.layer_spectra`:
+  :func:`plot_alpha_fits` (log h vs log σ per layer with the α line),
+  :func:`plot_spectral_transfer` (measured s vs αγ across layers),
+  :func:`plot_rank_profile_bic` (rank-profile BIC winners),
+  :func:`plot_alpha_by_layer_type` (α by layer type).
+- Stabilization (DESIGN §7 items 1–6) — from :func:`curvprobe.stabilization`,
+  :func:`curvprobe.quadratic_validity` and :func:`curvprobe.criteria.convergence.mc_convergence`:
+  :func:`plot_criteria_vs_k` (Δ₁, Δ₂, Δ₂^(D) and GM against k, log–log, with
+  fitted slopes; §7.1),
+  :func:`plot_subspace_ratio` (Δ₂^(D)/Δ₂ against k per D and σ; §7.2),
+  :func:`plot_validity` (quadratic-validity relative error against σ; §7.3),
+  :func:`plot_mc_convergence` (direct and quadratic MC against S, with GM; §7.4),
+  :func:`plot_gm_agreement` (|direct − GM| / |direct| over D and σ; §7.5),
+  :func:`plot_stage_timings` (wall time per stage and per estimator; §7.6),
+  :func:`stabilization_figures` (all of those that the given Datasets allow).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+__all__ = [
+    "CRITERION_LABELS",
+    "plot_alpha_by_layer_type",
+    "plot_alpha_fits",
+    "plot_criteria_vs_k",
+    "plot_gm_agreement",
+    "plot_mc_convergence",
+    "plot_rank_profile_bic",
+    "plot_spectral_transfer",
+    "plot_stage_timings",
+    "plot_subspace_ratio",
+    "plot_validity",
+    "slope_or_none",
+    "stabilization_figures",
+]
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+# =========================================================================== #
+# Spectral core
+# =========================================================================== #
+
+SpectraLike = xr.Dataset | Sequence[xr.Dataset] | Mapping[str, xr.Dataset]
+
+_RANK_MODEL_COLORS = {"power_law": "C0", "exponential": "C1", "lognormal": "C2", "": "0.6"}
+
+
+def _labelled(spectra: SpectraLike) -> list[tuple[str, xr.Dataset]]:
+    """(label, dataset) pairs: a mapping keeps its keys; else the ``model`` attr."""
+    if isinstance(spectra, xr.Dataset):
+        return [(str(spectra.attrs.get("model", "")), spectra)]
+    if isinstance(spectra, Mapping):
+        return [(str(key), ds) for key, ds in spectra.items()]
+    return [(str(ds.attrs.get("model", f"#{i}")), ds) for i, ds in enumerate(spectra)]
+
+
+def _short(name: str) -> str:
+    """Layer name without a trailing ``.weight``."""
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def plot_alpha_fits(spectra: xr.Dataset, *, layers: Sequence[str] | None = None,
+                    ncols: int = 4) -> Figure:
+    """log h_k against log σ_k, one panel per layer, with the α line.
+
+    Filled markers are the points the α fit used (σ above the rank tolerance,
+    h > 0); hollow markers show |h| where h ≤ 0 (not fitted). The line is the
+    OLS fit of log h on log σ (slope α, from the Dataset's own arrays).
+
+    Args:
+        spectra: a ``layer_spectra`` Dataset.
+        layers: subset of ``spectra.layer`` to draw (default all).
+        ncols: panels per row.
+    """
+    from curvprobe.spectral.fits import power_law_fit
+
+    names = list(spectra.layer.values) if layers is None else list(layers)
+    ncols = max(1, min(ncols, len(names)))
+    nrows = math.ceil(len(names) / ncols)
+    fig = _figure(3.2 * ncols, 2.8 * nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, name in zip(axes, names):
+        row = spectra.sel(layer=name)
+        sigma, h = row.sigma.values, row.h.values
+        used = (np.arange(sigma.size) < int(row.n_fit)) & (h > 0)
+        ax.loglog(sigma[used], h[used], "o", ms=4, color="C0", label="h > 0")
+        neg = ~used & (h != 0)
+        if neg.any():
+            ax.loglog(sigma[neg], np.abs(h[neg]), "o", ms=4, mfc="none", color="C3",
+                      label="|h|, not fitted")
+        alpha = float(row.alpha)
+        if used.sum() >= 2 and math.isfinite(alpha):
+            fit = power_law_fit(sigma[used], h[used])
+            xs = np.array([sigma[used].min(), sigma[used].max()])
+            ax.loglog(xs, np.exp(fit.intercept) * xs**fit.slope, "-", color="k", lw=1)
+            title = f"{_short(name)}\nα={alpha:.2f}, R²={float(row.r2_alpha):.2f}"
+        else:
+            title = f"{_short(name)}\nα undefined"
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("σ_k", fontsize=8)
+        ax.set_ylabel("h_k", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    if len(names):
+        axes[0].legend(fontsize=6)
+    return fig
+
+
+def plot_spectral_transfer(spectra: SpectraLike) -> Figure:
+    """Measured s against the prediction αγ, one point per layer, with s = αγ.
+
+    Args:
+        spectra: one ``layer_spectra`` Dataset, a list of them, or a mapping
+            ``label -> Dataset`` (one marker per dataset, colour per
+            ``layer_group``). Layers with NaN s or αγ are left out.
+    """
+    fig = _figure(5.0, 4.5)
+    ax = fig.subplots()
+    markers = "osD^v<>"
+    groups = sorted({str(g) for _, ds in _labelled(spectra) for g in ds.layer_group.values})
+    colors = {g: f"C{i}" for i, g in enumerate(groups)}
+    seen: set[str] = set()
+    values = []
+    for i, (label, ds) in enumerate(_labelled(spectra)):
+        for name in ds.layer.values:
+            row = ds.sel(layer=name)
+            s, pred = float(row.s_hessian), float(row.predicted_s)
+            if not (math.isfinite(s) and math.isfinite(pred)):
+                continue
+            group = str(row.layer_group.values)
+            key = f"{label} {group}".strip()
+            ax.plot(pred, s, markers[i % len(markers)], color=colors[group], ms=6,
+                    label=key if key not in seen else None)
+            seen.add(key)
+            values += [s, pred]
+    if values:
+        lo, hi = min(values), max(values)
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="s = αγ")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("predicted s = αγ")
+    ax.set_ylabel("measured s (Hessian decay)")
+    ax.set_title("Spectral transfer across layers")
+    return fig
+
+
+def plot_rank_profile_bic(spectra: SpectraLike) -> Figure:
+    """Rank-profile model comparison: ΔBIC per layer and BIC winners by layer group.
+
+    Left: BIC(exponential) − BIC(power law) and BIC(log-normal) − BIC(power law)
+    per layer (negative = the alternative is preferred; |ΔBIC| > 2 is
+    conventionally meaningful). Right: how often each model wins, per layer group.
+    """
+    from curvprobe.spectral.fits import RANK_MODELS
+
+    rows = [(label, ds.sel(layer=name)) for label, ds in _labelled(spectra) for name in ds.layer.values]
+    fig = _figure(max(6.0, 0.35 * len(rows) + 4.0), 4.0)
+    ax_delta, ax_wins = fig.subplots(1, 2, width_ratios=[max(1, len(rows)), 4])
+    x = np.arange(len(rows))
+    for offset, model, color in ((-0.2, "exponential", "C1"), (0.2, "lognormal", "C2")):
+        delta = [float(r.bic.sel(rank_model=model) - r.bic.sel(rank_model="power_law")) for _, r in rows]
+        ax_delta.bar(x + offset, delta, width=0.4, color=color, label=f"{model} − power law")
+    ax_delta.axhline(0, color="k", lw=0.8)
+    ax_delta.axhline(-2, color="k", lw=0.5, ls=":")
+    ax_delta.set_xticks(x, [f"{label}:{_short(str(r.layer.values))}" if len(_labelled(spectra)) > 1
+                            else _short(str(r.layer.values)) for label, r in rows],
+                        rotation=75, fontsize=6)
+    ax_delta.set_ylabel("ΔBIC")
+    ax_delta.legend(fontsize=7)
+    ax_delta.set_title("Rank-profile fits of log σ_k")
+    groups = sorted({str(r.layer_group.values) for _, r in rows})
+    bottom = np.zeros(len(groups))
+    for model in (*RANK_MODELS, ""):
+        counts = np.array([sum(1 for _, r in rows if str(r.layer_group.values) == g
+                               and str(r.best_model_bic.values) == model) for g in groups], dtype=float)
+        if counts.any():
+            ax_wins.bar(groups, counts, bottom=bottom, color=_RANK_MODEL_COLORS[model],
+                        label=model or "no valid fit")
+            bottom += counts
+    ax_wins.set_ylabel("layers")
+    ax_wins.set_title("BIC winner")
+    ax_wins.tick_params(axis="x", labelrotation=45, labelsize=7)
+    ax_wins.legend(fontsize=7)
+    return fig
+
+
+def plot_alpha_by_layer_type(spectra: SpectraLike, *, by: str = "layer_group") -> Figure:
+    """α per layer, grouped by a per-layer coordinate (default ``layer_group``).
+
+    Args:
+        spectra: one Dataset, a list, or a mapping ``label -> Dataset``; points
+            of different datasets get different markers.
+        by: coordinate over ``layer`` to group on ("layer_group",
+            "layer_kind", "module_type", …).
+
+    Points are jittered horizontally; the bar is the group median. The dashed
+    line marks α = 2 (the Kronecker headline with β = 2, φ = 0).
+    """
+    labelled = _labelled(spectra)
+    groups = sorted({str(g) for _, ds in labelled for g in ds[by].values})
+    fig = _figure(max(4.0, 1.2 * len(groups) + 1.5), 4.0)
+    ax = fig.subplots()
+    rng = np.random.default_rng(0)
+    markers = "osD^v<>"
+    per_group: dict[str, list[float]] = {g: [] for g in groups}
+    for i, (label, ds) in enumerate(labelled):
+        xs, ys = [], []
+        for name in ds.layer.values:
+            row = ds.sel(layer=name)
+            alpha = float(row.alpha)
+            if not math.isfinite(alpha):
+                continue
+            g = str(row[by].values)
+            per_group[g].append(alpha)
+            xs.append(groups.index(g) + rng.uniform(-0.15, 0.15))
+            ys.append(alpha)
+        ax.plot(xs, ys, markers[i % len(markers)], color=f"C{i}", ms=6, alpha=0.8, label=label or None)
+    for j, g in enumerate(groups):
+        if per_group[g]:
+            ax.hlines(np.median(per_group[g]), j - 0.3, j + 0.3, color="k", lw=2)
+    ax.axhline(2.0, color="0.5", ls="--", lw=1)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("α (slope of log h on log σ)")
+    ax.set_title(f"α by {by.replace('_', ' ')}")
+    if any(label for label, _ in labelled):
+        ax.legend(fontsize=7)
+    return fig
+
+
+# =========================================================================== #
+# Stabilization
+# =========================================================================== #
+
+CRITERION_LABELS = {
+    "delta1": "Δ₁ (Dirac, |δ_k(w*)|)",
+    "full_mc": "Δ₂ (full space, MC)",
+    "sphere": "sphere (smoothed Δ₁)",
+    "direct_mc": "Δ₂^(D) (direct MC)",
+    "quad_mc": "quadratic MC",
+    "gm": "GM (closed form)",
+    "cv_mc": "control-variate MC",
+}
+_COLORS = {"delta1": "C7", "full_mc": "C0", "sphere": "C5", "direct_mc": "C3", "quad_mc": "C2",
+           "gm": "k", "cv_mc": "C1"}
+
+
+def _k_axis(ax) -> None:
+    """Log k axis with plain major labels (1, 10, 100, 1000) and no minor labels."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def slope_or_none(k: np.ndarray, values: np.ndarray):
+    """:func:`empirical_slope` on the positive finite points, or None if < 3 remain."""
+    from curvprobe.criteria.theory import empirical_slope
+
+    k, values = np.asarray(k, float), np.asarray(values, float)
+    ok = np.isfinite(values) & (values > 0)
+    if ok.sum() < 3 or np.ptp(k[ok]) == 0:
+        return None
+    return empirical_slope(k[ok], values[ok])
+
+
+def _has(ds: xr.Dataset, estimator: str) -> bool:
+    return "estimator" in ds.coords and estimator in ds["estimator"].values
+
+
+def _outside(ds: xr.Dataset) -> dict[float, bool]:
+    if "outside_validated_regime" not in ds:
+        return {}
+    return {float(s): bool(o) for s, o in zip(ds["sigma"].values, ds["outside_validated_regime"].values)}
+
+
+def _sigma_label(ds: xr.Dataset, sigma: float) -> str:
+    flag = " (beyond validated regime)" if _outside(ds).get(float(sigma)) else ""
+    return f"σ = {sigma:.3g}{flag}"
+
+
+def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
+                       estimators: Sequence[str] = ("delta1", "full_mc", "direct_mc", "gm"),
+                       sigmas: Sequence[float] | None = None) -> Figure:
+    """Criteria against k on log–log axes, one panel per σ, with fitted slopes (§7.1).
+
+    Args:
+        ds: a :func:`curvprobe.stabilization` Dataset.
+        dim: D of the subspace criteria (default the largest).
+        estimators: which criteria to draw (those present).
+        sigmas: panels (default every σ).
+
+    Each legend entry gives the OLS slope of log value on log k with its 95 %
+    confidence interval; error bars are ±1 standard error. The dotted line is
+    k⁻² through the first Δ₂^(D) point (the rate bound's order).
+    """
+    dim = int(ds["dim"].values.max()) if dim is None else int(dim)
+    sigmas = list(ds["sigma"].values) if sigmas is None else list(sigmas)
+    ncols = len(sigmas)
+    fig = _figure(4.6 * ncols, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, ncols, squeeze=False)).ravel()
+    k = ds["k"].values.astype(float)
+    for ax, sigma in zip(axes, sigmas):
+        for est in estimators:
+            if not _has(ds, est):
+                continue
+            cell = ds.sel(sigma=sigma, dim=dim, estimator=est)
+            y, se = cell["value"].values, cell["stderr"].values
+            fit = slope_or_none(k, y)
+            label = CRITERION_LABELS.get(est, est)
+            if est in ("direct_mc", "quad_mc", "gm", "cv_mc"):
+                label = label.replace("^(D)", f"^({dim})") + ("" if "^(" in label else f", D={dim}")
+            if fit is not None:
+                label += f": slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
+            ok = np.isfinite(y) & (y > 0)
+            style = dict(color=_COLORS.get(est), ms=4, lw=1.2, label=label)
+            if est == "gm":
+                ax.plot(k[ok], y[ok], "--", **style)
+            else:
+                ax.errorbar(k[ok], y[ok], yerr=np.where(np.isfinite(se[ok]), se[ok], 0), fmt="o-",
+                            capsize=2, **style)
+        if _has(ds, "direct_mc"):
+            y0 = ds["value"].sel(sigma=sigma, dim=dim, estimator="direct_mc").values
+            ok = np.isfinite(y0) & (y0 > 0)
+            if ok.any():
+                k0, v0 = k[ok][0], y0[ok][0]
+                ax.plot(k, v0 * (k / k0) ** -2.0, ":", color="0.5", lw=1, label="k⁻² reference")
+        _k_axis(ax)
+        ax.set_yscale("log")
+        ax.set_xlabel("k (samples)")
+        ax.set_ylabel("criterion")
+        ax.set_title(_sigma_label(ds, sigma), fontsize=9)
+        ax.legend(fontsize=6.5, loc="lower left")
+        ax.grid(True, which="major", alpha=0.3)
+    fig.suptitle("Stabilization criteria against k", fontsize=11)
+    return fig
+
+
+def plot_subspace_ratio(ds: xr.Dataset, *, numerator: str = "direct_mc",
+                        denominator: str = "full_mc") -> Figure:
+    """Δ₂^(D)/Δ₂ against k, one line per (D, σ) (§7.2).
+
+    Colour encodes D, line style and marker encode σ; the grey line is 1.
+    """
+    fig = _figure(6.0, 4.2)
+    ax = fig.subplots()
+    if not (_has(ds, numerator) and _has(ds, denominator)):
+        ax.text(0.5, 0.5, f"needs {numerator} and {denominator}", ha="center", transform=ax.transAxes)
+        return fig
+    k = ds["k"].values.astype(float)
+    styles = ["-", "--", ":", "-."]
+    markers = "osD^v"
+    for si, sigma in enumerate(ds["sigma"].values):
+        for di, D in enumerate(ds["dim"].values):
+            num = ds["value"].sel(sigma=sigma, dim=D, estimator=numerator).values
+            den = ds["value"].sel(sigma=sigma, dim=D, estimator=denominator).values
+            ratio = num / den
+            ok = np.isfinite(ratio) & (ratio > 0)
+            ax.plot(k[ok], ratio[ok], styles[si % 4], marker=markers[si % 5], ms=3.5, color=f"C{di}",
+                    label=f"D={int(D)}, {_sigma_label(ds, float(sigma))}")
+    ax.axhline(1.0, color="0.5", lw=1)
+    _k_axis(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("k (samples)")
+    ax.set_ylabel(f"{numerator} / {denominator}")
+    ax.set_title("Subspace probe vs full space: Δ₂^(D) / Δ₂")
+    ax.legend(fontsize=6.5, ncol=1 if ds.sizes["sigma"] * ds.sizes["dim"] <= 6 else 2)
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def plot_validity(validity: xr.Dataset) -> Figure:
+    """Relative error of the quadratic model against σ (§7.3).
+
+    Points: mean over draws with ±1 std (clipped at the axis); grey dots: the
+    individual draws; dashed: the threshold; shaded: the validated regime.
+    """
+    fig = _figure(5.5, 4.0)
+    ax = fig.subplots()
+    sigma = validity["sigma"].values
+    mean, std = validity["rel_error_mean"].values, validity["rel_error_std"].values
+    if "rel_error" in validity:
+        draws = validity["rel_error"].values
+        for j, s in enumerate(sigma):
+            ax.plot(np.full(draws.shape[0], s), draws[:, j], ".", color="0.7", ms=3)
+    lower = np.clip(mean - std, mean * 1e-3, None)
+    ax.errorbar(sigma, mean, yerr=[mean - lower, std], fmt="o-", color="C0", capsize=3,
+                label="mean relative error (±1 std)")
+    threshold = float(validity.attrs.get("threshold", np.nan))
+    if math.isfinite(threshold):
+        ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"threshold {threshold:g}")
+    regime = float(validity.attrs.get("validated_sigma_max", np.nan))
+    if math.isfinite(regime):
+        ax.axvspan(sigma.min() / 1.5, regime, color="C2", alpha=0.12,
+                   label=f"validated: σ ≤ {regime:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("σ (parameter units)")
+    ax.set_ylabel("|quadratic model − ΔL| / |ΔL|")
+    ax.set_title(f"Quadratic validity of L_k around w* (k = {validity.attrs.get('k', '?')})")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def plot_mc_convergence(conv: xr.Dataset, *, sigmas: Sequence[float] | None = None) -> Figure:
+    """Direct MC and quadratic MC against the number of draws S, with GM (§7.4).
+
+    One panel per (σ, D); running means over nested prefixes of the same draws
+    with ±1 standard error.
+    """
+    sigmas = list(conv["sigma"].values) if sigmas is None else list(sigmas)
+    dims = list(conv["dim"].values)
+    fig = _figure(3.4 * len(dims), 3.0 * len(sigmas))
+    axes = fig.subplots(len(sigmas), len(dims), squeeze=False)
+    S = conv["S"].values
+    for r, sigma in enumerate(sigmas):
+        for c, D in enumerate(dims):
+            ax = axes[r, c]
+            cell = conv.sel(sigma=sigma, dim=D)
+            for j, est in enumerate(("direct_mc", "quad_mc")):
+                y = cell["value"].sel(estimator=est).values
+                se = cell["stderr"].sel(estimator=est).values
+                ax.errorbar(S * (1 + 0.04 * (j - 0.5)), y, yerr=se, fmt="o-", ms=3.5, capsize=2,
+                            color=_COLORS[est], label=CRITERION_LABELS[est])
+            gm = float(cell["value"].sel(estimator="gm").values[-1])
+            ax.axhline(gm, color="k", ls="--", lw=1, label="GM")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"σ = {float(sigma):.3g}, D = {int(D)}", fontsize=8.5)
+            ax.tick_params(labelsize=7)
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+            if r == len(sigmas) - 1:
+                ax.set_xlabel("Monte Carlo draws S")
+            if c == 0:
+                ax.set_ylabel("estimate of Δ₂^(D)")
+    axes[0, 0].legend(fontsize=6.5)
+    fig.suptitle(f"Monte Carlo convergence to GM at k = {conv.attrs.get('k', '?')}", fontsize=11)
+    return fig
+
+
+def gm_relative_gap(ds: xr.Dataset) -> xr.DataArray:
+    """``|direct_mc − gm| / |direct_mc|`` over (k, sigma, dim)."""
+    direct = ds["value"].sel(estimator="direct_mc")
+    gm = ds["value"].sel(estimator="gm")
+    return abs(direct - gm) / abs(direct)
+
+
+def plot_gm_agreement(ds: xr.Dataset, *, k: int | None = None) -> Figure:
+    """Heat map of |Direct − GM| / |Direct| over D and σ (§7.5).
+
+    Left: at one k (default the largest); right: the median over all k.
+    Columns of σ beyond the validated regime are marked with ``*``.
+    """
+    fig = _figure(9.0, 3.6)
+    axes = fig.subplots(1, 2)
+    if not (_has(ds, "direct_mc") and _has(ds, "gm")):
+        axes[0].text(0.5, 0.5, "needs direct_mc and gm", ha="center", transform=axes[0].transAxes)
+        return fig
+    gap = gm_relative_gap(ds)
+    k = int(ds["k"].values.max()) if k is None else int(k)
+    outside = _outside(ds)
+    xlabels = [f"{s:.3g}{'*' if outside.get(float(s)) else ''}" for s in ds["sigma"].values]
+    ylabels = [str(int(d)) for d in ds["dim"].values]
+    panels = ((gap.sel(k=k), f"at k = {k}"), (gap.median("k"), "median over k"))
+    for ax, (arr, title) in zip(axes, panels):
+        data = arr.transpose("dim", "sigma").values
+        with np.errstate(divide="ignore"):
+            shown = np.log10(np.clip(data, 1e-6, None))
+        image = ax.imshow(shown, cmap="viridis", aspect="auto", origin="lower", vmin=-4, vmax=1)
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                ax.text(j, i, f"{data[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                        color="w" if shown[i, j] < -1.5 else "k")
+        ax.set_xticks(range(len(xlabels)), xlabels, fontsize=7)
+        ax.set_yticks(range(len(ylabels)), ylabels)
+        ax.set_xlabel("σ  (* beyond the validated regime)")
+        ax.set_ylabel("D")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, label="log₁₀ |Direct − GM| / |Direct|")
+    fig.suptitle("Agreement of the closed form GM with direct Monte Carlo", fontsize=11)
+    return fig
+
+
+_STAGE_LABELS = {
+    "losses_at_w_star": "losses at w* (Δ₁)",
+    "eval_full_mc": "eval: full-space MC",
+    "eval_sphere": "eval: sphere MC",
+    "subspace": "I: subspace (Lanczos)",
+    "assembly": "II: coefficient assembly",
+    "eval_direct_mc": "III: eval direct MC",
+    "eval_surrogate": "III: eval surrogates (quad MC, GM, CV)",
+}
+
+
+def plot_stage_timings(ds: xr.Dataset, *, convergence: xr.Dataset | None = None,
+                       extra: Mapping[str, float] | None = None) -> Figure:
+    """Wall time per stage, and per-estimator evaluation cost (§7.6).
+
+    Left: ``ds.stage_seconds`` (plus ``extra`` stages such as the validity
+    sweep), log scale. Right (if ``convergence`` is given): seconds to evaluate
+    each estimator for one (σ, D) at S draws — median over σ and D — with the
+    direct-MC / GM ratio (the paper's stage-III speed-up).
+    """
+    ncols = 2 if convergence is not None else 1
+    fig = _figure(5.5 * ncols, 4.0)
+    axes = np.atleast_1d(fig.subplots(1, ncols, squeeze=False)).ravel()
+    stages = {}
+    if "stage_seconds" in ds:
+        stages = {_STAGE_LABELS.get(str(s), str(s)): float(v)
+                  for s, v in zip(ds["stage"].values, ds["stage_seconds"].values)}
+    stages.update(extra or {})
+    names = list(stages)
+    values = np.maximum(np.array([stages[n] for n in names], dtype=float), 1e-6)
+    ax = axes[0]
+    ax.barh(range(len(names)), values, color="C0")
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.3g} s", va="center", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time (s)")
+    ax.set_title("Stage timings", fontsize=10)
+    ax.set_xlim(values.min() / 3, values.max() * 20)
+    if convergence is not None:
+        ax = axes[1]
+        ests = [str(e) for e in convergence["estimator"].values]
+        sec = convergence["eval_seconds"].median(("sigma", "dim"))
+        vals = np.maximum(np.array([float(sec.sel(estimator=e)) for e in ests]), 1e-9)
+        ax.bar(range(len(ests)), vals, color=[_COLORS.get(e, "C0") for e in ests])
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.2g} s", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(ests)), ests)
+        ax.set_yscale("log")
+        ax.set_ylabel("seconds per (σ, D)")
+        speedup = float(sec.sel(estimator="direct_mc") / sec.sel(estimator="gm"))
+        ax.set_title(f"Stage III at k = {convergence.attrs.get('k', '?')}, S = "
+                     f"{convergence.attrs.get('max_samples', '?')}: GM ≈ {speedup:,.0f}× faster "
+                     "than direct MC", fontsize=9)
+    return fig
+
+
+def stabilization_figures(ds: xr.Dataset | None = None, *, validity: xr.Dataset | None = None,
+                          convergence: xr.Dataset | None = None,
+                          extra_timings: Mapping[str, float] | None = None) -> dict[str, Figure]:
+    """Every figure the given Datasets allow: ``{file stem: Figure}``."""
+    figures: dict[str, Figure] = {}
+    if ds is not None:
+        figures["criteria_vs_k"] = plot_criteria_vs_k(ds)
+        if _has(ds, "direct_mc") and _has(ds, "full_mc"):
+            figures["subspace_ratio"] = plot_subspace_ratio(ds)
+        if _has(ds, "direct_mc") and _has(ds, "gm"):
+            figures["gm_agreement"] = plot_gm_agreement(ds)
+        figures["stage_timings"] = plot_stage_timings(ds, convergence=convergence, extra=extra_timings)
+    if validity is not None:
+        figures["validity"] = plot_validity(validity)
+    if convergence is not None:
+        figures["mc_convergence"] = plot_mc_convergence(convergence)
+    return figures

@@ -1,0 +1,196 @@
+"""The key table of a stabilization run as Markdown (``summary.md`` and the terminal).
+
+:func:`summary_markdown` reads result Datasets only: the fitted slope of each
+criterion in k with its confidence interval (:func:`curvprobe.criteria.theory.empirical_slope`),
+Δ₂^(D)/Δ₂ at the largest k per D and σ, GM against direct Monte Carlo, stage
+timings and the eigensolver certificates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from curvprobe.app.plots import slope_or_none
+
+__all__ = ["summary_markdown", "table"]
+
+_NAMES = {"delta1": "Δ₁ (Dirac)", "full_mc": "Δ₂ full space (MC)", "sphere": "sphere (smoothed Δ₁)",
+          "direct_mc": "Δ₂^(D) direct MC", "quad_mc": "quadratic MC", "gm": "GM (closed form)",
+          "cv_mc": "control-variate MC"}
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table with columns padded for the terminal (a ``|`` inside a
+    cell, as in ``|direct−GM|``, is escaped)."""
+    cells = [[str(c).replace("|", "\\|") for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in cells[1:]])
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def _has(ds: xr.Dataset, est: str) -> bool:
+    return est in ds["estimator"].values
+
+
+def _sigma_head(ds: xr.Dataset) -> list[str]:
+    outside = {}
+    if "outside_validated_regime" in ds:
+        outside = dict(zip(ds["sigma"].values.tolist(), ds["outside_validated_regime"].values.tolist()))
+    return [f"σ={s:.3g}{' (beyond)' if outside.get(s) else ''}" for s in ds["sigma"].values.tolist()]
+
+
+def slope_table(ds: xr.Dataset) -> str:
+    """Fitted slope of log criterion on log k, ``slope [95 % CI]``, rows criterion@D, columns σ."""
+    k = ds["k"].values.astype(float)
+    dims = [int(d) for d in ds["dim"].values]
+    rows = []
+    order = [("delta1", [dims[-1]]), ("full_mc", [dims[-1]]), ("sphere", [dims[-1]]),
+             ("direct_mc", dims), ("gm", dims), ("cv_mc", [dims[-1]]), ("quad_mc", [dims[-1]])]
+    for est, ds_dims in order:
+        if not _has(ds, est):
+            continue
+        for D in ds_dims:
+            name = _NAMES[est] + (f", D={D}" if est in ("direct_mc", "gm", "cv_mc", "quad_mc") else "")
+            cells = []
+            for s in ds["sigma"].values:
+                fit = slope_or_none(k, ds["value"].sel(estimator=est, sigma=s, dim=D).values)
+                cells.append("–" if fit is None else
+                             f"{fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]")
+            if est == "delta1":
+                cells = [cells[0]] + ["(same)"] * (len(cells) - 1)
+            rows.append([name] + cells)
+    return table(["criterion"] + _sigma_head(ds), rows)
+
+
+def ratio_table(ds: xr.Dataset, k: int | None = None) -> str:
+    """Δ₂^(D)/Δ₂ (direct_mc / full_mc) at k (default the largest), rows D, columns σ."""
+    k = int(ds["k"].values.max()) if k is None else k
+    rows = []
+    for D in ds["dim"].values:
+        cells = []
+        for s in ds["sigma"].values:
+            num = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
+            den = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="full_mc"))
+            cells.append(_fmt(num / den if den else math.nan))
+        rows.append([f"D={int(D)}"] + cells)
+    return table([f"Δ₂^(D)/Δ₂ at k={k}"] + _sigma_head(ds), rows)
+
+
+def gm_table(ds: xr.Dataset, k: int | None = None) -> str:
+    """|direct − GM|/|direct| at k with the gap in direct-MC standard errors."""
+    k = int(ds["k"].values.max()) if k is None else k
+    rows = []
+    for D in ds["dim"].values:
+        cells = []
+        for s in ds["sigma"].values:
+            direct = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
+            se = float(ds["stderr"].sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
+            gm = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="gm"))
+            rel = abs(direct - gm) / abs(direct) if direct else math.nan
+            z = abs(direct - gm) / se if se > 0 else math.nan
+            cells.append(f"{_fmt(rel, 2)} ({_fmt(z, 2)} se)")
+        rows.append([f"D={int(D)}"] + cells)
+    return table([f"|direct−GM|/|direct| at k={k}"] + _sigma_head(ds), rows)
+
+
+def convergence_table(conv: xr.Dataset) -> str:
+    """At S_max: direct MC ± se, quadratic MC ± se, GM, per (σ, D)."""
+    S = int(conv["S"].values.max())
+    rows = []
+    for s in conv["sigma"].values:
+        for D in conv["dim"].values:
+            c = conv.sel(S=S, sigma=s, dim=D)
+            v = lambda e: float(c["value"].sel(estimator=e))  # noqa: E731
+            se = lambda e: float(c["stderr"].sel(estimator=e))  # noqa: E731
+            rel = abs(v("direct_mc") - v("gm")) / abs(v("direct_mc"))
+            rows.append([f"{s:.3g}", int(D), f"{v('direct_mc'):.3e} ± {se('direct_mc'):.1e}",
+                         f"{v('quad_mc'):.3e} ± {se('quad_mc'):.1e}", f"{v('gm'):.3e}",
+                         f"{v('cv_mc'):.3e} ± {se('cv_mc'):.1e}", _fmt(rel, 2)])
+    return table(["σ", "D", f"direct MC (S={S})", "quad MC", "GM", "CV MC", "|direct−GM|/|direct|"],
+                 rows)
+
+
+def timing_table(ds: xr.Dataset, extra: Mapping[str, float] | None = None,
+                 convergence: xr.Dataset | None = None) -> str:
+    rows = [[str(s), f"{float(v):.2f}"] for s, v in zip(ds["stage"].values, ds["stage_seconds"].values)]
+    rows += [[name, f"{sec:.2f}"] for name, sec in (extra or {}).items()]
+    text = table(["stage", "seconds"], rows)
+    if convergence is not None:
+        sec = convergence["eval_seconds"].median(("sigma", "dim"))
+        per = {str(e): float(sec.sel(estimator=e)) for e in convergence["estimator"].values}
+        text += ("\n\nStage III, one (σ, D) at k = {k}, S = {S} (median over σ, D): direct MC {d:.3g} s, "
+                 "quadratic MC {q:.2g} s, GM {g:.2g} s — GM ≈ {r:,.0f}× faster than direct MC."
+                 ).format(k=convergence.attrs.get("k"), S=convergence.attrs.get("max_samples"),
+                          d=per["direct_mc"], q=per["quad_mc"], g=per["gm"],
+                          r=per["direct_mc"] / per["gm"])
+    return text
+
+
+def eigen_table(ds: xr.Dataset) -> str:
+    rows = []
+    ks = ds["k"].values
+    if ds.attrs.get("subspace") == "fixed":  # one eigenspace, of H^(K), serves every k
+        ks = ks[int(np.argmax(ds["hvps"].values)):][:1]
+    for k in ks:
+        res = ds["residuals"].sel(k=k).values
+        conv = ds["converged"].sel(k=k).values
+        ev = ds["eigenvalues"].sel(k=k).values
+        label = f"{int(ds['k'].max())} (fixed: all k)" if ds.attrs.get("subspace") == "fixed" else int(k)
+        miss = float(ds["miss_probability"].sel(k=k)) if "miss_probability" in ds else math.nan
+        rows.append([label, int(ds["hvps"].sel(k=k)), _fmt(float(np.nanmax(res)), 2),
+                     f"{int(conv.sum())}/{conv.size}", _fmt(miss, 2), _fmt(float(ev[0]), 4),
+                     _fmt(float(ev[-1]), 4)])
+    return table(["k", "HVPs", "max residual", "certified", "miss bound", "θ₁", f"θ_{ds.sizes['rank']}"],
+                 rows)
+
+
+def summary_markdown(ds: xr.Dataset, *, validity: xr.Dataset | None = None,
+                     convergence: xr.Dataset | None = None, extra_timings: Mapping[str, float] | None = None,
+                     title: str = "curvprobe stabilization summary", notes: Sequence[str] = ()) -> str:
+    """The key table of a run, as Markdown."""
+    a = ds.attrs
+    ks = ds["k"].values
+    lines = [f"# {title}", ""]
+    lines.append(f"- model: {a.get('model_source', a.get('model', '?'))} ({a.get('model', '?')}, "
+                 f"N = {a.get('num_params', '?')} parameters, {a.get('dtype', '?')}, {a.get('device', '?')})")
+    lines.append(f"- k grid: {len(ks)} values from {int(ks.min())} to {int(ks.max())}; "
+                 f"D ∈ {{{', '.join(str(int(d)) for d in ds['dim'].values)}}}; "
+                 f"σ ∈ {{{', '.join(f'{s:.3g}' for s in ds['sigma'].values)}}}; "
+                 f"S = {a.get('num_samples', '?')} Monte Carlo draws; seed {a.get('seed', '?')}")
+    lines.append(f"- subspace: {a.get('subspace_note', a.get('subspace', '?'))}")
+    regime = a.get("validated_sigma_max")
+    if regime is not None:
+        lines.append(f"- validated quadratic regime: σ ≤ {_fmt(float(regime))} (mean relative error ≤ "
+                     f"{a.get('validity_threshold', '?')}); σ marked (beyond) lie outside it and their "
+                     "gm/quad_mc values are proxies, not the criterion")
+    lines += [f"- {note}" for note in notes]
+    lines += ["", "## Fitted slope of each criterion in k (log–log OLS, 95 % CI)", "", slope_table(ds)]
+    if _has(ds, "direct_mc") and _has(ds, "full_mc"):
+        lines += ["", "## Subspace vs full space at the largest k", "", ratio_table(ds)]
+    if _has(ds, "direct_mc") and _has(ds, "gm"):
+        lines += ["", "## GM vs direct Monte Carlo at the largest k", "", gm_table(ds)]
+    if convergence is not None:
+        lines += ["", f"## Monte Carlo convergence at k = {convergence.attrs.get('k')}", "",
+                  convergence_table(convergence)]
+    if validity is not None:
+        rows = [[f"{s:.3g}", _fmt(float(m), 3), _fmt(float(sd), 3), "yes" if v else "no"]
+                for s, m, sd, v in zip(validity["sigma"].values, validity["rel_error_mean"].values,
+                                       validity["rel_error_std"].values, validity["valid"].values)]
+        lines += ["", f"## Quadratic validity at k = {validity.attrs.get('k')}", "",
+                  table(["σ", "mean rel. error", "std", "validated"], rows)]
+    lines += ["", "## Stage timings", "", timing_table(ds, extra_timings, convergence)]
+    if ds["hvps"].values.sum() > 0:
+        lines += ["", "## Eigensolver certificates (top-D of H^(k), relative residuals ‖Hu−θu‖/|θ₁|)", "",
+                  eigen_table(ds)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,387 @@
+"""The empirical-loss problem: a model, a per-sample loss and ordered samples.
+
+Notation (Kiselev & Grabovoy, DESIGN.md §2). Samples are ordered
+``i = 1..n``; ``ℓ_i(w)`` is the loss of sample ``i`` at the flat parameter
+vector ``w ∈ R^N``;
+
+    L_k(w) = (1/k) Σ_{i≤k} ℓ_i(w),   g^(k) = ∇L_k,   H^(k) = ∇²L_k.
+
+A :class:`Problem` evaluates losses, gradients and exact Hessian-vector
+products (HVPs) of the mean loss over any contiguous sample range
+``[start, stop)`` at any flat point ``w`` (default ``w*``, the model's own
+parameters). Samples are processed in chunks of ``batch_size`` so peak memory
+is bounded by one chunk; sums over chunks are accumulated in float64 and
+divided by the sample count at the end (chunks are weighted by their size, so a
+short last chunk does not bias the mean).
+
+The model is never mutated: parameters are copied into a flat vector and the
+model is evaluated with :func:`torch.func.functional_call`. Attention runs
+through the twice-differentiable SDPA math kernel
+(``sdpa_kernel(SDPBackend.MATH)``) on every path, so forward values, gradients
+and HVPs come from one consistent computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jacfwd, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+if TYPE_CHECKING:
+    from curvprobe.core.operators import HessianOperator
+
+HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
+
+#: Batch width from which the vmapped forward-over-reverse HVP is the default
+#: (measured by ``benchmarks/eigensolvers.py``: below it, double backward that
+#: reuses one differentiable gradient graph for all vectors is faster).
+VMAP_MIN_VECTORS = 4
+VMAP_MIN_CHUNK = 16
+
+_STOCHASTIC_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                       nn.AlphaDropout, nn.FeatureAlphaDropout, nn.modules.batchnorm._BatchNorm)
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def math_attention() -> contextlib.AbstractContextManager:
+    """Context that routes ``F.scaled_dot_product_attention`` through the math
+    kernel, the only CPU kernel with a second derivative."""
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Refuse a model whose output is random or batch-dependent.
+
+    Raises ``ValueError`` if ``model`` is in training mode and holds dropout or
+    batch-norm layers: Krylov methods need a deterministic loss. The model is
+    not switched to eval mode behind the caller's back.
+    """
+    if not model.training:
+        return
+    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _STOCHASTIC_MODULES)})
+    if bad:
+        raise ValueError(
+            f"model is in training mode and contains {', '.join(bad)}: its loss is not "
+            "deterministic, so Hessian-vector products would be wrong. Call model.eval() first."
+        )
+
+
+class Problem:
+    """Empirical loss of ``model`` over ordered samples, with exact HVPs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated as ``model(*inputs_chunk)``; only parameters with
+        ``requires_grad`` form the flat vector ``w`` (length ``N``).
+    loss_fn : callable
+        ``loss_fn(outputs, targets) -> Tensor (n,)``: one loss per sample
+        (reduction ``"none"``; a language model's per-sequence mean token
+        cross-entropy, say).
+    inputs : Tensor or tuple of Tensors
+        Indexed on dim 0 by sample, in the order that defines ``k``.
+    targets : Tensor
+        Indexed on dim 0 by sample.
+    batch_size : int
+        Samples per chunk; bounds peak memory.
+    dtype, device :
+        Dtype of parameters and floating inputs (default: the model's), and the
+        device everything is moved to (default: the model's).
+    hvp_mode : {"auto", "double_backward", "forward_over_reverse"}
+        HVP path. ``"auto"`` uses the vmapped forward-over-reverse product
+        for :data:`VMAP_MIN_VECTORS` vectors or more when ``batch_size //
+        m`` ≥ :data:`VMAP_MIN_CHUNK`, and double backward otherwise (see
+        :func:`hvp_kernel`).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, inputs: Tensor | tuple[Tensor, ...],
+                 targets: Tensor, *, batch_size: int = 256, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None, hvp_mode: str = "auto") -> None:
+        check_eval_mode(model)
+        if hvp_mode not in HVP_MODES:
+            raise ValueError(f"unknown hvp_mode {hvp_mode!r}; valid: {', '.join(HVP_MODES)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model has no trainable parameters")
+        first = named[0][1]
+        self.dtype = dtype or first.dtype
+        self.device = torch.device(device) if device is not None else first.device
+        self.model = model
+        self.loss_fn = loss_fn
+        self.batch_size = int(batch_size)
+        self.hvp_mode = hvp_mode
+        self.param_names = tuple(n for n, _ in named)
+        self.param_shapes = tuple(p.shape for _, p in named)
+        self._numels = tuple(p.numel() for _, p in named)
+        self._w_star = torch.cat([p.detach().reshape(-1) for _, p in named]).to(self.device, self.dtype)
+        trainable = set(self.param_names)
+        self._constants = {n: self._cast(t.detach()) for n, t in
+                           list(model.named_parameters()) + list(model.named_buffers())
+                           if n not in trainable}
+        inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        self.inputs = tuple(self._cast(x) for x in inputs)
+        self.targets = self._cast(targets)
+        sizes = {x.shape[0] for x in self.inputs} | {self.targets.shape[0]}
+        if len(sizes) != 1:
+            raise ValueError(f"inputs and targets disagree on the number of samples: {sorted(sizes)}")
+        self._n = sizes.pop()
+        if self._n < 1:
+            raise ValueError("no samples")
+
+    # ------------------------------------------------------------------ basics
+    def _cast(self, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t)
+        return t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)
+
+    @property
+    def num_samples(self) -> int:
+        """Number of ordered samples ``n``."""
+        return self._n
+
+    @property
+    def num_params(self) -> int:
+        """Length ``N`` of the flat parameter vector."""
+        return self._w_star.numel()
+
+    @property
+    def params(self) -> Tensor:
+        """Flat trained point ``w*`` (N,), in the problem's dtype (a copy)."""
+        return self._w_star.clone()
+
+    def unflatten(self, w: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector (N,) into the model's named parameter tensors."""
+        return {n: t.view(s) for n, t, s in
+                zip(self.param_names, w.split(self._numels), self.param_shapes)}
+
+    def functional_params(self, w: Tensor) -> dict[str, Tensor]:
+        """Every parameter and buffer of the model for ``functional_call`` at flat ``w``:
+        the trainable ones from ``w``, the rest (frozen parameters, buffers) fixed."""
+        return {**self._constants, **self.unflatten(w)}
+
+    def layer_slices(self) -> dict[str, slice]:
+        """Where each named parameter lives in the flat vector."""
+        out, start = {}, 0
+        for n, m in zip(self.param_names, self._numels):
+            out[n] = slice(start, start + m)
+            start += m
+        return out
+
+    def point(self, w: Tensor | None) -> Tensor:
+        """``w`` (N,) checked and cast to the problem's dtype and device; ``w*`` if None."""
+        if w is None:
+            return self._w_star
+        w = torch.as_tensor(w)
+        if w.shape != (self.num_params,):
+            raise ValueError(f"w must have shape ({self.num_params},), got {tuple(w.shape)}")
+        return w.to(self.device, self.dtype)
+
+    def sample_range(self, k: int | None, start: int = 0) -> tuple[int, int]:
+        """Validated ``(start, stop)`` for samples ``[start, k)`` (``k`` None: all)."""
+        stop = self._n if k is None else int(k)
+        if not 0 <= start < self._n:
+            raise ValueError(f"start must be in [0, {self._n - 1}], got {start}")
+        if not start < stop <= self._n:
+            raise ValueError(f"k must be in [{start + 1}, {self._n}] (num_samples={self._n}), got {k}")
+        return start, stop
+
+    def chunks(self, start: int, stop: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+        """Consecutive ``[a, b)`` sample ranges of at most ``size`` (default ``batch_size``)."""
+        size = self.batch_size if size is None else max(1, int(size))
+        for a in range(start, stop, size):
+            yield a, min(a + size, stop)
+
+    def chunk_losses(self, w: Tensor, a: int, b: int) -> Tensor:
+        """Per-sample losses ``ℓ_a..ℓ_{b-1}`` at flat ``w``: (b − a,), problem dtype.
+
+        A pure function of ``w``: safe under ``torch.func`` transforms.
+        """
+        with math_attention():
+            out = functional_call(self.model, self.functional_params(w), tuple(x[a:b] for x in self.inputs))
+        losses = self.loss_fn(out, self.targets[a:b])
+        if losses.shape != (b - a,):
+            raise ValueError(
+                f"loss_fn must return one loss per sample, shape ({b - a},), got "
+                f"{tuple(losses.shape)}; use reduction='none'"
+            )
+        return losses
+
+    # ----------------------------------------------------------- evaluations
+    def per_sample_losses(self, w: Tensor | None = None, *, start: int = 0,
+                          stop: int | None = None) -> Tensor:
+        """Losses ``ℓ_i(w)`` for ``start ≤ i < stop``: float64 tensor (stop − start,)."""
+        start, stop = self.sample_range(stop, start)
+        w = self.point(w)
+        with torch.no_grad():
+            out = torch.cat([self.chunk_losses(w, a, b).double() for a, b in self.chunks(start, stop)])
+        _check_finite(out, "per-sample losses")
+        return out
+
+    def loss(self, w: Tensor | None = None, k: int | None = None, *, start: int = 0) -> Tensor:
+        """Mean loss ``L`` over samples ``[start, k)`` (default all): float64 scalar."""
+        start, stop = self.sample_range(k, start)
+        return self.per_sample_losses(w, start=start, stop=stop).sum() / (stop - start)
+
+    def gradient(self, w: Tensor | None = None, k: int | None = None, *, start: int = 0) -> Tensor:
+        """Gradient of the mean loss over ``[start, k)`` at ``w``: float64 (N,)."""
+        start, stop = self.sample_range(k, start)
+        w = self.point(w)
+        total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
+        for a, b in self.chunks(start, stop):
+            wr = w.detach().requires_grad_(True)
+            losses = self.chunk_losses(wr, a, b)
+            _check_finite(losses.detach(), "per-sample losses")
+            (g,) = torch.autograd.grad(losses.sum(), wr)
+            total += g.double()
+        return total / (stop - start)
+
+    def per_sample_losses_at(self, W: Tensor, *, start: int = 0, stop: int | None = None,
+                             point_batch: int = 8) -> Tensor:
+        """Losses at many points: ``out[s, i] = ℓ_{start+i}(W[s])``, float64 (S, stop − start).
+
+        ``W`` (S, N) holds flat points; they are evaluated ``point_batch`` at a
+        time with ``vmap`` over points (one batched forward per sample chunk).
+        A chunk then holds ``batch_size // point_batch`` samples, so one
+        forward sees ``batch_size`` sequences as elsewhere: memory is bounded
+        by ``point_batch`` N-vectors and one chunk (and small chunks are the
+        faster ones per sample on CPU).
+        """
+        start, stop = self.sample_range(stop, start)
+        if W.dim() != 2 or W.shape[1] != self.num_params:
+            raise ValueError(f"W must have shape (S, {self.num_params}), got {tuple(W.shape)}")
+        W = W.to(self.device, self.dtype)
+        rows = []
+        with torch.no_grad():
+            for p0 in range(0, W.shape[0], point_batch):
+                Wp = W[p0:p0 + point_batch]
+                cols = [vmap(lambda w, a=a, b=b: self.chunk_losses(w, a, b))(Wp).double()
+                        for a, b in self.chunks(start, stop, self.batch_size // len(Wp))]
+                rows.append(torch.cat(cols, dim=1))
+        out = torch.cat(rows)
+        _check_finite(out, "per-sample losses")
+        return out
+
+    def sample_loss(self, w: Tensor, target: Tensor, *inputs: Tensor) -> Tensor:
+        """Loss of one sample at flat ``w``: a scalar in the problem's dtype.
+
+        ``target`` and ``inputs`` are one sample's entries (no batch
+        dimension), as ``vmap`` over :meth:`sample_arguments` hands them. A
+        pure function of ``w``: per-sample ``torch.func`` derivatives
+        (:func:`curvprobe.criteria.engine.subspace_derivatives`) are built on it.
+        """
+        with math_attention():
+            out = functional_call(self.model, self.functional_params(w),
+                                  tuple(x.unsqueeze(0) for x in inputs))
+        return self.loss_fn(out, target.unsqueeze(0)).reshape(())
+
+    def sample_arguments(self, indices: Tensor) -> tuple[Tensor, ...]:
+        """``(targets, *inputs)`` of the 0-based sample ``indices`` (n,) on the device."""
+        sel = indices.to(self.device)
+        return (self.targets[sel],) + tuple(x[sel] for x in self.inputs)
+
+    def hvp(self, v: Tensor, k: int | None = None, w: Tensor | None = None, *,
+            start: int = 0, mode: str | None = None) -> Tensor:
+        """Exact Hessian-vector product ``H v`` of the mean loss over ``[start, k)``.
+
+        Parameters
+        ----------
+        v : Tensor (N,) or (N, m)
+            One vector or ``m`` vectors as columns; any floating dtype, on the
+            problem's device. Computed in the problem's dtype.
+        mode : optional override of the problem's ``hvp_mode``.
+
+        Returns
+        -------
+        Tensor, float64, same shape as ``v``.
+        """
+        start, stop = self.sample_range(k, start)
+        w = self.point(w)
+        V = self._check_vectors(v)
+        chunk_hvp, size = hvp_kernel(mode or self.hvp_mode, V.shape[1], self.batch_size)
+        total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
+        Vd = V.to(self.dtype)
+        for a, b in self.chunks(start, stop, size):
+            total += chunk_hvp(lambda x: self.chunk_losses(x, a, b).sum(), w, Vd).double()
+        out = total / (stop - start)
+        return out[:, 0] if v.dim() == 1 else out
+
+    def _check_vectors(self, v: Tensor) -> Tensor:
+        if not isinstance(v, Tensor):
+            raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
+        if not v.is_floating_point():
+            raise TypeError(f"v must be floating point, got dtype {v.dtype}")
+        if v.device != self.device and not (v.device.type == self.device.type == "cpu"):
+            raise ValueError(f"v is on {v.device}, the problem on {self.device}")
+        if v.dim() not in (1, 2) or v.shape[0] != self.num_params:
+            raise ValueError(f"v must have shape (N,) or (N, m) with N={self.num_params}, got {tuple(v.shape)}")
+        return v.reshape(self.num_params, -1)
+
+    def hessian_operator(self, k: int | None = None, w: Tensor | None = None, *,
+                         start: int = 0) -> HessianOperator:
+        """The Hessian of the mean loss over ``[start, k)`` at ``w`` as an operator."""
+        from curvprobe.core.operators import HessianOperator
+
+        return HessianOperator(self, k=k, w=w, start=start)
+
+    def __repr__(self) -> str:
+        return (f"Problem({type(self.model).__name__}, N={self.num_params}, n={self._n}, "
+                f"dtype={self.dtype}, device={self.device}, batch_size={self.batch_size})")
+
+
+def _check_finite(x: Tensor, what: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"non-finite {what}: the model or data produce NaN/inf at this point")
+
+
+def hvp_kernel(mode: str, num_vectors: int, batch_size: int
+               ) -> tuple[Callable[[Callable[[Tensor], Tensor], Tensor, Tensor], Tensor], int]:
+    """The HVP kernel ``(f, w, V) -> ∇²f(w) V`` for ``mode`` (one of
+    :data:`HVP_MODES`) and a batch of ``num_vectors`` columns, and the samples
+    per chunk to run it on. ``"auto"`` picks forward-over-reverse from
+    :data:`VMAP_MIN_VECTORS` columns on, when its chunks would still hold
+    :data:`VMAP_MIN_CHUNK` samples (smaller ones were measured slower per
+    vector than double backward). Double backward reuses one graph for
+    the columns in turn (chunks of ``batch_size``); the vmapped path holds
+    ``num_vectors`` copies of the activations, so its chunks hold
+    ``batch_size // num_vectors`` samples — the same memory, and measured
+    2.5× faster per vector on tiny-gpt (16 vectors, 512 samples) than whole
+    ``batch_size`` chunks."""
+    if mode not in HVP_MODES:
+        raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
+    if mode == "auto":
+        vmapped = num_vectors >= VMAP_MIN_VECTORS and batch_size // num_vectors >= VMAP_MIN_CHUNK
+        mode = "forward_over_reverse" if vmapped else "double_backward"
+    if mode == "double_backward":
+        return _hvp_double_backward, batch_size
+    return _hvp_forward_over_reverse, max(1, batch_size // max(1, num_vectors))
+
+
+def _hvp_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor) -> Tensor:
+    """``∇²f(w) V`` by reverse-over-reverse, one gradient graph reused for all
+    columns of ``V`` (N, m); returns (N, m)."""
+    wr = w.detach().requires_grad_(True)
+    value = f(wr)
+    _check_finite(value.detach(), "loss")
+    (g,) = torch.autograd.grad(value, wr, create_graph=True)
+    m = V.shape[1]
+    cols = [torch.autograd.grad(g, wr, V[:, j], retain_graph=j < m - 1)[0] for j in range(m)]
+    return torch.stack(cols, dim=1)
+
+
+def _hvp_forward_over_reverse(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor) -> Tensor:
+    """``∇²f(w) V`` by ``jvp`` of ``grad``, vmapped over the columns of V (N, m)."""
+    grad_f = grad(f)
+
+    def single(v: Tensor) -> Tensor:
+        return jvp(grad_f, (w,), (v,))[1]
+
+    if V.shape[1] == 1:
+        return single(V[:, 0])[:, None]
+    return vmap(single)(V.T).T

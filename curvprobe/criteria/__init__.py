@@ -1,0 +1,5 @@
+"""Stabilization criteria: the measurement layer."""
+
+from curvprobe.criteria.sweep import ESTIMATORS, stabilization
+
+__all__ = ["ESTIMATORS", "stabilization"]
