@@ -28,7 +28,7 @@ import torch
 
 from curvprobe import quadratic_validity, stabilization, top_eigenspace
 from curvprobe.zoo.builtin import builtin_problem
-from curvprobe.criteria.sweep import all_k_increments, coefficients_per_k, noise, per_k_increments
+from curvprobe.criteria.engine import all_k_increments, coefficients_per_k, noise, per_k_increments
 from curvprobe.criteria.probes import Isotropic
 
 
@@ -71,7 +71,7 @@ def main() -> None:
 
     # validity regime ----------------------------------------------------
     sig_grid = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
-    t_val, validity = clock(lambda: quadratic_validity(problem, sig_grid, k=K, num_samples=8))
+    t_val, validity = clock(lambda: quadratic_validity(problem, sig_grid, k=K, mc_samples=8))
     regime = validity.attrs["validated_sigma_max"]
     inside = [s for s in sig_grid if s <= regime][-2:]
     beyond = [s for s in sig_grid if s > regime][:1]
@@ -83,7 +83,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t_run, ds = clock(lambda: stabilization(
-            problem, ks, sigmas=sigmas, dims=dims, num_samples=S, subspace="fixed",
+            problem, ks, sigmas=sigmas, dims=dims, mc_samples=S, subspace="fixed",
             validity=validity, estimators=("delta1", "full_mc", "direct_mc", "quad_mc", "gm", "cv_mc")))
 
     # 2. GM vs direct MC at S = 32 ----------------------------------------

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curvprobe.criteria.spec import DEFAULT_ESTIMATORS, ESTIMATORS, SUBSPACE_MODES, StabilizationSpec
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -36,10 +38,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = ["FIELDS", "ConfigError", "Field", "ProbeConfig", "load_config", "parse_value"]
 
-ESTIMATOR_NAMES = ("delta1", "full_mc", "direct_mc", "quad_mc", "gm", "cv_mc", "sphere")
+ESTIMATOR_NAMES = tuple(ESTIMATORS)
 LOSSES = ("auto", "cross_entropy", "token_cross_entropy", "mse")
 DTYPES = ("float32", "float64")
-SUBSPACE_MODES = ("per_k", "fixed")
 MODEL_KINDS = ("builtin", "module", "hf")
 BUILTIN_MODELS = ("tiny-gpt", "mlp", "cnn")
 
@@ -89,8 +90,8 @@ FIELDS: tuple[Field, ...] = (
           required=True),
     Field("sigmas", "float_list", None, "probe scales σ > 0 (parameter units)", required=True),
     Field("dims", "int_list", (1, 4, 16), "subspace dimensions D"),
-    Field("estimators", "str_list", ESTIMATOR_NAMES, "estimators to run ('all' for every one)",
-          choices=ESTIMATOR_NAMES),
+    Field("estimators", "str_list", DEFAULT_ESTIMATORS, "estimators to run (default: all but sphere; "
+          "'all' for every one)", choices=ESTIMATOR_NAMES),
     Field("mc_samples", "int", 32, "Monte Carlo draws S per (σ, D)"),
     Field("p", "float", 2.0, "order p ≥ 1 of the criterion Δ_p (gm, cv_mc need p = 2)"),
     Field("subspace", "str", "per_k", "U_D from H^(k) for each k, or one from H^(K) for all",
@@ -331,7 +332,7 @@ class ProbeConfig:
     num_data: int = 0
     seq_len: int = 32
     dims: tuple[int, ...] = (1, 4, 16)
-    estimators: tuple[str, ...] = ESTIMATOR_NAMES
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     mc_samples: int = 32
     p: float = 2.0
     subspace: str = "per_k"
@@ -386,6 +387,18 @@ class ProbeConfig:
         mine, theirs = self.numeric_dict(), other.numeric_dict()
         return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
 
+    def spec(self) -> StabilizationSpec:
+        """The measurement this config names, resumable part by part (:func:`curvprobe.app.runs.run_probe`)."""
+        options: dict[str, Any] = {"guard_steps": self.guard_steps}
+        if self.max_hvps:
+            options["max_matvecs"] = self.max_hvps
+        if self.miss_bound:
+            options["max_miss_probability"] = self.miss_bound
+        return StabilizationSpec(ks=self.ks, sigmas=self.sigmas, dims=self.dims, estimators=self.estimators,
+                                 mc_samples=self.mc_samples, p=self.p, subspace=self.subspace, seed=self.seed,
+                                 tol=self.tol, point_batch=self.point_batch, eigen_options=options,
+                                 resumable=True)
+
     def replace(self, **changes: Any) -> ProbeConfig:
         """A copy with ``changes`` applied (each value parsed and checked)."""
         return dataclasses.replace(self, **{k: parse_value(k, v) for k, v in changes.items()})
@@ -399,20 +412,11 @@ class ProbeConfig:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | os.PathLike, *, header: str = "") -> Path:
-        """Write :meth:`to_toml` atomically to ``path``."""
-        import tempfile
+        """Write :meth:`to_toml` (UTF-8) to ``path`` with :func:`curvprobe.results.atomic_write`."""
+        from curvprobe.results import atomic_write
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_toml(header=header))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        text = self.to_toml(header=header).encode("utf-8")
+        return atomic_write(path, lambda handle: handle.write(text))
 
 
 def _toml_value(value: Any) -> str:
@@ -520,9 +524,10 @@ def _check_consistency(cfg: ProbeConfig) -> None:
     if cfg.num_data and cfg.num_data < cfg.max_k + 1:
         raise ConfigError(f"k = {cfg.max_k} is larger than the data: the criterion compares L_(k+1) "
                           f"with L_k, so it needs {cfg.max_k + 1} samples, but num_data = {cfg.num_data}")
-    if cfg.p != 2 and {"gm", "cv_mc"} & set(cfg.estimators):
-        raise ConfigError(f"estimators gm and cv_mc need p = 2 (got p = {cfg.p:g}); drop them from "
-                          "'estimators' or set p = 2")
+    try:
+        cfg.spec()
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
     if cfg.model_kind == "hf" and cfg.loss not in ("auto", "token_cross_entropy"):
         raise ConfigError(f"config key 'loss': a Hugging Face causal LM uses the next-token cross-entropy; "
                           f"set loss = \"auto\" (got '{cfg.loss}')")

@@ -1,9 +1,9 @@
-"""Monte Carlo convergence of the subspace estimators at one k (DESIGN §7 items 4 and 6).
+"""Monte Carlo convergence of the subspace estimators at one k.
 
 At one sample count k, with the top-D eigenspace ``U_D`` of ``H^(k)(w*)``,
 the draws ``z_s = σ ξ_s[:D]`` (``s = 1..S_max``) give per-draw values of the
 true increment ``δ_k(w* + U_D z_s)`` and of its quadratic surrogate
-``q_k(z_s)`` (DESIGN §2). Running means over the first S draws of
+``q_k(z_s)`` (``docs/concepts.md``). Running means over the first S draws of
 
 - ``direct_mc``: ``δ_k(w_s)²`` (the criterion Δ₂^(D)),
 - ``quad_mc``:   ``q_k(z_s)²`` (the surrogate),
@@ -15,8 +15,8 @@ onto the true criterion, which equals GM inside the quadratic regime. The
 prefixes are nested (S = 4 uses the first four of the draws S = 256 uses), so
 the curves are one Monte Carlo path, not independent runs.
 
-The draws are those of :func:`curvprobe.stabilization` (same
-``noise(seed, stream=1, ...)``), so at the same k, eigenspace and S the
+The draws are those of :func:`curvprobe.stabilization` (the ``subspace``
+noise stream of :data:`~curvprobe.criteria.spec.NOISE_STREAMS`), so at the same k, eigenspace and S the
 values agree with its ``direct_mc``/``quad_mc``/``cv_mc``.
 
 The function also times the evaluation of each estimator for one (σ, D)
@@ -33,15 +33,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from curvprobe.criteria.sweep import (_STREAMS, all_k_increments, check_dims, check_grid, check_sigmas,
-                                coefficients_per_k, increments, noise)
-from curvprobe.linalg import Eigenspace, top_eigenspace
-from curvprobe.criteria.probes import Subspace
 from curvprobe.core.problem import Problem
+from curvprobe.criteria.engine import (SUBSPACE_CELLS, SubspaceDraws, coefficients_per_k, increments, noise,
+                                       running_mean_stderr, subspace_increments, surrogate_values)
+from curvprobe.criteria.spec import NOISE_STREAMS, StabilizationSpec, mc_samples_argument
+from curvprobe.linalg import Eigenspace, top_eigenspace
+from curvprobe.results import provenance
 
 __all__ = ["CONVERGENCE_ESTIMATORS", "mc_convergence"]
 
 CONVERGENCE_ESTIMATORS = ("direct_mc", "quad_mc", "cv_mc", "gm")
+"""The subspace estimators of Δ₂^(D) whose Monte Carlo paths are followed (p = 2)."""
 
 
 def _sample_counts(max_samples: int) -> list[int]:
@@ -64,9 +66,10 @@ def _timeit(fn, min_seconds: float = 0.02, max_repeats: int = 10_000) -> float:
 
 
 def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: Sequence[int] = (1, 4, 16),
-                   num_samples: int = 256, sample_counts: Sequence[int] | None = None, seed: int = 0,
+                   mc_samples: int = 256, sample_counts: Sequence[int] | None = None, seed: int = 0,
                    tol: float = 1e-3, point_batch: int = 8, eigen_kwargs: dict | None = None,
-                   init: Eigenspace | torch.Tensor | None = None) -> xr.Dataset:
+                   init: Eigenspace | torch.Tensor | None = None,
+                   num_samples: int | None = None) -> xr.Dataset:
     """Running Monte Carlo estimates of Δ₂^(D)(k+1) against the number of draws S.
 
     Parameters
@@ -79,13 +82,15 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
         Probe scales σ > 0 (param).
     dims : sequence of int
         Subspace dimensions D (one eigenspace of size max(dims)).
-    num_samples : int
+    mc_samples : int
         S_max, the number of draws.
     sample_counts : sequence of int, optional
         The S at which running estimates are reported (default 4, 8, 16, ...
         and S_max).
     seed, tol, point_batch, eigen_kwargs, init
-        As in :func:`stabilization`.
+        As in :func:`curvprobe.stabilization`.
+    num_samples : int, optional
+        Deprecated name of ``mc_samples``.
 
     Returns
     -------
@@ -97,63 +102,50 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
         estimator at S_max for one (σ, D); eigensolver diagnostics over
         ``rank``; attrs ``k``, ``seed``, ``hvps`` and provenance.
     """
-    from curvprobe.results import provenance
-
-    k = check_grid([k], problem.num_samples)[0]
-    sigmas = check_sigmas(sigmas)
-    dims = check_dims(dims, problem.num_params)
-    S = int(num_samples)
-    if S < 2:
-        raise ValueError(f"num_samples must be >= 2, got {num_samples}")
+    S = mc_samples_argument(mc_samples, num_samples, "mc_convergence")
+    spec = StabilizationSpec(ks=(k,), sigmas=tuple(sigmas), dims=tuple(dims), estimators=CONVERGENCE_ESTIMATORS,
+                             mc_samples=S, seed=seed, tol=tol, point_batch=point_batch,
+                             eigen_options=eigen_kwargs or {})
+    spec.check_problem(problem.num_samples, problem.num_params)
     counts = sorted({int(c) for c in (sample_counts or _sample_counts(S))})
     if counts[0] < 2 or counts[-1] > S:
         raise ValueError(f"sample_counts must lie in [2, {S}], got {counts}")
-    Dmax = max(dims)
+    Dmax = spec.max_dim
     t0 = time.perf_counter()
-    op = problem.hessian_operator(k)
-    es = top_eigenspace(op, Dmax, tol=tol, seed=seed, init=init, **(eigen_kwargs or {}))
+    es = top_eigenspace(problem.hessian_operator(k), Dmax, tol=tol, seed=seed, init=init,
+                        **spec.eigen_options)
     t_subspace = time.perf_counter() - t0
     t0 = time.perf_counter()
     a_k = float(increments(problem.per_sample_losses(stop=k + 1), [k])[0])
-    grad_sum = problem.gradient(k=k) * k
-    coeff = coefficients_per_k(problem, k, a_k, es, grad_sum)
+    coeff = coefficients_per_k(problem, k, a_k, es, problem.gradient(k=k) * k)
     t_assembly = time.perf_counter() - t0
-    xi = noise(seed, _STREAMS["subspace"], 0, (S, Dmax), problem.device)
-    U = es.vectors
+    xi = noise(seed, NOISE_STREAMS["subspace"], 0, (S, Dmax), problem.device)
+    a = torch.as_tensor(a_k, dtype=torch.float64)
 
     est = CONVERGENCE_ESTIMATORS
-    value = np.full((len(counts), len(sigmas), len(dims), len(est)), np.nan)
+    value = np.full((len(counts), len(spec.sigmas), len(spec.dims), len(est)), np.nan)
     stderr = np.full_like(value, np.nan)
-    seconds = np.full((len(sigmas), len(dims), len(est)), np.nan)
-    idx = torch.as_tensor(counts)
-    for si, sigma in enumerate(sigmas):
-        for di, D in enumerate(dims):
-            probe = Subspace(U[:, :D], sigma)
-
-            def draw(s0: int, s1: int, probe=probe, D=D) -> torch.Tensor:
-                return probe.perturb(xi[s0:s1, :D], U.shape[0])
-
+    seconds = np.full((len(spec.sigmas), len(spec.dims), len(est)), np.nan)
+    for si, sigma in enumerate(spec.sigmas):
+        for di, D in enumerate(spec.dims):
             t0 = time.perf_counter()
-            delta = all_k_increments(problem, [k], draw, S, point_batch=point_batch)[:, 0]
-            seconds[si, di, 0] = time.perf_counter() - t0
-            q = coeff.surrogate(D, sigma)
+            delta = subspace_increments(problem, es.vectors, xi, [sigma], [D], [k],
+                                        point_batch=point_batch)[(0, 0)][:, 0]
+            t_direct = time.perf_counter() - t0
+            c, B = coeff.terms(D)
             z = sigma * xi[:, :D]
-            seconds[si, di, 1] = _timeit(lambda: (q(z) ** 2).mean())
-            seconds[si, di, 3] = _timeit(lambda: q.gm())
-            gm = float(q.gm())
-            q_vals = q(z)
-            seconds[si, di, 2] = seconds[si, di, 0] + seconds[si, di, 1] + seconds[si, di, 3]
-            series = {"direct_mc": delta**2, "quad_mc": q_vals**2, "cv_mc": gm + delta**2 - q_vals**2}
-            for ei, name in enumerate(est[:3]):
-                x = series[name]
-                csum, csq = x.cumsum(0), (x**2).cumsum(0)
-                n = idx.double()
-                mean = csum[idx - 1] / n
-                var = (csq[idx - 1] - n * mean**2) / (n - 1)
-                value[:, si, di, ei] = mean.numpy()
-                stderr[:, si, di, ei] = (var.clamp_min(0) / n).sqrt().numpy()
-            value[:, si, di, 3] = gm
-            stderr[:, si, di, 3] = 0.0
+            draws = SubspaceDraws(a, c, B, sigma, z, surrogate_values(a, c, B, z), delta, 2.0)
+            t_quad = _timeit(lambda: (surrogate_values(a, c, B, z) ** 2).mean())  # noqa: B023
+            t_gm = _timeit(draws.gm)
+            seconds[si, di] = [t_direct, t_quad, t_direct + t_quad + t_gm, t_gm]
+            for ei, name in enumerate(est):
+                offset, integrand = SUBSPACE_CELLS[name](draws)
+                if integrand is None:
+                    value[:, si, di, ei], stderr[:, si, di, ei] = float(offset), 0.0
+                    continue
+                mean, se = running_mean_stderr(integrand, counts)
+                value[:, si, di, ei] = (offset + mean).cpu().numpy()
+                stderr[:, si, di, ei] = se.cpu().numpy()
     return xr.Dataset(
         {
             "value": (("S", "sigma", "dim", "estimator"), value,
@@ -170,8 +162,8 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
         },
         coords={
             "S": ("S", np.asarray(counts, dtype=np.int64), {"long_name": "Monte Carlo draws S"}),
-            "sigma": ("sigma", np.asarray(sigmas, dtype=float), {"units": "param"}),
-            "dim": ("dim", np.asarray(dims, dtype=np.int64), {"long_name": "subspace dimension D"}),
+            "sigma": ("sigma", np.asarray(spec.sigmas, dtype=float), {"units": "param"}),
+            "dim": ("dim", np.asarray(spec.dims, dtype=np.int64), {"long_name": "subspace dimension D"}),
             "estimator": ("estimator", np.asarray(est, dtype=str)),
             "rank": ("rank", np.arange(1, Dmax + 1, dtype=np.int64)),
         },

@@ -2,7 +2,10 @@
 
 :class:`CurriculumProbe` is a callback. Every ``every`` steps it builds a
 :class:`Problem` from the current model (``make_problem(model)``, your data
-and loss), runs the configured :func:`curvprobe.stabilization`, and appends
+and loss), computes every part of its
+:class:`~curvprobe.criteria.spec.StabilizationSpec`
+(:func:`~curvprobe.criteria.sweep.iter_parts`, merged as
+:func:`curvprobe.stabilization` merges them), and appends
 the result to one netCDF file along a ``step`` dimension. The file is
 rewritten atomically at each call (a crash never leaves a half-written file),
 and the top-D eigenvectors of the first k are kept beside it
@@ -21,7 +24,7 @@ Example::
     X, y = synthetic_classification(512)
     model = MLP(MLPConfig())
     probe = CurriculumProbe(
-        [16, 32, 64, 128], sigmas=[1e-2], dims=[1, 4], num_samples=16, every=100,
+        [16, 32, 64, 128], sigmas=[1e-2], dims=[1, 4], mc_samples=16, every=100,
         path="runs/curriculum.nc",
         make_problem=lambda m: Problem(m, sample_cross_entropy, X[:129], y[:129]),
     )
@@ -49,10 +52,12 @@ from pathlib import Path
 
 import torch
 import xarray as xr
+from tqdm import tqdm
 
-from curvprobe.criteria.sweep import (DEFAULT_ESTIMATORS, SUBSPACE_MODES, check_estimators, check_sigmas,
-                                stabilization)
 from curvprobe.core.problem import Problem
+from curvprobe.criteria.spec import StabilizationSpec, mc_samples_argument
+from curvprobe.criteria.sweep import iter_parts, merge_parts, part_names
+from curvprobe.criteria.validity import quadratic_validity
 from curvprobe.results import atomic_write, load, save
 
 __all__ = ["CurriculumProbe"]
@@ -72,7 +77,7 @@ class CurriculumProbe:
     ----------
     ks : increasing ints
         Sample counts k (the problem needs ``max(ks) + 1`` samples).
-    sigmas, dims, estimators, num_samples, subspace, seed, tol, p, point_batch, eigen_kwargs, validity
+    sigmas, dims, estimators, mc_samples, subspace, seed, tol, p, point_batch, eigen_kwargs, validity
         As in :func:`curvprobe.stabilization` (``validity=True`` runs the
         quadratic-validity sweep at ``max(ks)`` at every call).
     path : str or PathLike
@@ -84,33 +89,29 @@ class CurriculumProbe:
     every : int
         Probe when ``step % every == 0``.
     progress : bool
-        Progress bar over k inside each call.
+        Progress bar over the parts (k values) inside each call.
+    num_samples : int, optional
+        Deprecated name of ``mc_samples``.
     """
 
     def __init__(self, ks: Sequence[int], *, sigmas: Sequence[float], path: str | os.PathLike,
                  make_problem: Callable[[torch.nn.Module], Problem], dims: Sequence[int] = (1, 4, 16),
-                 estimators: Sequence[str] = DEFAULT_ESTIMATORS, num_samples: int = 32, every: int = 1,
+                 estimators: Sequence[str] | None = None, mc_samples: int = 32, every: int = 1,
                  subspace: str = "per_k", seed: int = 0, tol: float = 1e-3, p: float = 2,
                  point_batch: int = 8, eigen_kwargs: dict | None = None, validity: bool = False,
-                 progress: bool = False) -> None:
-        ks = [int(k) for k in ks]
-        if not ks or any(b <= a for a, b in zip(ks, ks[1:])) or ks[0] < 1:
-            raise ValueError(f"ks must be increasing integers >= 1, got {ks}")
+                 progress: bool = False, num_samples: int | None = None) -> None:
         if int(every) < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        if subspace not in SUBSPACE_MODES:
-            raise ValueError(f"unknown subspace mode {subspace!r}; valid: {', '.join(SUBSPACE_MODES)}")
-        if not dims or min(int(d) for d in dims) < 1:
-            raise ValueError(f"dims must be integers >= 1, got {list(dims)}")
         if not callable(make_problem):
             raise TypeError("make_problem must be a callable model -> Problem")
-        self.ks = ks
-        self.options = dict(sigmas=check_sigmas(sigmas), dims=[int(d) for d in dims],
-                            estimators=check_estimators(estimators, p, num_samples),
-                            num_samples=int(num_samples), subspace=subspace, seed=int(seed),
-                            tol=float(tol), p=float(p), point_batch=int(point_batch),
-                            eigen_kwargs=dict(eigen_kwargs or {}), validity=True if validity else None,
-                            progress=bool(progress))
+        self.spec = StabilizationSpec(
+            ks=tuple(ks), sigmas=tuple(sigmas), dims=tuple(dims),
+            estimators=None if estimators is None else tuple(estimators),
+            mc_samples=mc_samples_argument(mc_samples, num_samples, "CurriculumProbe"), p=p,
+            subspace=subspace, seed=seed, tol=tol, point_batch=point_batch,
+            eigen_options=eigen_kwargs or {})
+        self.validity = bool(validity)
+        self.progress = bool(progress)
         self.path = Path(path)
         self.eig_path = self.path.with_name(self.path.name + ".eig.pt")
         self.make_problem = make_problem
@@ -118,6 +119,11 @@ class CurriculumProbe:
         self._init = None
         if self.eig_path.exists():
             self._init = torch.load(self.eig_path, map_location="cpu", weights_only=True)["vectors"]
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """The sample counts k of every call."""
+        return self.spec.ks
 
     @property
     def steps(self) -> list[int]:
@@ -142,14 +148,17 @@ class CurriculumProbe:
         problem = self.make_problem(model)
         if not isinstance(problem, Problem):
             raise TypeError(f"make_problem must return a curvprobe.Problem, got {type(problem).__name__}")
-        first: dict = {}
-
-        def on_k(j: int, k: int, es) -> None:
-            if j == 0:
-                first["vectors"] = es.vectors.detach().to("cpu", torch.float64).contiguous()
-
         t0 = time.perf_counter()
-        ds = stabilization(problem, self.ks, init=self._init, on_k=on_k, **self.options)
+        validity = (quadratic_validity(problem, self.spec.sigmas, k=self.spec.max_k, seed=self.spec.seed)
+                    if self.validity else None)
+        datasets, first = [], None
+        parts = iter_parts(problem, self.spec, init=self._init)
+        for part in tqdm(parts, total=len(part_names(self.spec)), desc=f"probe step {step}",
+                         disable=not self.progress, leave=False):
+            datasets.append(part.dataset)
+            if first is None and part.eigenspace is not None:
+                first = part.eigenspace.vectors.detach().to("cpu", torch.float64).contiguous()
+        ds = merge_parts(datasets, self.spec.estimators, validity=validity)
         ds = ds.expand_dims(step=[step])
         ds["step"].attrs["long_name"] = "training step"
         ds["wall_seconds"] = ("step", [time.perf_counter() - t0],
@@ -160,8 +169,8 @@ class CurriculumProbe:
         for variable in combined.variables.values():
             variable.encoding = {}
         save(combined, self.path, overwrite=True)
-        if "vectors" in first:
-            self._init = first["vectors"]
+        if first is not None:
+            self._init = first
             atomic_write(self.eig_path, lambda h: torch.save({"step": step, "k": self.ks[0], "vectors": self._init}, h))
         return ds
 

@@ -1,18 +1,364 @@
-"""The measurement's arithmetic: per-sample derivatives inside span(U_D).
+"""The measurement's arithmetic, one owner per formula.
 
-(Grows into the whole engine: noise streams, all-k increments, surrogate
-coefficients, mean ± standard error.)
+Notation (``docs/concepts.md``): samples are ordered, ``ℓ_i(w)`` is the loss
+of sample i, ``L_k = (1/k) Σ_{i≤k} ℓ_i``, and the exact increment identity
+
+    δ_k(w) = L_{k+1}(w) − L_k(w) = (ℓ_{k+1}(w) − L_k(w)) / (k+1)
+
+is used everywhere (two rounded means are never subtracted). Inside the top-D
+eigenspace ``U_D`` (N, D) of ``H^(k)(w*)``, ``δ_k(w* + U_D z)`` has the
+quadratic surrogate
+
+    q_k(z) = a_k + c_kᵀ z + ½ zᵀ B_k z,
+    a_k = δ_k(w*),
+    c_k = U_Dᵀ (g_{k+1} − g^(k)) / (k+1),
+    B_k = (U_Dᵀ H_{k+1} U_D − T_k) / (k+1),   T_k = U_Dᵀ H^(k) U_D,
+
+with ``T_k`` the Rayleigh–Ritz matrix the eigensolver already has, so ``B_k``
+costs D products on the one sample k+1.
+
+This module holds:
+
+- :func:`noise`: standard-normal draws keyed by ``(seed, stream, draw)``;
+- :func:`increments`, :func:`all_k_increments`: δ_k for every k of a grid
+  from one pass of per-sample losses and a float64 prefix sum (O(S·K) sample
+  forwards instead of O(S·K²));
+- :func:`subspace_derivatives`, :func:`surrogate_terms`,
+  :func:`coefficients_per_k`, :func:`coefficients_fixed`: the surrogate
+  coefficients (one implementation, shared with
+  :class:`~curvprobe.criteria.surrogate.QuadraticSurrogate`);
+- :func:`surrogate_values`: ``q_k`` at many ``z``;
+- the per-estimator functions (:data:`SUBSPACE_CELLS`, :data:`FULL_SPACE_PROBES`),
+  registered under the names of :data:`curvprobe.criteria.spec.ESTIMATORS`;
+- :func:`mean_stderr`, :func:`running_mean_stderr`: Monte Carlo mean ± standard error.
+
+Everything is float64. Units: a in loss, c in loss/param, B in loss/param²,
+σ and z in param.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import Tensor
 from torch.func import grad, jacfwd, vmap
 
 from curvprobe.core.problem import Problem
+from curvprobe.criteria.probes import Isotropic, Sphere, Subspace
+from curvprobe.criteria.spec import ESTIMATORS, FULL_SPACE, SUBSPACE
+from curvprobe.criteria.theory import gaussian_moment
+from curvprobe.linalg import Eigenspace
+
+__all__ = ["FULL_SPACE_PROBES", "SUBSPACE_CELLS", "SubspaceCoefficients", "SubspaceDraws",
+           "all_k_increments", "coefficients_fixed", "coefficients_per_k", "estimate", "increments",
+           "mean_stderr", "moment", "noise", "per_k_increments", "probe_perturbations",
+           "running_mean_stderr", "subspace_derivatives", "subspace_estimator", "subspace_increments",
+           "surrogate_terms", "surrogate_values"]
 
 
+# ------------------------------------------------------------- draws and moments
+def noise(seed: int, stream: int, index: int, shape: tuple[int, ...],
+          device: torch.device | str = "cpu") -> Tensor:
+    """Standard-normal float64 noise of ``shape`` for draw ``index`` of ``stream``.
+
+    Each draw has its own generator seeded from ``(seed, stream, index)``, so
+    a draw does not depend on batching, on other draws or on where a resumed
+    run restarts. Streams: :data:`curvprobe.criteria.spec.NOISE_STREAMS`.
+    """
+    state = np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(2)
+    gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
+
+
+def moment(x: Tensor, p: float) -> Tensor:
+    """``|x|^p`` (elementwise, float64)."""
+    return x.abs() ** p
+
+
+def mean_stderr(x: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
+    """Sample mean and standard error ``std(x, ddof=1) / √S`` along ``dim`` (S draws)."""
+    S = x.shape[dim]
+    return x.mean(dim), x.std(dim=dim, correction=1) / math.sqrt(S)
+
+
+def running_mean_stderr(x: Tensor, counts: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mean and standard error of the first S draws of ``x`` (S_max, ...) for each S in ``counts``.
+
+    Returns two float64 tensors (len(counts), ...): nested prefixes of one
+    Monte Carlo path, from float64 prefix sums of ``x`` and ``x²``.
+    """
+    idx = torch.as_tensor(list(counts), dtype=torch.long)
+    n = idx.double().reshape((-1,) + (1,) * (x.dim() - 1))
+    x = x.double()
+    mean = x.cumsum(0)[idx - 1] / n
+    # the variance from sums of the draws shifted by the first one: a large
+    # common offset (GM in cv_mc) would cancel catastrophically otherwise
+    y = x - x[:1]
+    ysum, ysq = y.cumsum(0)[idx - 1], (y**2).cumsum(0)[idx - 1]
+    var = (ysq - ysum**2 / n) / (n - 1)
+    return mean, (var.clamp_min(0) / n).sqrt()
+
+
+# ------------------------------------------------------------- all-k increments
+def increments(losses: Tensor, ks: Sequence[int] | Tensor) -> Tensor:
+    """``δ_k = (ℓ_{k+1} − L_k)/(k+1)`` for each k in ``ks`` from per-sample losses.
+
+    ``losses`` (..., M) holds ``ℓ_1..ℓ_M`` (M ≥ max(ks) + 1); returns float64
+    (..., len(ks)). ``L_k`` comes from one float64 prefix sum.
+    """
+    x = losses.double()
+    k = torch.as_tensor(ks, dtype=torch.long, device=x.device)
+    prefix = x.cumsum(-1)
+    mean_k = prefix[..., k - 1] / k
+    return (x[..., k] - mean_k) / (k + 1)
+
+
+Perturbations = Callable[[int, int], Tensor]
+"""``draw(s0, s1)``: the perturbations ``e_s = w_s − w*`` (s1 − s0, N) of points s0..s1−1."""
+
+
+def all_k_increments(problem: Problem, ks: Sequence[int], perturbations: Perturbations,
+                     num_points: int, *, point_batch: int = 8) -> Tensor:
+    """δ_k(w* + e_s) for every k in ``ks`` and s < ``num_points``: float64 (S, len(ks)).
+
+    Each point's per-sample losses over the first K+1 samples are computed
+    once (the all-k engine), ``point_batch`` points at a time.
+    """
+    K = max(ks)
+    w_star = problem.params.double()
+    out = []
+    for s0 in range(0, num_points, point_batch):
+        s1 = min(s0 + point_batch, num_points)
+        W = w_star + perturbations(s0, s1)
+        losses = problem.per_sample_losses_at(W, stop=K + 1, point_batch=point_batch)
+        out.append(increments(losses, ks))
+    return torch.cat(out)
+
+
+def per_k_increments(problem: Problem, ks: Sequence[int], perturbations: Perturbations,
+                     num_points: int, *, point_batch: int = 8) -> Tensor:
+    """Same result as :func:`all_k_increments` by recomputing the losses of
+    the first k+1 samples for every k (the O(S·K²) loop; a reference)."""
+    w_star = problem.params.double()
+    cols = []
+    for k in ks:
+        col = []
+        for s0 in range(0, num_points, point_batch):
+            s1 = min(s0 + point_batch, num_points)
+            losses = problem.per_sample_losses_at(w_star + perturbations(s0, s1), stop=k + 1,
+                                                  point_batch=point_batch)
+            col.append(increments(losses, [k])[:, 0])
+        cols.append(torch.cat(col))
+    return torch.stack(cols, dim=1)
+
+
+FULL_SPACE_PROBES: dict[str, Callable[[float], Isotropic | Sphere]] = {
+    "full_mc": Isotropic,
+    "sphere": Sphere,
+}
+"""Full-space estimator name → its probing law at scale σ (registry: :data:`~curvprobe.criteria.spec.ESTIMATORS`)."""
+
+
+def probe_perturbations(probe: Isotropic | Sphere, seed: int, stream: int, num_params: int,
+                        device: torch.device | str) -> Perturbations:
+    """The draws of a full-space probe: point s from :func:`noise` ``(seed, stream, s)``."""
+    def draw(s0: int, s1: int) -> Tensor:
+        xi = torch.stack([noise(seed, stream, s, (num_params,)) for s in range(s0, s1)])
+        return probe.perturb(xi.to(device), num_params)
+
+    return draw
+
+
+def subspace_increments(problem: Problem, U: Tensor, xi: Tensor, sigmas: Sequence[float],
+                        dims: Sequence[int], ks: Sequence[int], *, point_batch: int = 8,
+                        all_k: bool = True) -> dict[tuple[int, int], Tensor]:
+    """δ_k at ``w* + σ U_D ξ_s[:D]`` for every (σ index, D index): float64 (S, len(ks)) each.
+
+    ``U`` (N, D_max) holds the eigenvectors, ``xi`` (S, D_max) the standard
+    normal draws; ``U_D`` and ``ξ[:D]`` are their first D columns.
+    """
+    out = {}
+    engine = all_k_increments if all_k else per_k_increments
+    for si, sigma in enumerate(sigmas):
+        for di, D in enumerate(dims):
+            probe = Subspace(U[:, :D], sigma)
+
+            def draw(s0: int, s1: int, probe: Subspace = probe, D: int = D) -> Tensor:
+                return probe.perturb(xi[s0:s1, :D], U.shape[0])
+
+            out[(si, di)] = engine(problem, ks, draw, xi.shape[0], point_batch=point_batch)
+    return out
+
+
+# ------------------------------------------------------------- surrogate coefficients
+
+
+def surrogate_terms(k: int, grad_next: Tensor, grad_mean: Tensor, hess_next: Tensor,
+                    ritz: Tensor) -> tuple[Tensor, Tensor]:
+    """``c_k`` (D,) and ``B_k`` (D, D) from derivatives projected on ``U_D``.
+
+    ``grad_next = U_Dᵀ g_{k+1}``, ``grad_mean = U_Dᵀ g^(k)`` (D,),
+    ``hess_next = U_Dᵀ H_{k+1} U_D`` and ``ritz = T_k`` (D, D); the
+    differences are formed before dividing by ``k + 1``, and ``B_k`` is
+    symmetrised (all ``zᵀBz`` sees). float64.
+    """
+    c = (grad_next.double() - grad_mean.double()) / (k + 1)
+    B = (hess_next.double() - ritz.double()) / (k + 1)
+    return c, 0.5 * (B + B.T)
+
+
+def surrogate_values(a: Tensor | float, c: Tensor, B: Tensor, z: Tensor) -> Tensor:
+    """``q(z) = a + cᵀz + ½ zᵀBz`` for ``z`` (..., D): float64 (...,)."""
+    return a + z @ c + 0.5 * ((z @ B) * z).sum(-1)
+
+
+@dataclass
+class SubspaceCoefficients:
+    """Surrogate coefficients at one k, for the largest D (slice for smaller D).
+
+    ``a`` scalar (loss), ``c`` (D,), ``B`` (D, D), the eigenspace ``U`` (N, D)
+    and its Rayleigh–Ritz matrix ``T`` (D, D) of ``H^(k)``.
+    """
+
+    k: int
+    a: float
+    c: Tensor
+    B: Tensor
+    U: Tensor
+    T: Tensor
+
+    def terms(self, D: int) -> tuple[Tensor, Tensor]:
+        """``(c_k, B_k)`` inside ``U_D``: the leading D entries."""
+        return self.c[:D], self.B[:D, :D]
+
+
+def coefficients_per_k(problem: Problem, k: int, a_k: float, es: Eigenspace,
+                       grad_sum_k: Tensor) -> SubspaceCoefficients:
+    """``c_k`` and ``B_k`` from the eigenspace of ``H^(k)`` (its Ritz matrix
+    ``T_k``) and the derivatives of the single sample k+1.
+
+    ``grad_sum_k`` (N,) is ``Σ_{i≤k} g_i`` (float64).
+    """
+    U = es.vectors
+    g_next, H_next = subspace_derivatives(problem, U, [k])
+    T = es.ritz_matrix
+    c, B = surrogate_terms(k, g_next[0], U.T @ grad_sum_k / k, H_next[0], T)
+    return SubspaceCoefficients(k, a_k, c, B, U, T)
+
+
+def coefficients_fixed(problem: Problem, ks: Sequence[int], a: Tensor,
+                       es: Eigenspace) -> list[SubspaceCoefficients]:
+    """``c_k``, ``B_k`` for every k with one subspace ``U_D`` (from H^(K)):
+    per-sample ``U_Dᵀ g_i`` and ``U_Dᵀ H_i U_D`` for i ≤ K+1 and prefix sums."""
+    K = max(ks)
+    U = es.vectors
+    g, H = subspace_derivatives(problem, U, range(K + 1))
+    g_prefix, H_prefix = g.cumsum(0), H.cumsum(0)
+    out = []
+    for j, k in enumerate(ks):
+        T = H_prefix[k - 1] / k
+        c, B = surrogate_terms(k, g[k], g_prefix[k - 1] / k, H[k], T)
+        out.append(SubspaceCoefficients(k, float(a[j]), c, B, U, T))
+    return out
+
+
+# ------------------------------------------------------------- subspace estimators
+@dataclass(frozen=True)
+class SubspaceDraws:
+    """What a subspace estimator sees at one (k, σ, D).
+
+    ``a`` (loss), ``c`` (D,), ``B`` (D, D): the surrogate; ``sigma``; ``z``
+    (S, D) the draws ``σ ξ_s[:D]``; ``q`` (S,) the surrogate at them;
+    ``delta`` (S,) the true ``δ_k(w* + U_D z_s)`` (None unless some requested
+    estimator has ``true_increments``); ``p`` the criterion's order.
+    """
+
+    a: Tensor
+    c: Tensor
+    B: Tensor
+    sigma: float
+    z: Tensor
+    q: Tensor
+    delta: Tensor | None
+    p: float
+
+    def gm(self) -> Tensor:
+        """The Gaussian moment ``E q(z)²`` in closed form (loss²)."""
+        return gaussian_moment(self.a, self.c, self.B, self.sigma)
+
+
+Terms = tuple[Tensor | float, Tensor | None]
+"""``(offset, integrand)`` of an estimator at one (k, σ, D): its value is
+``offset + mean(integrand)`` and its standard error that of the mean of
+``integrand`` (S,) (None for a closed form: standard error 0)."""
+
+SUBSPACE_CELLS: dict[str, Callable[[SubspaceDraws], Terms]] = {}
+"""Subspace estimator name → its function of :class:`SubspaceDraws` returning :data:`Terms`."""
+
+
+def subspace_estimator(name: str) -> Callable[[Callable[[SubspaceDraws], Terms]],
+                                              Callable[[SubspaceDraws], Terms]]:
+    """Register ``fn(draws) -> (offset, integrand)`` as the arithmetic of the
+    subspace estimator ``name`` (which must have a registry entry)."""
+    if name not in ESTIMATORS or ESTIMATORS[name].space != SUBSPACE:
+        raise ValueError(f"{name!r} is not a subspace estimator of curvprobe.criteria.spec.ESTIMATORS")
+
+    def register(fn: Callable[[SubspaceDraws], Terms]) -> Callable[[SubspaceDraws], Terms]:
+        SUBSPACE_CELLS[name] = fn
+        return fn
+
+    return register
+
+
+def estimate(terms: Terms) -> tuple[float, float]:
+    """``(value, standard error)`` from an estimator's :data:`Terms`."""
+    offset, integrand = terms
+    if integrand is None:
+        return float(offset), 0.0
+    m, se = mean_stderr(integrand)
+    return float(offset + m), float(se)
+
+
+@subspace_estimator("direct_mc")
+def direct_mc(d: SubspaceDraws) -> Terms:
+    """Δ_p^(D): the mean of ``|δ_k(w* + U_D z_s)|^p``."""
+    assert d.delta is not None
+    return 0.0, moment(d.delta, d.p)
+
+
+@subspace_estimator("quad_mc")
+def quad_mc(d: SubspaceDraws) -> Terms:
+    """Surrogate ``E|q_k(z)|^p``: the mean of ``|q_k(z_s)|^p``."""
+    return 0.0, moment(d.q, d.p)
+
+
+@subspace_estimator("gm")
+def gm(d: SubspaceDraws) -> Terms:
+    """Surrogate ``E q_k(z)²`` in closed form."""
+    return d.gm(), None
+
+
+@subspace_estimator("cv_mc")
+def cv_mc(d: SubspaceDraws) -> Terms:
+    """Δ₂^(D) with the surrogate as control variate: ``GM + mean(δ_k(w_s)² − q_k(z_s)²)``."""
+    assert d.delta is not None
+    return d.gm(), d.delta**2 - d.q**2
+
+
+def _check_registry() -> None:
+    """Every registered estimator has its arithmetic here (import-time check)."""
+    for name, e in ESTIMATORS.items():
+        have = name in SUBSPACE_CELLS if e.space == SUBSPACE else (
+            name in FULL_SPACE_PROBES if e.space == FULL_SPACE else True)
+        if not have:
+            raise RuntimeError(f"estimator {name!r} has a registry entry but no engine function")
+
+
+# ------------------------------------------------------------- per-sample derivatives
 def subspace_derivatives(problem: Problem, U: Tensor, indices: Tensor | list[int] | range,
                          w: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-sample gradients and Hessians inside ``span(U)``.
@@ -54,3 +400,6 @@ def subspace_derivatives(problem: Problem, U: Tensor, indices: Tensor | list[int
     g = torch.cat(grads) if grads else torch.zeros(0, D, dtype=torch.float64)
     H = torch.cat(hessians) if hessians else torch.zeros(0, D, D, dtype=torch.float64)
     return g, 0.5 * (H + H.transpose(1, 2))
+
+
+_check_registry()

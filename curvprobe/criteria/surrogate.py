@@ -1,6 +1,6 @@
 """Quadratic surrogate of the loss increment inside the top-D eigenspace.
 
-Notation (Kiselev & Grabovoy, DESIGN.md §2). At the trained point ``w*``,
+Notation (Kiselev & Grabovoy; ``docs/concepts.md``). At the trained point ``w*``,
 probing ``w = w* + U_D z`` with ``z ~ N(0, σ² I_D)``, the increment
 ``δ_k(w) = L_{k+1}(w) − L_k(w) = (ℓ_{k+1}(w) − L_k(w))/(k+1)`` is approximated by
 
@@ -30,6 +30,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
+from curvprobe.criteria.engine import mean_stderr, surrogate_terms, surrogate_values
 from curvprobe.criteria.theory import check_sigma, check_symmetric, gaussian_moment
 
 __all__ = ["Estimate", "QuadraticSurrogate"]
@@ -74,8 +75,8 @@ class Estimate:
             raise ValueError(f"a standard error needs >= 2 samples, got {S}")
         if not bool(torch.isfinite(t).all()):
             raise ValueError("samples must be finite")
-        return cls(mean=float(t.mean()), stderr=float(t.std(correction=1)) / math.sqrt(S),
-                   num_samples=S)
+        mean, stderr = mean_stderr(t)
+        return cls(mean=float(mean), stderr=float(stderr), num_samples=S)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +141,7 @@ class QuadraticSurrogate:
         z = torch.as_tensor(z, dtype=torch.float64, device=self.c.device)
         if z.dim() < 1 or z.shape[-1] != self.D:
             raise ValueError(f"z must have shape (..., {self.D}), got {tuple(z.shape)}")
-        return self.a + z @ self.c + 0.5 * ((z @ self.B) * z).sum(-1)
+        return surrogate_values(self.a, self.c, self.B, z)
 
     def gm(self) -> Tensor:
         """Gaussian moment ``GM = E[q(z)²]``, closed form (float64 scalar, loss²):
@@ -262,8 +263,8 @@ class QuadraticSurrogate:
             mats.append(0.5 * (m + m.T))
         ln = torch.as_tensor(loss_next, dtype=torch.float64, device=dev)
         lk = torch.as_tensor(mean_loss_k, dtype=torch.float64, device=dev)
-        return cls(a=(ln - lk) / kp1, c=(gn - gm) / kp1, B=(mats[0] - mats[1]) / kp1,
-                   sigma=sigma)
+        c, B = surrogate_terms(int(k), gn, gm, mats[0], mats[1])
+        return cls(a=(ln - lk) / kp1, c=c, B=B, sigma=sigma)
 
     def __repr__(self) -> str:
         return f"QuadraticSurrogate(D={self.D}, a={float(self.a):.4g}, sigma={self.sigma:g})"

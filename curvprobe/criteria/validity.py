@@ -1,4 +1,4 @@
-"""Quadratic validity: which probe scales σ are "local" (DESIGN.md §2).
+"""Quadratic validity: which probe scales σ are "local" (``docs/concepts.md``).
 
 For ``δ ~ N(0, σ² I_N)`` and ``g``, ``H`` the gradient and Hessian of ``L_k``
 at ``w*``, the relative error of the second-order model is
@@ -21,11 +21,14 @@ import torch
 import xarray as xr
 
 from curvprobe.core.problem import Problem
+from curvprobe.criteria.engine import noise
+from curvprobe.criteria.spec import NOISE_STREAMS, check_sigmas, mc_samples_argument, surrogate_only
+from curvprobe.results import provenance
 
 
 def quadratic_validity(problem: Problem, sigmas: Sequence[float], *, k: int | None = None,
-                       num_samples: int = 32, seed: int = 0, threshold: float = 0.1,
-                       point_batch: int = 8) -> xr.Dataset:
+                       mc_samples: int = 32, seed: int = 0, threshold: float = 0.1,
+                       point_batch: int = 8, num_samples: int | None = None) -> xr.Dataset:
     """Relative error of the quadratic model of ``L_k`` around ``w*`` per σ.
 
     Returns a Dataset over ``sigma`` (and ``sample``) with ``rel_error``
@@ -34,12 +37,10 @@ def quadratic_validity(problem: Problem, sigmas: Sequence[float], *, k: int | No
     the smallest σ); attrs ``validated_sigma_max`` (NaN if no σ passes),
     ``threshold``, ``k``.
     """
-    from curvprobe.criteria.sweep import check_sigmas, noise
-    from curvprobe.results import provenance
-
+    mc_samples = mc_samples_argument(mc_samples, num_samples, "quadratic_validity")
     sigmas = sorted(check_sigmas(sigmas))
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be >= 2 for a spread, got {num_samples}")
+    if mc_samples < 2:
+        raise ValueError(f"mc_samples must be >= 2 for a spread, got {mc_samples}")
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
     stop = problem.num_samples if k is None else k
@@ -48,10 +49,10 @@ def quadratic_validity(problem: Problem, sigmas: Sequence[float], *, k: int | No
     w_star = problem.params.double()
     L0 = problem.loss(k=stop)
     g = problem.gradient(k=stop)
-    err = np.zeros((num_samples, len(sigmas)))
-    for s0 in range(0, num_samples, point_batch):
-        s1 = min(s0 + point_batch, num_samples)
-        xi = torch.stack([noise(seed, 7, s, (N,)) for s in range(s0, s1)]).to(problem.device)
+    err = np.zeros((mc_samples, len(sigmas)))
+    for s0 in range(0, mc_samples, point_batch):
+        s1 = min(s0 + point_batch, mc_samples)
+        xi = torch.stack([noise(seed, NOISE_STREAMS["validity"], s, (N,)) for s in range(s0, s1)]).to(problem.device)
         # one HVP batch serves every σ: δᵀHδ scales as σ²
         quad_unit = (xi.T * problem.hvp(xi.T, stop)).sum(0)
         lin_unit = xi @ g
@@ -75,7 +76,7 @@ def quadratic_validity(problem: Problem, sigmas: Sequence[float], *, k: int | No
             "valid": ("sigma", valid, {"long_name": "inside the validated local regime"}),
         },
         coords={"sigma": ("sigma", np.asarray(sigmas), {"units": "param"}),
-                "sample": np.arange(num_samples)},
+                "sample": np.arange(mc_samples)},
         attrs={**provenance(problem), "measurement": "quadratic_validity", "k": stop,
                "threshold": threshold, "seed": seed, "validated_sigma_max": regime},
     )
@@ -90,7 +91,7 @@ def regime_flags(ds: xr.Dataset, validity: xr.Dataset) -> xr.Dataset:
                                              {"long_name": "σ beyond the validated quadratic regime"}))
     ds.attrs["validated_sigma_max"] = regime
     ds.attrs["validity_threshold"] = float(validity.attrs["threshold"])
-    surrogate = [e for e in ("gm", "quad_mc") if e in ds["estimator"].values]
+    surrogate = surrogate_only([str(e) for e in ds["estimator"].values])
     if outside.any() and surrogate:
         bad = ds["sigma"].values[outside].tolist()
         ds.attrs["validity_warning"] = json.dumps({"sigma": bad, "estimators": surrogate})

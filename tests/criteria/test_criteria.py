@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import curvprobe
 from curvprobe import Isotropic, Sphere, Subspace, stabilization
-from curvprobe.criteria.sweep import (ESTIMATORS, all_k_increments, increments, noise,
-                                per_k_increments)
+from curvprobe.criteria.engine import all_k_increments, increments, noise, per_k_increments
+from curvprobe.criteria.spec import ESTIMATORS
 from curvprobe.testing import QuadraticProblem, quadratic_problems, sigmas
 from curvprobe.criteria.theory import gaussian_moment, rate_bound
 
@@ -48,7 +48,7 @@ def test_estimators_exact_on_quadratics(qp, sigma, subspace):
     D = qp.num_params - 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = stabilization(qp, ks, sigmas=[sigma], dims=[1, D], estimators=ALL, num_samples=400,
+        ds = stabilization(qp, ks, sigmas=[sigma], dims=[1, D], estimators=ALL, mc_samples=400,
                            subspace=subspace, tol=1e-10, seed=3)
     v = ds["value"].sel(sigma=sigma)
     se = ds["stderr"].sel(sigma=sigma)
@@ -118,7 +118,7 @@ def test_per_k_subspace_on_mlp_and_warm_start():
     problem = mlp_problem(n=60)
     ks = [10, 20, 30, 40]
     seen = []
-    ds = stabilization(problem, ks, sigmas=[1e-2], dims=[1, 3], num_samples=8,
+    ds = stabilization(problem, ks, sigmas=[1e-2], dims=[1, 3], mc_samples=8,
                        on_k=lambda j, k, es: seen.append((j, k, es.D)))
     assert seen == [(0, 10, 3), (1, 20, 3), (2, 30, 3), (3, 40, 3)]
     assert bool(ds["converged"].all())
@@ -137,7 +137,7 @@ def test_per_k_subspace_on_mlp_and_warm_start():
     extra = near["hvp_cost"].values - near["hvps"].values
     assert extra[0] == 0 and (extra[1:] > 0).all()
     assert (near["hvps"].values[1:] < near["hvps"].values[0]).all()
-    fixed = stabilization(problem, ks, sigmas=[1e-2], dims=[1, 3], num_samples=8, subspace="fixed")
+    fixed = stabilization(problem, ks, sigmas=[1e-2], dims=[1, 3], mc_samples=8, subspace="fixed")
     assert "fixed" in fixed.attrs["subspace_note"]
     assert fixed["hvp_cost"].values[0] == fixed["hvps"].values[0] > 0
     assert (fixed["hvp_cost"].values[1:] == 0).all()
@@ -148,7 +148,7 @@ def test_per_k_subspace_on_mlp_and_warm_start():
 
 def test_common_random_numbers_and_seed():
     problem = mlp_problem(n=30)
-    kw = dict(sigmas=[1e-2], dims=[2], estimators=["full_mc", "direct_mc"], num_samples=6)
+    kw = dict(sigmas=[1e-2], dims=[2], estimators=["full_mc", "direct_mc"], mc_samples=6)
     a = stabilization(problem, [5, 10], seed=1, **kw)
     b = stabilization(problem, [5, 10], seed=1, **kw)
     c = stabilization(problem, [5, 10], seed=2, **kw)
@@ -156,24 +156,27 @@ def test_common_random_numbers_and_seed():
     assert not np.array_equal(a["value"].values, c["value"].values)
 
 
-def test_general_p_and_gm_nan():
+def test_general_p_refuses_gm_and_labels_units():
     problem = mlp_problem(n=30)
-    ds = stabilization(problem, [5, 10], sigmas=[1e-2], dims=[2], num_samples=6, p=1,
-                       estimators=["full_mc", "direct_mc", "gm", "quad_mc"])
-    assert np.isnan(ds["value"].sel(estimator="gm")).all()
-    assert np.isfinite(ds["value"].sel(estimator=["full_mc", "direct_mc", "quad_mc"])).all()
-    assert ds["value"].attrs["units"] == "loss^1"
+    with pytest.raises(ValueError, match="p = 2 only"):
+        stabilization(problem, [5, 10], sigmas=[1e-2], dims=[2], mc_samples=6, p=1,
+                      estimators=["full_mc", "direct_mc", "gm", "quad_mc"])
+    ds = stabilization(problem, [5, 10], sigmas=[1e-2], dims=[2], mc_samples=6, p=1,
+                       estimators=["delta1", "full_mc", "direct_mc", "quad_mc"])
+    assert np.isfinite(ds["value"]).all()
+    assert ds["estimator_units"].sel(estimator="delta1") == "loss"
+    assert ds["estimator_units"].sel(estimator="full_mc") == "loss^1"
 
 
 def test_validity_flags_and_warning():
     problem = mlp_problem(n=40)
-    validity = curvprobe.quadratic_validity(problem, [1e-3, 1e-2, 3.0], k=20, num_samples=8)
+    validity = curvprobe.quadratic_validity(problem, [1e-3, 1e-2, 3.0], k=20, mc_samples=8)
     assert validity["rel_error_mean"].sel(sigma=1e-3) < 0.1
     assert validity["rel_error_mean"].sel(sigma=3.0) > validity["rel_error_mean"].sel(sigma=1e-3)
     regime = validity.attrs["validated_sigma_max"]
     assert regime < 3.0
     with pytest.warns(UserWarning, match="beyond the validated"):
-        ds = stabilization(problem, [5, 10], sigmas=[1e-3, 3.0], dims=[2], num_samples=4,
+        ds = stabilization(problem, [5, 10], sigmas=[1e-3, 3.0], dims=[2], mc_samples=4,
                            estimators=["gm", "direct_mc"], validity=validity)
     assert ds["outside_validated_regime"].sel(sigma=3.0)
     assert not ds["outside_validated_regime"].sel(sigma=1e-3)
@@ -181,7 +184,7 @@ def test_validity_flags_and_warning():
 
 def test_validity_exact_for_quadratics():
     qp = QuadraticProblem.random(8, 5, seed=0)
-    v = curvprobe.quadratic_validity(qp, [1e-2, 1.0, 10.0], num_samples=4)
+    v = curvprobe.quadratic_validity(qp, [1e-2, 1.0, 10.0], mc_samples=4)
     assert float(v["rel_error_mean"].max()) < 1e-8
     assert v.attrs["validated_sigma_max"] == 10.0
 
@@ -203,7 +206,7 @@ def test_probes():
 
 def test_save_load_roundtrip(tmp_path):
     problem = mlp_problem(n=20)
-    ds = stabilization(problem, [3, 6], sigmas=[1e-2], dims=[2], num_samples=4,
+    ds = stabilization(problem, [3, 6], sigmas=[1e-2], dims=[2], mc_samples=4,
                        estimators=["delta1", "gm", "direct_mc"])
     ds.attrs["extra"] = {"nested": [1, 2]}
     ds.attrs["flag"] = True
@@ -222,21 +225,23 @@ def test_save_load_roundtrip(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(ks=[5, 3]), "sorted"),
     (dict(ks=[3, 3]), "sorted"),
-    (dict(ks=[0, 3]), r"\[1, 29\]"),
+    (dict(ks=[0, 3]), "ks must hold integers >= 1"),
+    (dict(ks=[6, 3]), "sorted and without duplicates"),
     (dict(ks=[3, 30]), r"\[1, 29\]"),
     (dict(sigmas=[0.0]), "positive and finite"),
     (dict(sigmas=[float("nan")]), "positive and finite"),
-    (dict(dims=[0]), "1 <= D < N"),
+    (dict(dims=[0]), "dims must hold integers >= 1"),
     (dict(dims=[10_000]), "1 <= D < N"),
     (dict(estimators=["magic"]), "valid: delta1"),
-    (dict(num_samples=1), ">= 2"),
+    (dict(mc_samples=1), ">= 2"),
     (dict(subspace="sometimes"), "valid: per_k"),
     (dict(p=0.5), "p must be"),
+    (dict(p=3, estimators=["gm"]), "p = 2 only"),
     (dict(eigen_kwargs={"init": None}), "init=..."),
 ])
 def test_bad_input(kwargs, match):
     problem = mlp_problem(n=30)
-    args = dict(ks=[3, 6], sigmas=[1e-2], dims=[2], num_samples=4) | kwargs
+    args = dict(ks=[3, 6], sigmas=[1e-2], dims=[2], mc_samples=4) | kwargs
     ks = args.pop("ks")
     with pytest.raises(ValueError, match=match):
         stabilization(problem, ks, **args)
@@ -245,10 +250,10 @@ def test_bad_input(kwargs, match):
 def test_tiny_transformer_subspace_vs_full():
     """Δ₂^(D)/Δ₂ and GM vs direct MC inside the validated regime (reported, loosely checked)."""
     problem = gpt_problem(n=40)
-    validity = curvprobe.quadratic_validity(problem, [1e-3, 1e-2], k=30, num_samples=8)
+    validity = curvprobe.quadratic_validity(problem, [1e-3, 1e-2], k=30, mc_samples=8)
     sig = validity.attrs["validated_sigma_max"]
     assert sig >= 1e-3
-    ds = stabilization(problem, [10, 20, 30], sigmas=[sig], dims=[1, 4], num_samples=32,
+    ds = stabilization(problem, [10, 20, 30], sigmas=[sig], dims=[1, 4], mc_samples=32,
                        validity=validity)
     v = ds["value"].sel(sigma=sig)
     direct, gm = v.sel(estimator="direct_mc"), v.sel(estimator="gm")
@@ -257,3 +262,20 @@ def test_tiny_transformer_subspace_vs_full():
     assert (np.abs(direct - gm) <= 4.5 * se + 0.05 * np.abs(gm)).all()
     ratio = (v.sel(estimator="direct_mc") / v.sel(estimator="full_mc")).values
     assert np.isfinite(ratio).all() and (ratio > 0).all()
+
+
+def test_num_samples_is_a_deprecated_alias_of_mc_samples():
+    problem = mlp_problem(n=12)
+    kw = dict(sigmas=[1e-2], dims=[2], estimators=["full_mc", "quad_mc"])
+    with pytest.warns(DeprecationWarning, match="mc_samples"):
+        old = stabilization(problem, [3, 6], num_samples=4, **kw)
+    new = stabilization(problem, [3, 6], mc_samples=4, **kw)
+    xr.testing.assert_identical(old.drop_vars(["stage_seconds", "stage"]),
+                                new.drop_vars(["stage_seconds", "stage"]))
+
+
+def test_default_estimators_drop_the_p2_only_ones_at_other_p():
+    problem = mlp_problem(n=12)
+    ds = stabilization(problem, [3, 6], sigmas=[1e-2], dims=[2], mc_samples=4, p=3)
+    assert list(ds["estimator"].values) == ["delta1", "full_mc", "direct_mc", "quad_mc"]
+    assert list(ds["estimator_units"].values) == ["loss", "loss^3", "loss^3", "loss^3"]

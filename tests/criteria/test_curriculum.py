@@ -23,7 +23,7 @@ def _setup(tmp_path, **kwargs):
     model = MLP(MLPConfig(widths=(5, 8, 3)), seed=0).double()
     probe_set = (X[:33], y[:33])
     options = dict(sigmas=[1e-2], dims=[1, 2], estimators=["delta1", "full_mc", "direct_mc", "gm"],
-                   num_samples=4, every=2, path=tmp_path / "curriculum.nc",
+                   mc_samples=4, every=2, path=tmp_path / "curriculum.nc",
                    make_problem=lambda m: Problem(m, sample_cross_entropy, *probe_set, batch_size=16))
     options.update(kwargs)
     return model, (X[33:], y[33:]), CurriculumProbe([4, 8, 16], **options)
@@ -89,11 +89,11 @@ def test_refuses_bad_settings_and_training_mode(tmp_path):
     with pytest.raises(ValueError, match="unknown estimator"):
         CurriculumProbe([4, 8], sigmas=[0.1], estimators=["nope"], path=tmp_path / "x.nc",
                         make_problem=lambda m: None)
-    with pytest.raises(ValueError, match="increasing"):
+    with pytest.raises(ValueError, match="sorted and without duplicates"):
         CurriculumProbe([8, 4], sigmas=[0.1], path=tmp_path / "x.nc", make_problem=lambda m: None)
     X, y = _data(20)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Dropout(0.2), torch.nn.Linear(4, 3)).double()
-    probe = CurriculumProbe([4, 8], sigmas=[0.1], dims=[1], num_samples=2, path=tmp_path / "x.nc",
+    probe = CurriculumProbe([4, 8], sigmas=[0.1], dims=[1], mc_samples=2, path=tmp_path / "x.nc",
                             make_problem=lambda m: Problem(m, sample_cross_entropy, X, y))
     with pytest.raises(ValueError, match="eval"):
         probe(0, model)  # training mode with dropout: refused, not silently switched
