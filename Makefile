@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install lint test test-slow demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# ruff rules and mypy settings: [tool.ruff] and [tool.mypy] in pyproject.toml
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m mypy curvprobe
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
