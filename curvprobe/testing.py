@@ -7,8 +7,8 @@ samples are exact quadratics around the trained point ``w*``:
     ℓ_i(w) = a_i + g_iᵀ (w − w*) + ½ (w − w*)ᵀ H_i (w − w*),   i = 1..n,
 
 so at ``w*`` the per-sample loss, gradient and Hessian are ``a_i``, ``g_i``,
-``H_i`` exactly, and every quantity of DESIGN §2 has a dense ground truth
-(``dense_hessian``, ``dense_gradient``) computed without autograd. The model
+``H_i`` exactly, and every quantity of ``docs/concepts.md`` has a dense ground
+truth (``dense_hessian``, ``dense_gradient``) computed without autograd. The model
 behind it holds the parameter ``w`` (N,) and the buffers ``a`` (n,),
 ``G`` (n, N), ``Hs`` (n, N, N) and ``w_star`` (N,); its forward takes sample
 indices (a long tensor (b,)) and returns the b per-sample losses; the inputs
@@ -50,6 +50,12 @@ SPECTRUM_KINDS = ("spread", "clustered", "degenerate", "negative", "bulk")
 
 class _QuadraticModel(nn.Module):
     """``forward(idx) = a[idx] + G[idx] d + ½ dᵀ Hs[idx] d`` with ``d = w − w*``."""
+
+    # buffers (register_buffer), declared for the type checker
+    a: Tensor
+    G: Tensor
+    Hs: Tensor
+    w_star: Tensor
 
     def __init__(self, a: Tensor, G: Tensor, Hs: Tensor, w_star: Tensor) -> None:
         super().__init__()

@@ -7,8 +7,16 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from curvprobe import Problem
-from curvprobe.zoo.models import (CNNConfig, GPTConfig, MLP, MLPConfig, SmallCNN, TinyGPT,
-                              sample_cross_entropy, token_cross_entropy)
+from curvprobe.zoo.models import (
+    MLP,
+    CNNConfig,
+    GPTConfig,
+    MLPConfig,
+    SmallCNN,
+    TinyGPT,
+    sample_cross_entropy,
+    token_cross_entropy,
+)
 
 settings.register_profile("ci", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -21,9 +21,8 @@ def _public_modules() -> list[str]:
     """Dotted names of curvprobe's public modules, found without importing them."""
     out = []
     for info in pkgutil.walk_packages(curvprobe.__path__, prefix="curvprobe."):
-        if not any(part.startswith("_") for part in info.name.split(".")):
-            if not info.ispkg:
-                out.append(info.name)
+        if not info.ispkg and not any(part.startswith("_") for part in info.name.split(".")):
+            out.append(info.name)
     return sorted(out)
 
 

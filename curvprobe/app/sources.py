@@ -29,9 +29,10 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,15 @@ from torch import Tensor, nn
 from curvprobe.app.config import ConfigError, ProbeConfig
 from curvprobe.core.problem import Problem
 
-__all__ = ["LoadedSource", "build_problem", "file_digest", "load_checkpoint", "load_model",
-           "load_data", "mse_loss"]
+__all__ = [
+    "LoadedSource",
+    "build_problem",
+    "file_digest",
+    "load_checkpoint",
+    "load_data",
+    "load_model",
+    "mse_loss",
+]
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -97,6 +105,8 @@ def _import_factory(target: str) -> Callable[[], nn.Module]:
         if not path.is_file():
             raise ConfigError(f"config key 'model': module file {path} does not exist")
         spec = importlib.util.spec_from_file_location(f"_curvprobe_user_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"config key 'model': {path} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
@@ -188,6 +198,7 @@ def _load_hf(directory: str, dtype: torch.dtype, progress: bool = False) -> nn.M
     if not progress:  # no loading bars or config chatter off a terminal / with --quiet
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+    model: nn.Module  # as torch types it: transformers types its decorated .to() wrongly
     try:
         if any((path / name).is_file() for name in _HF_WEIGHTS):
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
@@ -265,7 +276,8 @@ def load_data(config: ProbeConfig) -> dict[str, Tensor]:
         for key in ("inputs", "targets", "attention_mask"):
             if key in obj:
                 if not isinstance(obj[key], Tensor):
-                    raise ConfigError(f"data file {path}: '{key}' must be a tensor, got {type(obj[key]).__name__}")
+                    raise ConfigError(f"data file {path}: '{key}' must be a tensor, "
+                                      f"got {type(obj[key]).__name__}")
                 out[key] = obj[key]
         if out["inputs"].shape[0] != out["targets"].shape[0]:
             raise ConfigError(f"data file {path}: inputs and targets disagree on the number of samples "

@@ -1,8 +1,8 @@
 """The empirical-loss problem: a model, a per-sample loss and ordered samples.
 
-Notation (Kiselev & Grabovoy, DESIGN.md §2). Samples are ordered
-``i = 1..n``; ``ℓ_i(w)`` is the loss of sample ``i`` at the flat parameter
-vector ``w ∈ R^N``;
+Notation (Kiselev & Grabovoy; ``docs/concepts.md``, "Samples, losses and
+their derivatives"). Samples are ordered ``i = 1..n``; ``ℓ_i(w)`` is the loss
+of sample ``i`` at the flat parameter vector ``w ∈ R^N``;
 
     L_k(w) = (1/k) Σ_{i≤k} ℓ_i(w),   g^(k) = ∇L_k,   H^(k) = ∇²L_k.
 
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacfwd, jvp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ class Problem:
     def sample_arguments(self, indices: Tensor) -> tuple[Tensor, ...]:
         """``(targets, *inputs)`` of the 0-based sample ``indices`` (n,) on the device."""
         sel = indices.to(self.device)
-        return (self.targets[sel],) + tuple(x[sel] for x in self.inputs)
+        return (self.targets[sel], *(x[sel] for x in self.inputs))
 
     def hvp(self, v: Tensor, k: int | None = None, w: Tensor | None = None, *,
             start: int = 0, mode: str | None = None) -> Tensor:
@@ -308,7 +308,11 @@ class Problem:
         total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
         Vd = V.to(self.dtype)
         for a, b in self.chunks(start, stop, size):
-            total += chunk_hvp(lambda x: self.chunk_losses(x, a, b).sum(), w, Vd).double()
+
+            def chunk_loss(x: Tensor, a: int = a, b: int = b) -> Tensor:
+                return self.chunk_losses(x, a, b).sum()
+
+            total += chunk_hvp(chunk_loss, w, Vd).double()
         out = total / (stop - start)
         return out[:, 0] if v.dim() == 1 else out
 
@@ -320,7 +324,8 @@ class Problem:
         if v.device != self.device and not (v.device.type == self.device.type == "cpu"):
             raise ValueError(f"v is on {v.device}, the problem on {self.device}")
         if v.dim() not in (1, 2) or v.shape[0] != self.num_params:
-            raise ValueError(f"v must have shape (N,) or (N, m) with N={self.num_params}, got {tuple(v.shape)}")
+            raise ValueError(f"v must have shape (N,) or (N, m) with N={self.num_params}, "
+                             f"got {tuple(v.shape)}")
         return v.reshape(self.num_params, -1)
 
     def hessian_operator(self, k: int | None = None, w: Tensor | None = None, *,

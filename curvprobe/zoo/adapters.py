@@ -27,6 +27,8 @@ this module itself imports nothing from it.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +65,7 @@ def _check_hf_model(model: nn.Module) -> None:
             "training mode, so the loss would not be deterministic and Hessian-vector products "
             "would be wrong. Call model.eval() first."
         )
-    impls = set()
+    impls: set[str] = set()
     for m in model.modules():
         impl = getattr(getattr(m, "config", None), "_attn_implementation", None)
         if isinstance(impl, dict):
@@ -133,9 +135,9 @@ class _LogitsWrapper(nn.Module):
                 raise RuntimeError(
                     f"{type(self.model).__name__} reads its inputs in Python (transformers' padding "
                     "checks and mask shortcuts), which torch.func.vmap over samples cannot trace; "
-                    "per-sample subspace derivatives (curvprobe.criteria.engine.subspace_derivatives) are unavailable "
-                    "for these inputs. Inputs without padding (no attention_mask) avoid most of "
-                    "these checks."
+                    "per-sample subspace derivatives (curvprobe.criteria.engine.subspace_derivatives) "
+                    "are unavailable for these inputs. Inputs without padding (no attention_mask) "
+                    "avoid most of these checks."
                 ) from e
             raise
         logits = out["logits"] if isinstance(out, dict) else getattr(out, "logits", out)
@@ -166,7 +168,9 @@ class CausalLMLogits(_LogitsWrapper):
     def forward(self, input_ids: Tensor) -> Tensor:
         """Token ids (b, T) long -> logits (b, T, V) in the model's dtype."""
         if self._embeds:
-            return self._call(inputs_embeds=self.model.get_input_embeddings()(input_ids))
+            # nn.Module.__getattr__ is typed Tensor | Module: name the method's type
+            get_embeddings = cast(Callable[[], nn.Module], self.model.get_input_embeddings)
+            return self._call(inputs_embeds=get_embeddings()(input_ids))
         return self._call(input_ids=input_ids)
 
 

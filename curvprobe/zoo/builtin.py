@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from curvprobe.zoo import data, models
 from curvprobe.core.problem import Problem
+from curvprobe.zoo import data, models
 
 BUILTIN = ("tiny-gpt", "mlp", "cnn")
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 import hashlib
 import math
 import sysconfig
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -167,12 +167,16 @@ def window_offsets(
     ``num_sequences`` are returned. The order is therefore prefix-stable: for
     one seed, a smaller ``num_sequences`` gives a prefix of a larger one.
 
-    Returns:
-        int64 tensor of shape (num_sequences,); window i covers tokens
+    Returns
+    -------
+    torch.Tensor
+        int64, shape (num_sequences,); window i covers tokens
         ``[offsets[i], offsets[i] + seq_len + 1)``.
 
-    Raises:
-        ValueError: if the split holds fewer than ``num_sequences`` windows.
+    Raises
+    ------
+    ValueError
+        If the split holds fewer than ``num_sequences`` windows.
     """
     if seq_len < 1 or num_sequences < 0:
         raise ValueError(f"need seq_len >= 1 and num_sequences >= 0, got {seq_len}, {num_sequences}")
@@ -202,9 +206,13 @@ def token_sequences(
     disjoint "train" and "probe" regions). With the default corpus there are
     ≈ 48,000 train and ≈ 12,000 probe windows at ``seq_len=32``.
 
-    Returns:
-        ``(inputs, targets)``, both int64 of shape (num_sequences, seq_len),
-        with ``targets[:, t] = inputs[:, t + 1]`` for ``t < seq_len - 1``
+    Returns
+    -------
+    inputs : torch.Tensor
+        int64, shape (num_sequences, seq_len).
+    targets : torch.Tensor
+        int64, shape (num_sequences, seq_len), with
+        ``targets[:, t] = inputs[:, t + 1]`` for ``t < seq_len - 1``
         (targets are the inputs shifted by one token).
     """
     tokens = corpus_tokens(max_bytes)
@@ -235,9 +243,12 @@ def synthetic_classification(
     minimum empirical loss away from zero, so a trained model sits near a
     genuine minimum with a non-degenerate Hessian.
 
-    Returns:
-        ``(X, y)``: X float32 of shape (num_samples, num_features), y int64 of
-        shape (num_samples,) with values in ``[0, num_classes)``.
+    Returns
+    -------
+    X : torch.Tensor
+        float32, shape (num_samples, num_features).
+    y : torch.Tensor
+        int64, shape (num_samples,), values in ``[0, num_classes)``.
     """
     teacher = torch.Generator().manual_seed(_TEACHER_SEED_OFFSET + teacher_seed)
     w1 = torch.randn(num_features, teacher_width, generator=teacher, dtype=torch.float64)
@@ -265,9 +276,12 @@ def synthetic_images(
     pixel grid (u, v), with a random phase φ ~ U(0, 2π) per image, so the
     class is translation-invariant and a small CNN can learn it.
 
-    Returns:
-        ``(X, y)``: X float32 of shape (num_samples, 1, size, size), y int64 of
-        shape (num_samples,), labels uniform over ``[0, num_classes)``.
+    Returns
+    -------
+    X : torch.Tensor
+        float32, shape (num_samples, 1, size, size).
+    y : torch.Tensor
+        int64, shape (num_samples,), labels uniform over ``[0, num_classes)``.
     """
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(num_classes, (num_samples,), generator=gen)

@@ -39,26 +39,27 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from curvprobe.zoo import data
 from curvprobe.results import atomic_write
+from curvprobe.zoo import data
 
 __all__ = [
     "ACTIVATIONS",
+    "MLP",
+    "PRETRAINED_RECIPES",
     "CNNConfig",
     "GPTConfig",
-    "MLP",
     "MLPConfig",
-    "PRETRAINED_RECIPES",
     "Recipe",
     "SmallCNN",
     "TinyGPT",
@@ -91,7 +92,10 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return ACTIVATIONS[name]
 
 
-def _uninitialised(module_cls: type[nn.Module], *args, **kwargs) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _uninitialised(module_cls: type[_M], *args, **kwargs) -> _M:
     """Construct a module without consuming the global RNG (weights set by the caller)."""
     return torch.nn.utils.skip_init(module_cls, *args, **kwargs)
 
@@ -222,9 +226,12 @@ class TinyGPT(nn.Module):
     enter only through rotary embeddings of q and k (any T works;
     ``config.seq_len`` is the length it is trained on), ``lm_head`` is untied.
 
-    Args:
-        config: shape; ``GPTConfig()`` if None.
-        seed: initialisation seed (local generator; the global RNG is untouched).
+    Parameters
+    ----------
+    config : GPTConfig, optional
+        Shape; ``GPTConfig()`` if None.
+    seed : int
+        Initialisation seed (local generator; the global RNG is untouched).
     """
 
     def __init__(self, config: GPTConfig | None = None, *, seed: int = 0) -> None:
@@ -282,7 +289,7 @@ class MLP(nn.Module):
             _uninitialised(nn.Linear, a, b) for a, b in zip(config.widths[:-1], config.widths[1:])
         )
         for layer in self.layers:
-            _init_affine(layer, gen)
+            _init_affine(cast(nn.Linear, layer), gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, widths[0]) float -> logits (B, widths[-1]), same dtype."""
@@ -340,11 +347,16 @@ class SmallCNN(nn.Module):
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-sequence loss ℓ_i = (1/T) Σ_t −log softmax(logits[i, t])[targets[i, t]].
 
-    Args:
-        logits: (B, T, V) float.
-        targets: (B, T) int64.
+    Parameters
+    ----------
+    logits : torch.Tensor
+        (B, T, V) float.
+    targets : torch.Tensor
+        (B, T) int64.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         (B,) in the dtype of ``logits``.
     """
     per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
@@ -388,17 +400,35 @@ def train(
     the empirical loss — the point curvprobe then probes. ``weight_decay``
     defaults to 0 for the same reason.
 
-    Args:
-        model: trained in place; its parameters' dtype is used as is.
-        inputs: (n, ...) samples; indexed along dim 0.
-        targets: (n, ...) matching targets.
-        loss_fn: per-sample loss, ``(model output, targets) -> (B,)``.
-        steps, lr, batch_size, seed: optimisation settings.
-        progress: show a tqdm bar (only when stdout is a terminal).
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place; its parameters' dtype is used as is.
+    inputs : torch.Tensor
+        (n, ...) samples; indexed along dim 0.
+    targets : torch.Tensor
+        (n, ...) matching targets.
+    loss_fn : callable
+        Per-sample loss, ``(model output, targets) -> (B,)``.
+    steps : int
+        Optimisation steps (minibatches).
+    lr : float
+        Peak learning rate.
+    batch_size : int
+        Minibatch size (capped at n).
+    seed : int
+        Seed of the minibatch order.
+    weight_decay : float
+        AdamW weight decay (default 0, see above).
+    progress : bool
+        Show a tqdm bar (only when stdout is a terminal).
 
-    Returns:
-        ``(model, losses)``: the same model, in eval mode, and the minibatch
-        loss (float) of every step.
+    Returns
+    -------
+    model : nn.Module
+        The same model, in eval mode.
+    losses : list of float
+        The minibatch loss of every step.
     """
     n = inputs.shape[0]
     if n != targets.shape[0] or n == 0:
@@ -533,18 +563,28 @@ def pretrained(
     version) or another ``steps`` gets its own file. Files are written
     atomically and read with ``torch.load(..., weights_only=True)``.
 
-    Args:
-        name: "tiny-gpt", "mlp" or "cnn".
-        cache_dir: overrides the cache directory.
-        progress: show a progress bar while training (terminal only).
-        steps: override the recipe's step count (e.g. tiny runs in tests).
+    Parameters
+    ----------
+    name : str
+        "tiny-gpt", "mlp" or "cnn".
+    cache_dir : str or os.PathLike, optional
+        Overrides the cache directory.
+    progress : bool
+        Show a progress bar while training (terminal only).
+    steps : int, optional
+        Override the recipe's step count (e.g. tiny runs in tests).
 
-    Returns:
-        ``(model, config)``: the model in eval mode, float32 on CPU (cast it as
-        needed), and its config dataclass.
+    Returns
+    -------
+    model : nn.Module
+        The model in eval mode, float32 on CPU (cast it as needed).
+    config : GPTConfig, MLPConfig or CNNConfig
+        Its config dataclass.
 
-    Raises:
-        ValueError: for an unknown name.
+    Raises
+    ------
+    ValueError
+        For an unknown name.
     """
     if name not in PRETRAINED_RECIPES:
         raise ValueError(f"unknown pretrained model {name!r}; valid names: {sorted(PRETRAINED_RECIPES)}")

@@ -20,14 +20,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import re
-from pathlib import Path
-
 import argparse
+import importlib.metadata
 import logging
 import os
+import re
 import tempfile
+from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
@@ -59,7 +58,8 @@ def _mathjax_files(config) -> list[File]:
     try:
         dist = importlib.metadata.distribution(MATHJAX_DIST)
     except importlib.metadata.PackageNotFoundError as err:
-        raise PluginError(f"{MATHJAX_DIST} is not installed: run `make docs` (pip install -e '.[docs]')") from err
+        raise PluginError(f"{MATHJAX_DIST} is not installed: "
+                          "run `make docs` (pip install -e '.[docs]')") from err
     out = []
     for entry in dist.files or []:
         rel = str(entry).replace("\\", "/")
@@ -192,7 +192,7 @@ def _toml_example(root: Path) -> str:
         path.write_text(text, encoding="utf-8")
         try:
             load_config(path)
-        except Exception as err:  # noqa: BLE001 - any failure is a docs error
+        except Exception as err:  # any failure is a docs error
             raise PluginError(f"the TOML example ({source}) does not load: {err}") from err
     return f"```toml\n{text.rstrip()}\n```\n\n<small>Source: {source}.</small>"
 

@@ -146,7 +146,7 @@ def test_non_finite_losses_are_refused():
 @pytest.mark.parametrize("layer", [nn.Dropout(0.1), nn.BatchNorm1d(5)])
 def test_training_mode_with_stochastic_layers_is_refused(layer):
     model = nn.Sequential(layer, nn.Linear(5, 3)).double().train()
-    with pytest.raises(ValueError, match="model.eval()"):
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):
         Problem(model, lambda o, t: o.sum(1), torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4))
     assert model.training  # not silently switched
 

@@ -15,13 +15,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.func import functional_call, grad, jacfwd  # noqa: E402
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,  # noqa: E402
-                          BertConfig, GPT2Config)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, GPT2Config  # noqa: E402
 
 import curvprobe  # noqa: E402
-from curvprobe.zoo.adapters import NextTokenCrossEntropy, causal_lm, classifier  # noqa: E402
 from curvprobe.core.problem import math_attention  # noqa: E402
-from curvprobe.criteria.engine import subspace_derivatives
+from curvprobe.criteria.engine import subspace_derivatives  # noqa: E402
+from curvprobe.zoo.adapters import NextTokenCrossEntropy, causal_lm, classifier  # noqa: E402
 
 VOCAB = 13
 IMPLS = ["eager", "sdpa"]
@@ -128,7 +127,7 @@ def test_float32_model_in_float64_problem_matches_float64_model(ids):
 
 def test_low_precision_logits_refused():
     loss = NextTokenCrossEntropy(torch.float64)
-    with pytest.raises(TypeError, match="float32 logits for a torch.float64 problem"):
+    with pytest.raises(TypeError, match=r"float32 logits for a torch\.float64 problem"):
         loss(torch.zeros(2, 4, VOCAB), torch.zeros(2, 3, dtype=torch.long))
 
 
@@ -191,7 +190,7 @@ def test_attention_mask_validation():
         causal_lm(model, ids, attention_mask=holes)
     with pytest.raises(ValueError, match="fewer than two real tokens"):
         causal_lm(model, ids, attention_mask=torch.tensor([[0, 0, 0, 0, 0, 1], [1] * 6]))
-    with pytest.raises(ValueError, match="0 .padding. and 1"):
+    with pytest.raises(ValueError, match=r"0 \(padding\) and 1"):
         causal_lm(model, ids, attention_mask=torch.full((2, 6), 2))
     with pytest.raises(ValueError, match="shape of input_ids"):
         causal_lm(model, ids, attention_mask=torch.ones(2, 5, dtype=torch.long))
@@ -287,7 +286,7 @@ def test_classifier_losses_and_hvp():
     with torch.no_grad():
         torch.testing.assert_close(problem.per_sample_losses(), direct(), rtol=0, atol=1e-13)
     # HVP against double backward through the bare model (no functional_call)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     v = torch.randn(problem.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     g = torch.autograd.grad(direct().mean(), params, create_graph=True)
     flat_g = torch.cat([t.reshape(-1) for t in g])

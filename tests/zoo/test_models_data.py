@@ -185,7 +185,7 @@ def test_tokenizer_round_trip_and_unknowns():
     assert tok.encode(text.encode()).tolist() == ids.tolist()
     assert tok.encode("é\r").tolist() == [tok.unk_id] * 3  # two UTF-8 bytes + carriage return
     assert len(set(tok.encode("".join(map(chr, range(32, 127))) + "\t\n").tolist())) == tok.vocab_size - 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="token ids outside"):
         tok.decode([tok.vocab_size])
 
 
@@ -230,7 +230,7 @@ def test_splits_are_disjoint_and_large_enough():
 
 
 @pytest.mark.parametrize(
-    "make, x_shape",
+    ("make", "x_shape"),
     [
         (lambda s: data.synthetic_classification(300, seed=s), (300, 8)),
         (lambda s: data.synthetic_images(300, seed=s), (300, 1, 8, 8)),
@@ -238,7 +238,7 @@ def test_splits_are_disjoint_and_large_enough():
 )
 def test_synthetic_data_deterministic(make, x_shape):
     state = torch.get_rng_state()
-    (x, y), (x2, y2), (x3, y3) = make(0), make(0), make(1)
+    (x, y), (x2, y2), (x3, _) = make(0), make(0), make(1)
     assert torch.equal(torch.get_rng_state(), state)
     assert x.shape == x_shape and x.dtype == torch.float32
     assert y.shape == (300,) and y.dtype == torch.int64
@@ -321,7 +321,7 @@ def test_config_round_trips_through_json_dict():
 
 def test_gpt_logits_match_reference_attention():
     """SDPA path equals an explicit softmax(QKᵀ/√d + causal mask)V on the same weights."""
-    model, params, x, _ = _gpt_problem()
+    model, _, x, _ = _gpt_problem()
     block = model.blocks[0]
     h = F.rms_norm(model.wte(x), (32,))
     cos, sin = models._rotary_tables(x.shape[1], 8, model.config.rope_base, like=h)
