@@ -2,8 +2,8 @@
 
 ``import curvprobe.problem`` (and every other module that moved into a layer
 package in 0.2) still works for one release: it returns the module at its new
-path and emits a :class:`DeprecationWarning` naming it. The layers are
-described in ``docs/architecture.md``.
+path and emits a :class:`DeprecationWarning` naming it. :data:`MOVED_MODULES`
+lists every old path with its new one.
 """
 
 from __future__ import annotations
