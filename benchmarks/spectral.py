@@ -1,4 +1,4 @@
-"""Layer spectra and Kronecker alignment on the built-in models (DESIGN §5).
+"""Layer spectra and Kronecker alignment on the built-in models (``docs/spectral.md``).
 
 One run prints markdown tables:
 
@@ -37,7 +37,6 @@ import xarray as xr
 
 from curvprobe import Problem, results
 from curvprobe.app import plots
-from curvprobe.zoo.builtin import builtin_problem
 from curvprobe.spectral import (
     directional_curvature,
     gradient_svd,
@@ -45,6 +44,7 @@ from curvprobe.spectral import (
     layer_spectra,
     select_layers,
 )
+from curvprobe.zoo.builtin import builtin_problem
 
 PATHS = (("block", None), ("block", 1), ("full", None), ("full", 1))
 
@@ -124,7 +124,7 @@ def layer_rows(label: str, spectra: xr.Dataset, kron: xr.Dataset) -> list[dict]:
     rows = []
     for name in spectra.layer.values:
         s, k = spectra.sel(layer=name), kron.sel(layer=name)
-        K = int(np.isfinite(s.sigma.values).sum())
+        K = int(np.isfinite(s.singular_value.values).sum())
         rows.append({
             "model": label, "layer": str(name), "group": str(s.layer_group.values),
             "shape": f"{int(s.matrix_rows)}×{int(s.matrix_cols)}", "K": K,
@@ -141,8 +141,8 @@ def layer_rows(label: str, spectra: xr.Dataset, kron: xr.Dataset) -> list[dict]:
 
 def print_layers(rows: list[dict]) -> None:
     print("\n## Per layer: alpha triangle and Kronecker decomposition\n")
-    print("| model | layer | type | m×n | K | rank(G) | HVPs | α (R²) | γ | s | αγ | \\|s−αγ\\|/s | BIC winner "
-          "| PR_h | β | φ | β+φ | 2+φ | slope log χ | hook ‖δᵀA/k−G‖/‖G‖ |")
+    print("| model | layer | type | m×n | K | rank(G) | HVPs | α (R²) | γ | s | αγ | \\|s−αγ\\|/s "
+          "| BIC winner | PR_h | β | φ | β+φ | 2+φ | slope log χ | hook ‖δᵀA/k−G‖/‖G‖ |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['layer']} | {r['group']} | {r['shape']} | {r['K']} | {r['rank']} "

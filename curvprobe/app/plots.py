@@ -10,7 +10,7 @@ with :mod:`curvprobe.spectral.fits`, slopes in k with
 
 Sections (each self-contained; add new ones below, with their own helpers):
 
-- Spectral core (DESIGN §5, §7.7) — from :func:`curvprobe.spectral.layer_spectra`:
+- Spectral core (``docs/spectral.md``) — from :func:`curvprobe.spectral.layer_spectra`:
   :func:`plot_alpha_fits` (log h vs log σ per layer with the α line),
   :func:`plot_spectral_transfer` (measured s vs αγ across layers),
   :func:`plot_rank_profile_bic` (rank-profile BIC winners),
@@ -106,17 +106,17 @@ def plot_alpha_fits(spectra: xr.Dataset, *, layers: Sequence[str] | None = None,
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, name in zip(axes, names):
         row = spectra.sel(layer=name)
-        sigma, h = row.sigma.values, row.h.values
-        used = (np.arange(sigma.size) < int(row.n_fit)) & (h > 0)
-        ax.loglog(sigma[used], h[used], "o", ms=4, color="C0", label="h > 0")
+        sv, h = row.singular_value.values, row.h.values
+        used = (np.arange(sv.size) < int(row.n_fit)) & (h > 0)
+        ax.loglog(sv[used], h[used], "o", ms=4, color="C0", label="h > 0")
         neg = ~used & (h != 0)
         if neg.any():
-            ax.loglog(sigma[neg], np.abs(h[neg]), "o", ms=4, mfc="none", color="C3",
+            ax.loglog(sv[neg], np.abs(h[neg]), "o", ms=4, mfc="none", color="C3",
                       label="|h|, not fitted")
         alpha = float(row.alpha)
         if used.sum() >= 2 and math.isfinite(alpha):
-            fit = power_law_fit(sigma[used], h[used])
-            xs = np.array([sigma[used].min(), sigma[used].max()])
+            fit = power_law_fit(sv[used], h[used])
+            xs = np.array([sv[used].min(), sv[used].max()])
             ax.loglog(xs, np.exp(fit.intercept) * xs**fit.slope, "-", color="k", lw=1)
             title = f"{_short(name)}\nα={alpha:.2f}, R²={float(row.r2_alpha):.2f}"
         else:

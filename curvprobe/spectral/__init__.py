@@ -1,4 +1,4 @@
-"""Spectral core (DESIGN §5): fits, layer spectra, Kronecker alignment."""
+"""Spectral core: fits, layer spectra, Kronecker alignment (see ``docs/spectral.md``)."""
 
 from curvprobe.spectral.fits import DELTA_BIC_PAIRS as DELTA_BIC_PAIRS
 from curvprobe.spectral.fits import RANK_MODEL_PARAMS as RANK_MODEL_PARAMS
@@ -19,8 +19,8 @@ from curvprobe.spectral.kronecker import KRONECKER_KINDS as KRONECKER_KINDS
 from curvprobe.spectral.kronecker import KroneckerFactors as KroneckerFactors
 from curvprobe.spectral.kronecker import kronecker_alignment as kronecker_alignment
 from curvprobe.spectral.kronecker import kronecker_factors as kronecker_factors
-from curvprobe.spectral.layers import DEFAULT_KINDS as DEFAULT_KINDS
 from curvprobe.spectral.layers import CURVATURE_METHODS as CURVATURE_METHODS
+from curvprobe.spectral.layers import DEFAULT_KINDS as DEFAULT_KINDS
 from curvprobe.spectral.layers import Layer as Layer
 from curvprobe.spectral.layers import block_hvp as block_hvp
 from curvprobe.spectral.layers import directional_curvature as directional_curvature

@@ -1,8 +1,8 @@
-"""Spectral fits of per-layer rank profiles (DESIGN §5, Calvo).
+"""Spectral fits of per-layer rank profiles (Calvo; see ``docs/spectral.md``).
 
-Pure numpy/scipy functions on the top-K singular values ``sigma`` (σ_k) of a
-layer gradient G = U Σ Vᵀ and the exact directional curvatures ``h`` (h_k) along
-the rank-one directions u_k v_kᵀ, k = 1..K:
+Pure numpy/scipy functions on the top-K singular values ``singular_values``
+(σ_k) of a layer gradient G = U Σ Vᵀ and the exact directional curvatures ``h``
+(h_k) along the rank-one directions u_k v_kᵀ, k = 1..K:
 
 - :func:`alpha_gamma_s`: the spectral-transfer ("alpha triangle") exponents
   α, γ, s, each with R², and the predicted s = αγ;
@@ -106,9 +106,16 @@ def _as_rank_profile(values: ArrayLike, name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LineFit:
-    """OLS line ``y ≈ intercept + slope · x`` with its R² = 1 − RSS/TSS and n points.
+    """OLS line ``y ≈ intercept + slope · x`` with its R² = 1 − RSS/TSS.
 
-    ``r2`` is NaN when y is constant (TSS = 0).
+    Attributes
+    ----------
+    slope, intercept : float
+        The line.
+    r2 : float
+        1 − RSS/TSS; NaN when y is constant (TSS = 0).
+    n : int
+        Points fitted.
     """
 
     slope: float
@@ -127,11 +134,19 @@ def ols_fit(x: ArrayLike, y: ArrayLike) -> LineFit:
     slope = Σ(x−x̄)(y−ȳ) / Σ(x−x̄)²,  intercept = ȳ − slope·x̄,
     R² = 1 − Σ(y − ŷ)² / Σ(y − ȳ)².
 
-    Args:
-        x, y: shape (n,), finite, n ≥ 2, x not constant.
+    Parameters
+    ----------
+    x, y : array_like, shape (n,)
+        Finite, n ≥ 2, x not constant.
 
-    Returns:
-        :class:`LineFit`.
+    Returns
+    -------
+    LineFit
+
+    Raises
+    ------
+    ValueError
+        Wrong shape, non-finite values, mismatched lengths, n < 2 or constant x.
     """
     x = _as_finite_1d(x, "x")
     y = _as_finite_1d(y, "y")
@@ -156,11 +171,20 @@ def ols_fit(x: ArrayLike, y: ArrayLike) -> LineFit:
 def power_law_fit(x: ArrayLike, y: ArrayLike) -> LineFit:
     """Fit ``y ≈ c · x^slope`` by OLS of log y on log x (natural logs).
 
-    Args:
-        x, y: shape (n,), finite and strictly positive, n ≥ 2, x not constant.
+    Parameters
+    ----------
+    x, y : array_like, shape (n,)
+        Finite and strictly positive, n ≥ 2, x not constant.
 
-    Returns:
-        :class:`LineFit` with ``slope`` the exponent and ``intercept`` = log c.
+    Returns
+    -------
+    LineFit
+        ``slope`` is the exponent and ``intercept`` = log c.
+
+    Raises
+    ------
+    ValueError
+        As :func:`ols_fit`, and non-positive x or y.
     """
     x = _as_finite_1d(x, "x")
     y = _as_finite_1d(y, "y")
@@ -178,15 +202,23 @@ def power_law_fit(x: ArrayLike, y: ArrayLike) -> LineFit:
 class TriangleFit:
     """Spectral-transfer exponents of one layer (field names as in the reference).
 
-    alpha, r2_alpha: slope of log h_k on log σ_k over the n_alpha ranks with h_k > 0.
-    gamma, r2_gamma: minus the slope of log σ_k on log k, k = 1..n_gamma (= top_k).
-    s_hessian, r2_s_hessian: minus the slope of log h_(j) on log j, j = 1..n_s, for
-        the positive h sorted in decreasing order.
-    predicted_s = alpha · gamma; triangle_error = |s_hessian − predicted_s|;
-    triangle_relative_error = triangle_error / s_hessian.
-    top_k, n_gamma, n_alpha, n_s: K and the points available to each fit
-        (n_alpha = n_s = number of positive h).
-    reason: why fields are NaN ("" when none is).
+    Attributes
+    ----------
+    alpha, r2_alpha : float
+        Slope of log h_k on log σ_k over the n_alpha ranks with h_k > 0, and its R².
+    gamma, r2_gamma : float
+        Minus the slope of log σ_k on log k, k = 1..n_gamma (= top_k), and its R².
+    s_hessian, r2_s_hessian : float
+        Minus the slope of log h_(j) on log j, j = 1..n_s, for the positive h
+        sorted in decreasing order, and its R².
+    predicted_s : float
+        alpha · gamma.
+    triangle_error, triangle_relative_error : float
+        |s_hessian − predicted_s| and that divided by s_hessian.
+    top_k, n_gamma, n_alpha, n_s : int
+        K and the points available to each fit (n_alpha = n_s = number of positive h).
+    reason : str
+        Why fields are NaN ("" when none is).
     """
 
     alpha: float
@@ -209,7 +241,7 @@ class TriangleFit:
         return asdict(self)
 
 
-def alpha_gamma_s(sigma: ArrayLike, h: ArrayLike) -> TriangleFit:
+def alpha_gamma_s(singular_values: ArrayLike, h: ArrayLike) -> TriangleFit:
     """Alpha triangle of one layer: α, γ, s with R², and the transfer s ≈ αγ.
 
     With σ_k the top-K gradient singular values and h_k the exact curvature along
@@ -221,29 +253,37 @@ def alpha_gamma_s(sigma: ArrayLike, h: ArrayLike) -> TriangleFit:
       decreasingly (so s does not depend on the order of h);
     - predicted s = αγ, error |s − αγ|, relative error |s − αγ| / s.
 
-    Args:
-        sigma: shape (K,), strictly positive, finite, non-increasing (rank order).
-        h: shape (K,), finite, any sign, paired with ``sigma`` by index.
+    Parameters
+    ----------
+    singular_values : array_like, shape (K,)
+        σ_k: strictly positive, finite, non-increasing (rank order).
+    h : array_like, shape (K,)
+        Finite, any sign, paired with ``singular_values`` by index.
 
-    Returns:
-        :class:`TriangleFit`. Fewer than 3 positive h (or K < 3) gives NaN for the
-        affected fields and an explanatory ``reason``; nothing is raised for that.
+    Returns
+    -------
+    TriangleFit
+        Fewer than 3 positive h (or K < 3) gives NaN for the affected fields
+        and an explanatory ``reason``; nothing is raised for that.
 
-    Raises:
-        ValueError: wrong shape, empty, non-finite, non-positive or unsorted
-            ``sigma``, or mismatched lengths.
+    Raises
+    ------
+    ValueError
+        Wrong shape, empty, non-finite, non-positive or unsorted
+        ``singular_values``, or mismatched lengths.
     """
-    sigma = _as_rank_profile(sigma, "sigma")
+    values = _as_rank_profile(singular_values, "singular_values")
     h = _as_finite_1d(h, "h")
-    if h.shape != sigma.shape:
-        raise ValueError(f"sigma and h must have the same length, got {sigma.size} and {h.size}")
-    top_k = int(sigma.size)
+    if h.shape != values.shape:
+        raise ValueError(f"singular_values and h must have the same length, got {values.size} "
+                         f"and {h.size}")
+    top_k = int(values.size)
     ranks = np.arange(1, top_k + 1, dtype=np.float64)
     reasons: list[str] = []
 
     gamma = r2_gamma = _NAN
     if top_k >= MIN_POINTS:
-        fit = power_law_fit(ranks, sigma)
+        fit = power_law_fit(ranks, values)
         gamma, r2_gamma = -fit.slope, fit.r2
     else:
         reasons.append(f"gamma needs at least {MIN_POINTS} singular values, got K={top_k}")
@@ -252,10 +292,11 @@ def alpha_gamma_s(sigma: ArrayLike, h: ArrayLike) -> TriangleFit:
     n_pos = int(positive.sum())
     alpha = r2_alpha = s_hessian = r2_s_hessian = _NAN
     if n_pos >= MIN_POINTS:
-        if np.ptp(sigma[positive]) == 0.0:
-            reasons.append("sigma is constant over the k with h_k > 0; alpha is undefined")
+        if np.ptp(values[positive]) == 0.0:
+            reasons.append("the singular values are constant over the k with h_k > 0; "
+                           "alpha is undefined")
         else:
-            fit = power_law_fit(sigma[positive], h[positive])
+            fit = power_law_fit(values[positive], h[positive])
             alpha, r2_alpha = fit.slope, fit.r2
         h_sorted = np.sort(h[positive])[::-1]
         fit = power_law_fit(ranks[:n_pos], h_sorted)
@@ -301,10 +342,20 @@ def alpha_gamma_s(sigma: ArrayLike, h: ArrayLike) -> TriangleFit:
 class ModelFit:
     """Least-squares fit of one rank-profile model to log σ_k.
 
-    params: named as in :data:`RANK_MODEL_PARAMS`.
-    rss: Σ_k (log σ_k − model_k)²; n: points; p: parameters.
-    aic = n log(RSS/n) + 2p; bic = n log(RSS/n) + p log n (−inf if RSS = 0).
-    valid: False when n ≤ p or the design is rank-deficient (then NaN fields).
+    Attributes
+    ----------
+    model : str
+        One of :data:`RANK_MODELS`.
+    params : Mapping[str, float]
+        Named as in :data:`RANK_MODEL_PARAMS`.
+    rss : float
+        Σ_k (log σ_k − model_k)².
+    n, p : int
+        Points and parameters.
+    aic, bic : float
+        n log(RSS/n) + 2p and n log(RSS/n) + p log n (−inf if RSS = 0).
+    valid : bool
+        False when n ≤ p or the design is rank-deficient (then NaN fields).
     """
 
     model: str
@@ -333,10 +384,19 @@ class ModelFit:
 class RankProfile:
     """Rank-profile model comparison of one layer (names as in the reference).
 
-    fits: ``{"power_law", "exponential", "lognormal"} → ModelFit``.
-    best_model_bic: the valid model with the lowest BIC ("" if none is valid).
-    delta_bic: ``exp_minus_pl``, ``ln_minus_pl``, ``ln_minus_exp`` (negative means
+    Attributes
+    ----------
+    fits : Mapping[str, ModelFit]
+        ``{"power_law", "exponential", "lognormal"} → ModelFit``.
+    best_model_bic : str
+        The valid model with the lowest BIC ("" if none is valid).
+    delta_bic : Mapping[str, float]
+        ``exp_minus_pl``, ``ln_minus_pl``, ``ln_minus_exp`` (negative means
         the first model is preferred), NaN if either fit is invalid.
+    n : int
+        K, the points fitted.
+    reason : str
+        Why models are invalid ("" when none is).
     """
 
     fits: Mapping[str, ModelFit]
@@ -374,25 +434,25 @@ def _information_criteria(rss: float, n: int, p: int) -> tuple[float, float]:
     return fit_term + 2 * p, fit_term + p * math.log(n)
 
 
-def _fit_rank_model(model: str, log_sigma: np.ndarray) -> ModelFit:
+def _fit_rank_model(model: str, log_values: np.ndarray) -> ModelFit:
     """Least-squares fit of ``model`` to log σ_k, k = 1..K."""
-    n = int(log_sigma.size)
+    n = int(log_values.size)
     k = np.arange(1, n + 1, dtype=np.float64)
     design = _rank_design(model, k)
     names = RANK_MODEL_PARAMS[model]
     p = len(names)
-    coef, _, rank, _ = np.linalg.lstsq(design, log_sigma, rcond=None)
+    coef, _, rank, _ = np.linalg.lstsq(design, log_values, rcond=None)
     if n <= p or rank < p:
-        nan_params = MappingProxyType({name: _NAN for name in names})
+        nan_params = MappingProxyType(dict.fromkeys(names, _NAN))
         return ModelFit(model, nan_params, _NAN, n, p, _NAN, _NAN, valid=False)
-    resid = log_sigma - design @ coef
+    resid = log_values - design @ coef
     rss = float(resid @ resid)
     aic, bic = _information_criteria(rss, n, p)
     params = MappingProxyType({name: float(c) for name, c in zip(names, coef)})
     return ModelFit(model, params, rss, n, p, aic, bic, valid=True)
 
 
-def rank_profile(sigma: ArrayLike) -> RankProfile:
+def rank_profile(singular_values: ArrayLike) -> RankProfile:
     """Compare power-law, exponential and log-normal models of a rank profile.
 
     Least squares in natural-log space of σ_k, k = 1..K:
@@ -404,19 +464,25 @@ def rank_profile(sigma: ArrayLike) -> RankProfile:
     with n = K, AIC = n log(RSS/n) + 2p, BIC = n log(RSS/n) + p log n; the lowest
     BIC wins (ties go to the earlier model in :data:`RANK_MODELS`).
 
-    Args:
-        sigma: shape (K,), strictly positive, finite, non-increasing.
+    Parameters
+    ----------
+    singular_values : array_like, shape (K,)
+        σ_k: strictly positive, finite, non-increasing.
 
-    Returns:
-        :class:`RankProfile`. A model with n ≤ p is returned with ``valid=False``
-        and NaN fields rather than raising.
+    Returns
+    -------
+    RankProfile
+        A model with n ≤ p is returned with ``valid=False`` and NaN fields
+        rather than raising.
 
-    Raises:
-        ValueError: wrong shape, empty, non-finite, non-positive or unsorted input.
+    Raises
+    ------
+    ValueError
+        Wrong shape, empty, non-finite, non-positive or unsorted input.
     """
-    sigma = _as_rank_profile(sigma, "sigma")
-    log_sigma = np.log(sigma)
-    fits = {model: _fit_rank_model(model, log_sigma) for model in RANK_MODELS}
+    values = _as_rank_profile(singular_values, "singular_values")
+    log_values = np.log(values)
+    fits = {model: _fit_rank_model(model, log_values) for model in RANK_MODELS}
     valid = [model for model in RANK_MODELS if fits[model].valid]
     best = min(valid, key=lambda model: fits[model].bic) if valid else ""
     delta_bic = {
@@ -425,13 +491,13 @@ def rank_profile(sigma: ArrayLike) -> RankProfile:
     }
     invalid = [model for model in RANK_MODELS if not fits[model].valid]
     reason = (
-        f"too few points (K={sigma.size}) for model(s) {', '.join(invalid)}" if invalid else ""
+        f"too few points (K={values.size}) for model(s) {', '.join(invalid)}" if invalid else ""
     )
     return RankProfile(
         fits=MappingProxyType(fits),
         best_model_bic=best,
         delta_bic=MappingProxyType(delta_bic),
-        n=int(sigma.size),
+        n=int(values.size),
         reason=reason,
     )
 
@@ -446,11 +512,20 @@ def participation_ratio(x: ArrayLike) -> float:
 
     Use x = h for curvature and x = σ² for the gradient. For x ≥ 0, 1 ≤ PR ≤ K.
 
-    Args:
-        x: shape (K,), finite, not all zero.
+    Parameters
+    ----------
+    x : array_like, shape (K,)
+        Finite, not all zero.
 
-    Returns:
-        PR as a float.
+    Returns
+    -------
+    float
+        PR(x).
+
+    Raises
+    ------
+    ValueError
+        Wrong shape, non-finite values or an all-zero ``x``.
     """
     x = _as_finite_1d(x, "x")
     norm2 = float(x @ x)
@@ -465,8 +540,10 @@ def zeta_bound(s: float) -> float:
     It is the K → ∞ limit of PR(1^(−s), ..., K^(−s)), which increases with K;
     zeta_bound(2) = (π²/6)² / (π⁴/90) = 2.5.
 
-    Raises:
-        ValueError: s not finite or s ≤ 1 (ζ(s) diverges at s = 1).
+    Raises
+    ------
+    ValueError
+        s not finite or s ≤ 1 (ζ(s) diverges at s = 1).
     """
     s = float(s)
     if not math.isfinite(s) or s <= 1.0:
@@ -476,7 +553,17 @@ def zeta_bound(s: float) -> float:
 
 @dataclass(frozen=True)
 class WeightDecayFit:
-    """Decay exponent of a weight spectrum: s_weight = −slope of log σ_k on log k."""
+    """Decay exponent of a weight spectrum: s_weight = −slope of log σ_k on log k.
+
+    Attributes
+    ----------
+    s_weight, r2_s_weight : float
+        The exponent and the R² of its fit.
+    n : int
+        Singular values fitted.
+    reason : str
+        Why the fields are NaN ("" when they are not).
+    """
 
     s_weight: float
     r2_s_weight: float
@@ -494,12 +581,21 @@ def s_weight(weight_singular_values: ArrayLike) -> WeightDecayFit:
     s_weight = −slope of the OLS line of log σ_k on log k, k = 1..n, with R²
     (natural logs; the same fit as γ, applied to W instead of G).
 
-    Args:
-        weight_singular_values: shape (n,), strictly positive, finite,
-            non-increasing — all of them, or the top K, as the caller chooses.
+    Parameters
+    ----------
+    weight_singular_values : array_like, shape (n,)
+        Strictly positive, finite, non-increasing — all of them, or the top
+        K, as the caller chooses.
 
-    Returns:
-        :class:`WeightDecayFit`; NaN with a ``reason`` when n < 3.
+    Returns
+    -------
+    WeightDecayFit
+        NaN with a ``reason`` when n < 3.
+
+    Raises
+    ------
+    ValueError
+        Wrong shape, empty, non-finite, non-positive or unsorted input.
     """
     values = _as_rank_profile(weight_singular_values, "weight_singular_values")
     n = int(values.size)

@@ -1,4 +1,6 @@
-"""Kronecker (K-FAC) factors of a layer and the alignment decomposition of α (DESIGN §5).
+"""Kronecker (K-FAC) factors of a layer and the alignment decomposition of α.
+
+See ``docs/spectral.md`` (Kronecker alignment) for the overview.
 
 Rows and the scaling convention
     A layer applies ``z_r = W a_r`` to *rows* ``r``: one row per sample for an
@@ -72,14 +74,13 @@ from curvprobe.core.problem import Problem
 from curvprobe.spectral.fits import MIN_POINTS, ols_fit
 from curvprobe.spectral.layers import (
     Layer,
-    _check_top_k,
-    _curvature_path,
-    _layer_rank_frame,
-    _resolve_k,
-    _var,
+    check_top_k,
+    curvature_path,
+    data_var,
     directional_curvature,
     gradient_svd,
-    netcdf_attrs,
+    layer_rank_frame,
+    resolve_k,
     select_layers,
 )
 
@@ -98,13 +99,20 @@ _NAN = float("nan")
 class KroneckerFactors:
     """Gauss–Newton (K-FAC) factors of one layer over samples ``[0, k)``.
 
-    Attributes:
-        layer: parameter name.
-        c_delta: (m, m) float64, ``C_δ = δᵀδ / B``.
-        c_a: (n, n) float64, ``C_A = AᵀA / B``.
-        rows: B, rows over all k samples (and all calls of the module).
-        num_samples: k.
-        gradient: (m, n) float64, ``δᵀA / k``, which must equal ∇_W L_k.
+    Attributes
+    ----------
+    layer : str
+        Parameter name.
+    c_delta : Tensor, shape (m, m)
+        ``C_δ = δᵀδ / B``, float64.
+    c_a : Tensor, shape (n, n)
+        ``C_A = AᵀA / B``, float64.
+    rows : int
+        B, rows over all k samples (and all calls of the module).
+    num_samples : int
+        k.
+    gradient : Tensor, shape (m, n)
+        ``δᵀA / k``, float64, which must equal ∇_W L_k.
     """
 
     layer: str
@@ -204,24 +212,33 @@ def kronecker_factors(problem: Problem, *, layers: str | Iterable[str] | None = 
     in ``finally``; the output gradients come from ``torch.autograd.grad`` of
     the sum of per-sample losses with respect to the hooked outputs.
 
-    Args:
-        problem: the problem.
-        layers: as in :func:`~curvprobe.spectral.layers.select_layers`.
-        k: samples ``[0, k)`` (default all).
-        max_factor_size: refuse layers with m or n above it (dense factors).
+    Parameters
+    ----------
+    problem : Problem
+        The problem.
+    layers : str, iterable of str, or None
+        As in :func:`~curvprobe.spectral.layers.select_layers`.
+    k : int, optional
+        Samples ``[0, k)`` (default all).
+    max_factor_size : int
+        Refuse layers with m or n above it (the factors are dense).
 
-    Returns:
+    Returns
+    -------
+    dict of str to KroneckerFactors
         ``{name: KroneckerFactors}`` in model order.
 
-    Raises:
-        ValueError: bad layer names (see ``select_layers``), a parameter not
-            owned by a supported module, tied weights, grouped convolutions, or
-            a factor larger than ``max_factor_size``.
+    Raises
+    ------
+    ValueError
+        Bad layer names (see ``select_layers``), a parameter not owned by a
+        supported module, tied weights, grouped convolutions, or a factor
+        larger than ``max_factor_size``.
     """
     chosen = select_layers(problem, layers)
     for layer in chosen:
         _check_supported(layer, max_factor_size)
-    k = _resolve_k(problem, k)
+    k = resolve_k(problem, k)
     return _factors(problem, chosen, k)
 
 
@@ -290,11 +307,11 @@ def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return fit.slope, fit.r2
 
 
-def _alignment_fits(sigma: np.ndarray, h: np.ndarray, h_kron: np.ndarray, Phi: np.ndarray,
+def _alignment_fits(singular_values: np.ndarray, h: np.ndarray, h_kron: np.ndarray, Phi: np.ndarray,
                     Lam: np.ndarray, rank: int) -> dict:
     names = ("alpha", "beta", "phi", "alpha_kron", "chi_slope")
-    out = {n: _NAN for n in names} | {f"r2_{n}": _NAN for n in names}
-    K = sigma.size
+    out = dict.fromkeys(names, _NAN) | {f"r2_{n}": _NAN for n in names}
+    K = singular_values.size
     valid = np.arange(K) < min(rank, K)
     use = valid & (h > 0) & (h_kron > 0) & (Phi > 0) & (Lam > 0)
     out["n_fit"] = int(use.sum())
@@ -302,12 +319,12 @@ def _alignment_fits(sigma: np.ndarray, h: np.ndarray, h_kron: np.ndarray, Phi: n
     if min(rank, K) < K:
         reasons.append(f"gradient numerical rank {rank} < top_k={K}")
     if use.sum() < MIN_POINTS:
-        reasons.append(f"fewer than {MIN_POINTS} ranks with sigma above tolerance and h, h_kron, "
-                       f"Phi, Lambda > 0 ({int(use.sum())} of K={K}); slopes are undefined")
-    elif np.ptp(sigma[use]) == 0.0:
-        reasons.append("sigma is constant over the usable ranks; slopes are undefined")
+        reasons.append(f"fewer than {MIN_POINTS} ranks with a singular value above tolerance and "
+                       f"h, h_kron, Phi, Lambda > 0 ({int(use.sum())} of K={K}); slopes are undefined")
+    elif np.ptp(singular_values[use]) == 0.0:
+        reasons.append("the singular values are constant over the usable ranks; slopes are undefined")
     else:
-        x = np.log(sigma[use])
+        x = np.log(singular_values[use])
         for name, y in (("alpha", h), ("beta", Lam), ("phi", Phi), ("alpha_kron", h_kron),
                         ("chi_slope", h / h_kron)):
             out[name], out[f"r2_{name}"] = _slope(x, np.log(y[use]))
@@ -335,51 +352,65 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
     the slopes on log σ_k: α, β, φ, α_Kron, slope(log χ) with R², the two
     predictions β + φ and 2 + φ of α and their errors, and the median χ.
 
-    Args:
-        problem: the problem.
-        layers: None (Linear / Conv / HF Conv1D weights; embeddings only when
-            named), a name, a glob, or a list of them.
-        top_k: K ≤ min(m, n) for every selected layer.
-        k: samples ``[0, k)`` (default all).
-        max_factor_size: refuse layers with m or n above it.
-        method: "block" (default) or "full", how h is computed
-            (:func:`~curvprobe.spectral.layers.directional_curvature`).
-        hvp_mode: override of the problem's HVP mode for h.
+    Parameters
+    ----------
+    problem : Problem
+        The problem.
+    layers : str, iterable of str, or None
+        None (Linear / Conv / HF Conv1D weights; embeddings only when named),
+        a name, a glob, or a list of them.
+    top_k : int
+        K ≤ min(m, n) for every selected layer.
+    k : int, optional
+        Samples ``[0, k)`` (default all).
+    max_factor_size : int
+        Refuse layers with m or n above it.
+    method : {"block", "full"}
+        How h is computed (default "block";
+        :func:`~curvprobe.spectral.layers.directional_curvature`).
+    hvp_mode : str, optional
+        Override of the problem's HVP mode for h.
 
-    Returns:
-        ``xarray.Dataset`` with dims ``layer`` and ``rank``: float64 (layer,
-        rank) ``sigma``, ``h``, ``lambda_delta``, ``lambda_a`` (top-K factor
-        eigenvalues, decreasing), ``u_c_delta_u``, ``v_c_a_v``, ``rho_delta``,
-        ``rho_a``, ``Phi``, ``Lambda``, ``h_kron``, ``chi``; per layer
-        ``alpha``, ``beta``, ``phi``, ``alpha_kron``, ``chi_slope`` (each with
-        ``r2_*``), ``alpha_pred_beta_phi``, ``alpha_pred_2_phi``,
-        ``alpha_error_beta_phi``, ``alpha_error_2_phi``, ``chi_median``,
-        ``rows``, ``rows_per_sample``, ``hook_gradient_error``, ``n_fit``,
-        ``numerical_rank`` and ``fit_reason``. Attrs: provenance and the
-        scaling convention.
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``layer`` and ``rank``: float64 (layer, rank)
+        ``singular_value``, ``h``, ``lambda_delta``, ``lambda_a`` (top-K
+        factor eigenvalues, decreasing), ``u_c_delta_u``, ``v_c_a_v``,
+        ``rho_delta``, ``rho_a``, ``Phi``, ``Lambda``, ``h_kron``, ``chi``;
+        per layer ``alpha``, ``beta``, ``phi``, ``alpha_kron``,
+        ``chi_slope`` (each with ``r2_*``), ``alpha_pred_beta_phi``,
+        ``alpha_pred_2_phi``, ``alpha_error_beta_phi``,
+        ``alpha_error_2_phi``, ``chi_median``, ``rows``,
+        ``rows_per_sample``, ``hook_gradient_error``, ``n_fit``,
+        ``numerical_rank`` and ``fit_reason``. Attrs: provenance
+        (:func:`curvprobe.results.provenance`) and the scaling convention,
+        as Python values; write with :func:`curvprobe.results.save`.
 
-    Raises:
-        ValueError: as :func:`kronecker_factors`, and ``top_k`` larger than a
-            selected layer's rank min(m, n).
+    Raises
+    ------
+    ValueError
+        As :func:`kronecker_factors`, and ``top_k`` larger than a selected
+        layer's rank min(m, n).
     """
     chosen = select_layers(problem, layers)
-    top_k = _check_top_k(top_k, chosen)
+    top_k = check_top_k(top_k, chosen)
     for layer in chosen:
         _check_supported(layer, max_factor_size)
-    k = _resolve_k(problem, k)
+    k = resolve_k(problem, k)
     t0 = time.perf_counter()
     factors = _factors(problem, chosen, k)
     gradient = problem.gradient(k=k)
     tol = 1e3 * torch.finfo(problem.dtype).eps
     K, L = top_k, len(chosen)
     per_rank = {name: np.empty((L, K)) for name in
-                ("sigma", "h", "lambda_delta", "lambda_a", "u_c_delta_u", "v_c_a_v")}
+                ("singular_value", "h", "lambda_delta", "lambda_a", "u_c_delta_u", "v_c_a_v")}
     ranks = np.empty(L, dtype=np.int64)
     grad_err = np.empty(L)
     fits = []
     for i, layer in enumerate(chosen):
         f = factors[layer.name]
-        sigma, U, Vh, ranks[i] = gradient_svd(layer, gradient, K, precision=problem.dtype)
+        singular_values, U, Vh, ranks[i] = gradient_svd(layer, gradient, K, precision=problem.dtype)
         G = layer.matrix(gradient)
         grad_err[i] = float((f.gradient - G).norm() / G.norm()) if float(G.norm()) > 0 else _NAN
         if np.isfinite(grad_err[i]) and grad_err[i] > tol:
@@ -390,7 +421,7 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
                 RuntimeWarning, stacklevel=2,
             )
         h, _ = directional_curvature(problem, layer, U, Vh, k, method=method, hvp_mode=hvp_mode)
-        per_rank["sigma"][i] = sigma.numpy()
+        per_rank["singular_value"][i] = singular_values.numpy()
         per_rank["h"][i] = h.numpy()
         per_rank["lambda_delta"][i] = _descending_eigvals(f.c_delta, K).numpy()
         per_rank["lambda_a"][i] = _descending_eigvals(f.c_a, K).numpy()
@@ -404,49 +435,51 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
         h_kron = per_rank["u_c_delta_u"] * per_rank["v_c_a_v"]
         chi = np.where(h_kron != 0, per_rank["h"] / np.where(h_kron != 0, h_kron, 1.0), np.nan)
         for i in range(L):
-            fits.append(_alignment_fits(per_rank["sigma"][i], per_rank["h"][i], h_kron[i], Phi[i],
-                                        Lam[i], int(ranks[i])))
+            fits.append(_alignment_fits(per_rank["singular_value"][i], per_rank["h"][i], h_kron[i],
+                                        Phi[i], Lam[i], int(ranks[i])))
     rows = np.array([factors[layer.name].rows for layer in chosen], dtype=np.int64)
     per = lambda key, dtype=np.float64: np.array([f[key] for f in fits], dtype=dtype)  # noqa: E731
     one, pair = ("layer",), ("layer", "rank")
     data = {
-        "sigma": _var(pair, per_rank["sigma"], "singular values of the layer gradient", "loss/param"),
-        "h": _var(pair, per_rank["h"], "exact directional curvature along u_k v_k^T", "loss/param^2"),
-        "lambda_delta": _var(pair, per_rank["lambda_delta"], "eigenvalues of C_delta (decreasing)",
+        "singular_value": data_var(pair, per_rank["singular_value"],
+                                   "singular value of the layer gradient G = dL_k/dW (decreasing in rank)",
+                                   "loss/param"),
+        "h": data_var(pair, per_rank["h"], "exact directional curvature along u_k v_k^T", "loss/param^2"),
+        "lambda_delta": data_var(pair, per_rank["lambda_delta"], "eigenvalues of C_delta (decreasing)",
                              "loss^2/output^2"),
-        "lambda_a": _var(pair, per_rank["lambda_a"], "eigenvalues of C_A (decreasing)", "input^2"),
-        "u_c_delta_u": _var(pair, per_rank["u_c_delta_u"], "u_k^T C_delta u_k", "loss^2/output^2"),
-        "v_c_a_v": _var(pair, per_rank["v_c_a_v"], "v_k^T C_A v_k", "input^2"),
-        "rho_delta": _var(pair, rho_delta, "u_k^T C_delta u_k / [Lambda_delta]_kk", "1"),
-        "rho_a": _var(pair, rho_a, "v_k^T C_A v_k / [Lambda_A]_kk", "1"),
-        "Phi": _var(pair, Phi, "alignment rho_delta * rho_a", "1"),
-        "Lambda": _var(pair, Lam, "[Lambda_delta]_kk [Lambda_A]_kk", "loss^2/param^2"),
-        "h_kron": _var(pair, h_kron, "(u^T C_delta u)(v^T C_A v)", "loss^2/param^2"),
-        "chi": _var(pair, chi, "h / h_kron (includes the constant rows_per_sample)", "1/loss"),
+        "lambda_a": data_var(pair, per_rank["lambda_a"], "eigenvalues of C_A (decreasing)", "input^2"),
+        "u_c_delta_u": data_var(pair, per_rank["u_c_delta_u"], "u_k^T C_delta u_k", "loss^2/output^2"),
+        "v_c_a_v": data_var(pair, per_rank["v_c_a_v"], "v_k^T C_A v_k", "input^2"),
+        "rho_delta": data_var(pair, rho_delta, "u_k^T C_delta u_k / [Lambda_delta]_kk", "1"),
+        "rho_a": data_var(pair, rho_a, "v_k^T C_A v_k / [Lambda_A]_kk", "1"),
+        "Phi": data_var(pair, Phi, "alignment rho_delta * rho_a", "1"),
+        "Lambda": data_var(pair, Lam, "[Lambda_delta]_kk [Lambda_A]_kk", "loss^2/param^2"),
+        "h_kron": data_var(pair, h_kron, "(u^T C_delta u)(v^T C_A v)", "loss^2/param^2"),
+        "chi": data_var(pair, chi, "h / h_kron (includes the constant rows_per_sample)", "1/loss"),
     }
-    for name, long_name in (("alpha", "slope of log h on log sigma"),
-                            ("beta", "slope of log Lambda on log sigma"),
-                            ("phi", "slope of log Phi on log sigma"),
-                            ("alpha_kron", "slope of log h_kron on log sigma (= beta + phi)"),
-                            ("chi_slope", "slope of log chi on log sigma (= alpha - beta - phi)")):
-        data[name] = _var(one, per(name), long_name, "1")
-        data[f"r2_{name}"] = _var(one, per(f"r2_{name}"), f"R^2 of the {name} fit", "1")
+    for name, long_name in (("alpha", "slope of log h on log singular_value"),
+                            ("beta", "slope of log Lambda on log singular_value"),
+                            ("phi", "slope of log Phi on log singular_value"),
+                            ("alpha_kron", "slope of log h_kron on log singular_value (= beta + phi)"),
+                            ("chi_slope", "slope of log chi on log singular_value (= alpha - beta - phi)")):
+        data[name] = data_var(one, per(name), long_name, "1")
+        data[f"r2_{name}"] = data_var(one, per(f"r2_{name}"), f"R^2 of the {name} fit", "1")
     data.update({
-        "alpha_pred_beta_phi": _var(one, per("alpha_pred_beta_phi"), "Kronecker prediction beta + phi",
+        "alpha_pred_beta_phi": data_var(one, per("alpha_pred_beta_phi"), "Kronecker prediction beta + phi",
                                     "1"),
-        "alpha_pred_2_phi": _var(one, per("alpha_pred_2_phi"), "headline prediction 2 + phi", "1"),
-        "alpha_error_beta_phi": _var(one, per("alpha_error_beta_phi"), "alpha - (beta + phi)", "1"),
-        "alpha_error_2_phi": _var(one, per("alpha_error_2_phi"), "alpha - (2 + phi)", "1"),
-        "chi_median": _var(one, per("chi_median"), "median of chi over ranks above tolerance", "1/loss"),
-        "rows": _var(one, rows, "rows B (samples x tokens / positions)", "1"),
-        "rows_per_sample": _var(one, rows / k, "B / k", "1"),
-        "hook_gradient_error": _var(one, grad_err, "||delta^T A / k - G|| / ||G||", "1"),
-        "numerical_rank": _var(one, ranks, "numerical rank of G", "1"),
-        "n_fit": _var(one, per("n_fit", np.int64), "ranks used by every slope", "1"),
-        "num_hvps": _var(one, np.full(L, K, dtype=np.int64), "HVP vectors used", "1"),
-        "fit_reason": _var(one, per("reason", str), "why slopes are NaN", "1"),
+        "alpha_pred_2_phi": data_var(one, per("alpha_pred_2_phi"), "headline prediction 2 + phi", "1"),
+        "alpha_error_beta_phi": data_var(one, per("alpha_error_beta_phi"), "alpha - (beta + phi)", "1"),
+        "alpha_error_2_phi": data_var(one, per("alpha_error_2_phi"), "alpha - (2 + phi)", "1"),
+        "chi_median": data_var(one, per("chi_median"), "median of chi over ranks above tolerance", "1/loss"),
+        "rows": data_var(one, rows, "rows B (samples x tokens / positions)", "1"),
+        "rows_per_sample": data_var(one, rows / k, "B / k", "1"),
+        "hook_gradient_error": data_var(one, grad_err, "||delta^T A / k - G|| / ||G||", "1"),
+        "numerical_rank": data_var(one, ranks, "numerical rank of G", "1"),
+        "n_fit": data_var(one, per("n_fit", np.int64), "ranks used by every slope", "1"),
+        "num_hvps": data_var(one, np.full(L, K, dtype=np.int64), "HVP vectors used", "1"),
+        "fit_reason": data_var(one, per("reason", str), "why slopes are NaN", "1"),
     })
-    coords, attrs = _layer_rank_frame(problem, chosen, k, K, layers, measurement="kronecker_alignment",
+    coords, attrs = layer_rank_frame(problem, chosen, k, K, layers, measurement="kronecker_alignment",
                                       title="curvprobe Kronecker alignment (Calvo alpha = beta + phi)")
     attrs.update(
         factors="C_delta = delta^T delta / B, C_A = A^T A / B; delta_r = d(loss of the row's "
@@ -454,8 +487,8 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
                 "rows = samples x tokens (sequences) or x output positions (conv, unfold)",
         kfac_model="H_WW ~ (B/k) C_A (x) C_delta; chi absorbs B/k",
         hook_gradient_tolerance=float(tol),
-        h_method=_curvature_path(problem, method),
+        h_method=curvature_path(problem, method),
         num_hvps_total=int(K * L),
         seconds=float(time.perf_counter() - t0),
     )
-    return xr.Dataset(data, coords=coords, attrs=netcdf_attrs(attrs))
+    return xr.Dataset(data, coords=coords, attrs=attrs)

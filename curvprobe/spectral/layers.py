@@ -1,4 +1,4 @@
-"""Per-layer gradient spectra and exact directional curvature (DESIGN §5, Calvo).
+"""Per-layer gradient spectra and exact directional curvature (Calvo; ``docs/spectral.md``).
 
 For a layer weight ``W`` seen as a matrix ``W ∈ R^{m×n}`` (``m`` = output
 features; conv kernels reshaped to ``m × (c_in·kh·kw)``) and the first ``k``
@@ -58,7 +58,6 @@ Fits (per layer, :mod:`curvprobe.spectral.fits`)
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -70,6 +69,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from curvprobe.core.problem import Problem
+from curvprobe.results import provenance
 from curvprobe.spectral.fits import (
     RANK_MODELS,
     alpha_gamma_s,
@@ -80,9 +80,9 @@ from curvprobe.spectral.fits import (
 )
 
 __all__ = [
+    "CURVATURE_METHODS",
     "DEFAULT_KINDS",
     "Layer",
-    "CURVATURE_METHODS",
     "block_hvp",
     "directional_curvature",
     "gradient_svd",
@@ -113,20 +113,31 @@ _HEAD_TOKENS = ("head", "lm_head", "classifier", "score")
 class Layer:
     """One weight analysed as an ``m × n`` (out × in) matrix.
 
-    Attributes:
-        name: parameter name in ``Problem.param_names``.
-        module_name: dotted path of the module owning it ("" for the root).
-        module: that module (used only to register temporary hooks).
-        kind: "linear", "conv1d", "conv2d", "hf_conv1d", "embedding",
-            "matrix" (another 2-D parameter) or "kernel" (another 4-D one).
-        group: name-based role (:func:`layer_group`): "attention", "mlp",
-            "head", "conv", "embedding", or the kind.
-        param_shape: shape as stored.
-        matrix_shape: ``(m, n)`` of the out × in matrix.
-        transposed: the stored 2-D weight is the transpose of that matrix
-            (Hugging Face ``Conv1D``, embeddings).
-        flat: where the parameter lives in the problem's flat vector.
-        shared: the parameter is used by more than one module (tied weights).
+    Attributes
+    ----------
+    name : str
+        Parameter name in ``Problem.param_names``.
+    module_name : str
+        Dotted path of the module owning it ("" for the root).
+    module : nn.Module
+        That module (used only to register temporary hooks).
+    kind : str
+        "linear", "conv1d", "conv2d", "hf_conv1d", "embedding", "matrix"
+        (another 2-D parameter) or "kernel" (another 4-D one).
+    group : str
+        Name-based role (:func:`layer_group`): "attention", "mlp", "head",
+        "conv", "embedding", or the kind.
+    param_shape : tuple of int
+        Shape as stored.
+    matrix_shape : tuple of int
+        ``(m, n)`` of the out × in matrix.
+    transposed : bool
+        The stored 2-D weight is the transpose of that matrix (Hugging Face
+        ``Conv1D``, embeddings).
+    flat : slice
+        Where the parameter lives in the problem's flat vector.
+    shared : bool
+        The parameter is used by more than one module (tied weights).
     """
 
     name: str
@@ -238,21 +249,29 @@ def _candidates(problem: Problem) -> tuple[dict[str, Layer], dict[str, tuple[int
 def select_layers(problem: Problem, layers: str | Iterable[str] | None = None) -> list[Layer]:
     """The layers of ``problem`` that ``layers`` names, in model order.
 
-    Args:
-        problem: the problem whose model and flat parameter vector are used.
-        layers: None for every Linear / Conv1d / Conv2d / HF Conv1D weight
-            (embeddings excluded); else a name or glob, or a list of them.
-            Exact names may be any matrix-shaped parameter (embeddings
-            included); globs match among those.
+    Parameters
+    ----------
+    problem : Problem
+        The problem whose model and flat parameter vector are used.
+    layers : str, iterable of str, or None
+        None for every Linear / Conv1d / Conv2d / HF Conv1D weight
+        (embeddings excluded); else a name or glob, or a list of them. Exact
+        names may be any matrix-shaped parameter (embeddings included); globs
+        match among those.
 
-    Returns:
-        list of :class:`Layer`, without duplicates, ordered as in the model.
+    Returns
+    -------
+    list of Layer
+        Without duplicates, ordered as in the model.
 
-    Raises:
-        ValueError: an unknown name or a glob matching nothing (the message
-            lists the available layers), a parameter that is not a 2-D weight
-            or a 3-D/4-D conv kernel (e.g. a bias), or nothing to select.
-        TypeError: ``layers`` is neither None, a string nor an iterable of strings.
+    Raises
+    ------
+    ValueError
+        An unknown name or a glob matching nothing (the message lists the
+        available layers), a parameter that is not a 2-D weight or a 3-D/4-D
+        conv kernel (e.g. a bias), or nothing to select.
+    TypeError
+        ``layers`` is neither None, a string nor an iterable of strings.
     """
     candidates, others = _candidates(problem)
     available = ", ".join(candidates) or "(none)"
@@ -265,7 +284,8 @@ def select_layers(problem: Problem, layers: str | Iterable[str] | None = None) -
             )
         return chosen
     if not isinstance(layers, (str, Iterable)):
-        raise TypeError(f"layers must be None, a name or glob, or a list of them; got {type(layers).__name__}")
+        raise TypeError("layers must be None, a name or glob, or a list of them; "
+                        f"got {type(layers).__name__}")
     patterns = [layers] if isinstance(layers, str) else list(layers)
     if not patterns:
         raise ValueError(f"layers is empty; available layers: {available}")
@@ -293,7 +313,15 @@ def select_layers(problem: Problem, layers: str | Iterable[str] | None = None) -
     return [layer for name, layer in candidates.items() if name in picked]
 
 
-def _check_top_k(top_k: int, layers: Sequence[Layer]) -> int:
+def check_top_k(top_k: int, layers: Sequence[Layer]) -> int:
+    """``top_k`` as an int, checked against the rank ``min(m, n)`` of every layer.
+
+    Raises
+    ------
+    ValueError
+        ``top_k`` is not a positive integer or exceeds a layer's rank (the
+        message names those layers).
+    """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     too_small = [f"{layer.name} (rank <= {layer.max_rank}, matrix {layer.matrix_shape[0]}x"
@@ -306,12 +334,19 @@ def _check_top_k(top_k: int, layers: Sequence[Layer]) -> int:
     return int(top_k)
 
 
-def _resolve_k(problem: Problem, k: int | None) -> int:
+def resolve_k(problem: Problem, k: int | None) -> int:
+    """The sample count ``k`` checked against ``problem`` (None: all samples).
+
+    Raises
+    ------
+    ValueError
+        ``k`` is not an integer in ``[1, problem.num_samples]``.
+    """
     if k is None:
         return problem.num_samples
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= problem.num_samples:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k must be an integer in [1, {problem.num_samples}], got {k!r}")
-    return int(k)
+    return problem.sample_range(int(k))[1]
 
 
 # --------------------------------------------------------------------------- #
@@ -323,17 +358,29 @@ def gradient_svd(layer: Layer, gradient: Tensor, top_k: int, *,
                  precision: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
     """Top-K singular triplets of the layer's gradient matrix (``torch.linalg.svd``, float64).
 
-    Args:
-        layer: from :func:`select_layers`.
-        gradient: flat gradient (N,), e.g. ``problem.gradient(k=k)``.
-        top_k: K ≤ ``layer.max_rank``.
-        precision: dtype the gradient was computed in (default its own
-            dtype); sets the rank tolerance.
+    Parameters
+    ----------
+    layer : Layer
+        From :func:`select_layers`.
+    gradient : Tensor, shape (N,)
+        Flat gradient, e.g. ``problem.gradient(k=k)``.
+    top_k : int
+        K ≤ ``layer.max_rank``.
+    precision : torch.dtype, optional
+        Dtype the gradient was computed in (default its own dtype); sets the
+        rank tolerance.
 
-    Returns:
-        ``(sigma (K,), U (m, K), Vh (K, n), rank)``, float64, σ decreasing;
-        ``rank`` is the numerical rank of G: the number of
-        σ_j > σ_1 · max(m, n) · eps(precision) (0 for G = 0).
+    Returns
+    -------
+    singular_values : Tensor, shape (K,)
+        σ_1 ≥ … ≥ σ_K, float64.
+    U : Tensor, shape (m, K)
+        Left singular vectors, float64.
+    Vh : Tensor, shape (K, n)
+        Right singular vectors as rows, float64.
+    rank : int
+        The numerical rank of G: the number of σ_j > σ_1 · max(m, n) ·
+        eps(precision) (0 for G = 0).
     """
     G = layer.matrix(gradient).to(torch.float64)
     U, S, Vh = torch.linalg.svd(G, full_matrices=False)
@@ -345,7 +392,7 @@ def _numerical_rank(S: Tensor, shape: tuple[int, int], dtype: torch.dtype) -> in
     if S.numel() == 0 or float(S[0]) == 0.0:
         return 0
     tol = float(S[0]) * max(shape) * torch.finfo(dtype).eps
-    return int((S > tol).sum())
+    return int((tol < S).sum())
 
 
 CURVATURE_METHODS = ("block", "full")
@@ -358,7 +405,7 @@ def _block_path_available(problem: Problem) -> bool:
     return type(problem).chunk_losses is Problem.chunk_losses and "chunk_losses" not in vars(problem)
 
 
-def _curvature_path(problem: Problem, method: str) -> str:
+def curvature_path(problem: Problem, method: str) -> str:
     """The path :func:`directional_curvature` takes for ``method``: ``"block"``
     falls back to ``"full"`` where :func:`_block_path_available` says no."""
     return "full" if method == "block" and not _block_path_available(problem) else method
@@ -377,14 +424,28 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     :meth:`Problem.hvp`) are those of :class:`Problem`; the per-chunk loss is
     :meth:`Problem.chunk_losses` with the layer's tensor substituted.
 
-    Args:
-        V: (numel, m) columns in the parameter's stored layout (flattened).
-        k: samples ``[0, k)`` (default all).
-        mode: "auto" / "double_backward" / "forward_over_reverse" (default the
-            problem's ``hvp_mode``).
+    Parameters
+    ----------
+    problem : Problem
+        The problem.
+    layer : Layer
+        The layer whose weight is differentiated.
+    V : Tensor, shape (numel, m)
+        Columns in the parameter's stored layout (flattened).
+    k : int, optional
+        Samples ``[0, k)`` (default all).
+    mode : {"auto", "double_backward", "forward_over_reverse"}, optional
+        HVP kernel (default the problem's ``hvp_mode``).
 
-    Returns:
-        (numel, m) float64.
+    Returns
+    -------
+    Tensor, shape (numel, m)
+        ``H_WW V`` in float64.
+
+    Raises
+    ------
+    ValueError
+        The problem overrides ``chunk_losses`` (use ``method="full"``).
     """
     from torch.func import functional_call
 
@@ -393,7 +454,7 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     if not _block_path_available(problem):
         raise ValueError(f"{type(problem).__name__} overrides chunk_losses; use method='full'")
     chunk_hvp, size = hvp_kernel(mode or problem.hvp_mode, V.shape[1], problem.batch_size)
-    stop = _resolve_k(problem, k)
+    stop = resolve_k(problem, k)
     w = problem.params
     base = problem.functional_params(w)
     x0 = w[layer.flat]
@@ -431,23 +492,41 @@ def directional_curvature(problem: Problem, layer: Layer, U: Tensor, Vh: Tensor,
       outside the layer's slice and passed to :meth:`Problem.hvp` (the HVP of
       the whole model); ``h_j`` is read inside the slice.
 
-    Args:
-        problem: the problem.
-        layer: the layer the directions live in.
-        U: (m, K) left vectors u_j; Vh: (K, n) right vectors v_jᵀ.
-        k: first k samples (default all).
-        method: "block" or "full".
-        directions_per_call: columns per HVP call; None puts all K directions
-            in one batched call, 1 does one HVP per direction.
-        hvp_mode: override of the problem's HVP mode.
+    Parameters
+    ----------
+    problem : Problem
+        The problem.
+    layer : Layer
+        The layer the directions live in.
+    U : Tensor, shape (m, K)
+        Left vectors u_j.
+    Vh : Tensor, shape (K, n)
+        Right vectors v_jᵀ.
+    k : int, optional
+        First k samples (default all).
+    method : {"block", "full"}
+        How ``H E_j`` is formed.
+    directions_per_call : int, optional
+        Columns per HVP call; None puts all K directions in one batched
+        call, 1 does one HVP per direction.
+    hvp_mode : str, optional
+        Override of the problem's HVP mode.
 
-    Returns:
-        ``(h (K,) float64, calls)``: curvatures and the number of HVP calls.
-        The HVP count (vectors) is K.
+    Returns
+    -------
+    h : Tensor, shape (K,)
+        Curvatures, float64.
+    calls : int
+        Number of HVP calls (the HVP count in vectors is K).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method`` or ``directions_per_call`` < 1.
     """
     if method not in CURVATURE_METHODS:
         raise ValueError(f"method must be one of {CURVATURE_METHODS}, got {method!r}")
-    method = _curvature_path(problem, method)
+    method = curvature_path(problem, method)
     K = U.shape[1]
     per_call = K if directions_per_call is None else int(directions_per_call)
     if per_call < 1:
@@ -478,14 +557,15 @@ _TRIANGLE_FIELDS = ("alpha", "r2_alpha", "gamma", "r2_gamma", "s_hessian", "r2_s
                     "predicted_s", "triangle_error", "triangle_relative_error")
 
 
-def _layer_fits(sigma: np.ndarray, h: np.ndarray, weight_sigma: np.ndarray, rank: int) -> dict:
+def _layer_fits(singular_values: np.ndarray, h: np.ndarray, weight_sigma: np.ndarray,
+                rank: int) -> dict:
     """Every per-layer fit, NaN plus a reason where data are insufficient."""
-    K = sigma.size
+    K = singular_values.size
     r = min(rank, K)
-    out: dict = {f: _NAN for f in _TRIANGLE_FIELDS}
+    out: dict = dict.fromkeys(_TRIANGLE_FIELDS, _NAN)
     out.update(n_fit=r, n_alpha=0, best_model_bic="", pr_h=_NAN, pr_sigma2=_NAN, pr_h_bound=_NAN,
                s_weight=_NAN, r2_s_weight=_NAN,
-               aic={m: _NAN for m in RANK_MODELS}, bic={m: _NAN for m in RANK_MODELS})
+               aic=dict.fromkeys(RANK_MODELS, _NAN), bic=dict.fromkeys(RANK_MODELS, _NAN))
     reasons: list[str] = []
     if r < K:
         reasons.append(f"gradient numerical rank {r} < top_k={K}; fits use ranks 1..{r}")
@@ -494,17 +574,17 @@ def _layer_fits(sigma: np.ndarray, h: np.ndarray, weight_sigma: np.ndarray, rank
         out["fit_reason"] = "; ".join(reasons)
         out["rank_profile_reason"] = "the layer gradient is zero"
     else:
-        tri = alpha_gamma_s(sigma[:r], h[:r])
+        tri = alpha_gamma_s(singular_values[:r], h[:r])
         out.update({f: getattr(tri, f) for f in _TRIANGLE_FIELDS})
         out["n_alpha"] = tri.n_alpha
         if tri.reason:
             reasons.append(tri.reason)
-        profile = rank_profile(sigma[:r])
+        profile = rank_profile(singular_values[:r])
         out["best_model_bic"] = profile.best_model_bic
         out["aic"] = {m: profile.fits[m].aic for m in RANK_MODELS}
         out["bic"] = {m: profile.fits[m].bic for m in RANK_MODELS}
         out["rank_profile_reason"] = profile.reason
-        out["pr_sigma2"] = participation_ratio(sigma[:r] ** 2)
+        out["pr_sigma2"] = participation_ratio(singular_values[:r] ** 2)
         h_pos = np.clip(h[:r], 0.0, None)
         if h_pos.any():
             out["pr_h"] = participation_ratio(h_pos)
@@ -529,31 +609,6 @@ def _layer_fits(sigma: np.ndarray, h: np.ndarray, weight_sigma: np.ndarray, rank
 # --------------------------------------------------------------------------- #
 
 
-def netcdf_attrs(attrs: dict) -> dict:
-    """Make attrs netCDF-safe: str/int/float kept, bools, None, lists and dicts as JSON."""
-    out = {}
-    for key, value in attrs.items():
-        if isinstance(value, bool) or value is None or isinstance(value, (dict, list, tuple)):
-            out[key] = json.dumps(value)
-        elif isinstance(value, (np.integer, int)):
-            out[key] = int(value)
-        elif isinstance(value, (np.floating, float)):
-            out[key] = float(value)
-        else:
-            out[key] = str(value)
-    return out
-
-
-def provenance(problem: Problem, k: int) -> dict:
-    """Dataset attrs shared by the spectral results (:func:`curvprobe.results.provenance`
-    plus the sample range and HVP mode)."""
-    from curvprobe.results import provenance as base_provenance
-
-    return base_provenance(problem, num_samples=k,
-                           samples=f"first k samples [0, {k}) of {problem.num_samples}",
-                           hvp_mode=problem.hvp_mode)
-
-
 def layer_coords(layers: Sequence[Layer]) -> dict:
     """Coordinates over ``layer`` describing each layer."""
     names = [layer.name for layer in layers]
@@ -569,19 +624,23 @@ def layer_coords(layers: Sequence[Layer]) -> dict:
     }
 
 
-def _var(dims, values, long_name: str, units: str) -> tuple:
+def data_var(dims, values, long_name: str, units: str) -> tuple:
+    """``(dims, values, {"long_name": ..., "units": ...})`` for ``xr.Dataset(data_vars=...)``."""
     return dims, values, {"long_name": long_name, "units": units}
 
 
-def _layer_rank_frame(problem: Problem, layers: Sequence[Layer], k: int, K: int, requested,
+def layer_rank_frame(problem: Problem, layers: Sequence[Layer], k: int, K: int, requested,
                       measurement: str, title: str) -> tuple[dict, dict]:
     """Coordinates (:func:`layer_coords` and ``rank`` 1..K) and the leading attrs
     (provenance, ``measurement``, ``title``, ``top_k``, ``layers_requested``) of a
     per-layer, per-rank spectral Dataset."""
     coords = layer_coords(layers)
     coords["rank"] = ("rank", np.arange(1, K + 1, dtype=np.int64))
-    attrs = provenance(problem, k)
-    attrs.update(
+    attrs = provenance(
+        problem,
+        num_samples=k,
+        samples=f"first k samples [0, {k}) of {problem.num_samples}",
+        hvp_mode=problem.hvp_mode,
         measurement=measurement,
         title=title,
         top_k=K,
@@ -605,7 +664,7 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
     how they are oriented) with G = ∇_W L_k(w*) = U Σ Vᵀ over the first ``k``
     samples:
 
-    - ``sigma[j]`` = σ_j, the top-K singular values of G;
+    - ``singular_value[j]`` = σ_j, the top-K singular values of G;
     - ``h[j]`` = vec(u_j v_jᵀ)ᵀ H_WW vec(u_j v_jᵀ), exact, all K directions in
       one batched HVP call (``method``: "block" differentiates only the
       layer's weight, "full" uses :meth:`Problem.hvp` on N-vectors that are
@@ -616,41 +675,55 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
       with the BIC winner, participation ratios PR(h⁺) and PR(σ²), and the
       zeta bound ζ(s)²/ζ(2s) on PR_h (NaN unless s > 1).
 
-    Args:
-        problem: model, per-sample loss and ordered samples.
-        layers: None (all Linear / Conv / HF Conv1D weights; embeddings
-            excluded), a parameter name, a glob, or a list of them.
-        top_k: K, the number of singular directions per layer (≤ min(m, n)
-            for every selected layer).
-        k: use samples ``[0, k)`` (default: all of them).
-        method: "block" (default) or "full", how ``H E_j`` is formed.
-        directions_per_call: HVP columns per call (None = all K in one call).
-        hvp_mode: override of the problem's HVP mode.
+    Parameters
+    ----------
+    problem : Problem
+        Model, per-sample loss and ordered samples.
+    layers : str, iterable of str, or None
+        None (all Linear / Conv / HF Conv1D weights; embeddings excluded), a
+        parameter name, a glob, or a list of them.
+    top_k : int
+        K, the number of singular directions per layer (≤ min(m, n) for
+        every selected layer).
+    k : int, optional
+        Use samples ``[0, k)`` (default: all of them).
+    method : {"block", "full"}
+        How ``H E_j`` is formed (default "block").
+    directions_per_call : int, optional
+        HVP columns per call (None = all K in one call).
+    hvp_mode : str, optional
+        Override of the problem's HVP mode.
 
-    Returns:
-        ``xarray.Dataset`` with dims ``layer``, ``rank`` (1..K) and
-        ``rank_model``; float64 variables ``sigma``, ``h``, ``weight_sigma``
-        (layer, rank); ``aic``, ``bic`` (layer, rank_model); per-layer
-        exponents, R², participation ratios, counts (``num_hvps`` = K,
-        ``hvp_calls``, ``numerical_rank``, ``n_fit``, ``n_alpha``) and the
-        strings ``best_model_bic``, ``fit_reason``, ``rank_profile_reason``,
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``layer``, ``rank`` (1..K) and ``rank_model``; float64
+        variables ``singular_value``, ``h``, ``weight_sigma`` (layer, rank);
+        ``aic``, ``bic`` (layer, rank_model); per-layer exponents, R²,
+        participation ratios, counts (``num_hvps`` = K, ``hvp_calls``,
+        ``numerical_rank``, ``n_fit``, ``n_alpha``) and the strings
+        ``best_model_bic``, ``fit_reason``, ``rank_profile_reason``,
         ``s_weight_reason`` ("" when nothing is missing). Attrs hold the
-        provenance; all are netCDF-safe.
+        provenance (:func:`curvprobe.results.provenance`) as Python values;
+        write the Dataset with :func:`curvprobe.results.save`, which encodes
+        them for netCDF.
 
-    Raises:
-        ValueError: unknown layer names (the message lists the available
-            ones), a selected parameter that is not a 2-D/4-D weight,
-            ``top_k`` larger than a selected layer's rank min(m, n), or a bad ``k``.
+    Raises
+    ------
+    ValueError
+        Unknown layer names (the message lists the available ones), a
+        selected parameter that is not a 2-D/4-D weight, ``top_k`` larger
+        than a selected layer's rank min(m, n), or a bad ``k``.
     """
     chosen = select_layers(problem, layers)
-    top_k = _check_top_k(top_k, chosen)
-    k = _resolve_k(problem, k)
+    top_k = check_top_k(top_k, chosen)
+    k = resolve_k(problem, k)
     t0 = time.perf_counter()
     gradient = problem.gradient(k=k)
     t_grad = time.perf_counter() - t0
     w_star = problem.params
     K, L = top_k, len(chosen)
-    sigma = np.empty((L, K))
+    singular_values = np.empty((L, K))
     h = np.empty((L, K))
     weight_sigma = np.empty((L, K))
     ranks = np.empty(L, dtype=np.int64)
@@ -666,59 +739,61 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
                                              directions_per_call=directions_per_call,
                                              hvp_mode=hvp_mode)
         seconds[i] = time.perf_counter() - t1
-        sigma[i], h[i] = s.cpu().numpy(), hj.numpy()
+        singular_values[i], h[i] = s.cpu().numpy(), hj.numpy()
         weight_sigma[i] = torch.linalg.svdvals(layer.matrix(w_star).double())[:K].cpu().numpy()
-        fits.append(_layer_fits(sigma[i], h[i], weight_sigma[i], int(ranks[i])))
-    used = _curvature_path(problem, method)
-    return _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls, seconds,
+        fits.append(_layer_fits(singular_values[i], h[i], weight_sigma[i], int(ranks[i])))
+    used = curvature_path(problem, method)
+    return _spectra_dataset(problem, chosen, k, K, singular_values, h, weight_sigma, ranks, calls, seconds,
                             fits, t_grad, time.perf_counter() - t0, layers, used)
 
 
-def _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls, seconds, fits,
+def _spectra_dataset(problem, chosen, k, K, singular_values, h, weight_sigma, ranks, calls, seconds, fits,
                      t_grad, t_total, requested, method) -> xr.Dataset:
     per = lambda key, dtype=np.float64: np.array([f[key] for f in fits], dtype=dtype)  # noqa: E731
     one = ("layer",)
     pair = ("layer", "rank")
     data = {
-        "sigma": _var(pair, sigma, "singular values of the layer gradient G = dL_k/dW", "loss/param"),
-        "h": _var(pair, h, "exact directional curvature vec(u v^T)^T H vec(u v^T)", "loss/param^2"),
-        "weight_sigma": _var(pair, weight_sigma, "singular values of the weight W", "param"),
-        "alpha": _var(one, per("alpha"), "slope of log h on log sigma (h > 0)", "1"),
-        "r2_alpha": _var(one, per("r2_alpha"), "R^2 of the alpha fit", "1"),
-        "gamma": _var(one, per("gamma"), "minus slope of log sigma on log rank", "1"),
-        "r2_gamma": _var(one, per("r2_gamma"), "R^2 of the gamma fit", "1"),
-        "s_hessian": _var(one, per("s_hessian"), "minus slope of log sorted h on log rank", "1"),
-        "r2_s_hessian": _var(one, per("r2_s_hessian"), "R^2 of the s fit", "1"),
-        "predicted_s": _var(one, per("predicted_s"), "alpha * gamma", "1"),
-        "triangle_error": _var(one, per("triangle_error"), "|s - alpha gamma|", "1"),
-        "triangle_relative_error": _var(one, per("triangle_relative_error"),
+        "singular_value": data_var(pair, singular_values,
+                                   "singular value of the layer gradient G = dL_k/dW (decreasing in rank)",
+                                   "loss/param"),
+        "h": data_var(pair, h, "exact directional curvature vec(u v^T)^T H vec(u v^T)", "loss/param^2"),
+        "weight_sigma": data_var(pair, weight_sigma, "singular values of the weight W", "param"),
+        "alpha": data_var(one, per("alpha"), "slope of log h on log singular_value (h > 0)", "1"),
+        "r2_alpha": data_var(one, per("r2_alpha"), "R^2 of the alpha fit", "1"),
+        "gamma": data_var(one, per("gamma"), "minus slope of log singular_value on log rank", "1"),
+        "r2_gamma": data_var(one, per("r2_gamma"), "R^2 of the gamma fit", "1"),
+        "s_hessian": data_var(one, per("s_hessian"), "minus slope of log sorted h on log rank", "1"),
+        "r2_s_hessian": data_var(one, per("r2_s_hessian"), "R^2 of the s fit", "1"),
+        "predicted_s": data_var(one, per("predicted_s"), "alpha * gamma", "1"),
+        "triangle_error": data_var(one, per("triangle_error"), "|s - alpha gamma|", "1"),
+        "triangle_relative_error": data_var(one, per("triangle_relative_error"),
                                         "|s - alpha gamma| / s", "1"),
-        "s_weight": _var(one, per("s_weight"), "minus slope of log weight sigma on log rank (top K)",
+        "s_weight": data_var(one, per("s_weight"), "minus slope of log weight_sigma on log rank (top K)",
                          "1"),
-        "r2_s_weight": _var(one, per("r2_s_weight"), "R^2 of the s_weight fit", "1"),
-        "pr_h": _var(one, per("pr_h"), "participation ratio of max(h, 0)", "1"),
-        "pr_sigma2": _var(one, per("pr_sigma2"), "participation ratio of sigma^2", "1"),
-        "pr_h_bound": _var(one, per("pr_h_bound"), "zeta(s)^2 / zeta(2s), NaN unless s > 1", "1"),
-        "aic": _var(("layer", "rank_model"),
+        "r2_s_weight": data_var(one, per("r2_s_weight"), "R^2 of the s_weight fit", "1"),
+        "pr_h": data_var(one, per("pr_h"), "participation ratio of max(h, 0)", "1"),
+        "pr_sigma2": data_var(one, per("pr_sigma2"), "participation ratio of singular_value^2", "1"),
+        "pr_h_bound": data_var(one, per("pr_h_bound"), "zeta(s)^2 / zeta(2s), NaN unless s > 1", "1"),
+        "aic": data_var(("layer", "rank_model"),
                     np.array([[f["aic"][m] for m in RANK_MODELS] for f in fits], dtype=np.float64),
-                    "AIC of the rank-profile model of log sigma", "1"),
-        "bic": _var(("layer", "rank_model"),
+                    "AIC of the rank-profile model of log singular_value", "1"),
+        "bic": data_var(("layer", "rank_model"),
                     np.array([[f["bic"][m] for m in RANK_MODELS] for f in fits], dtype=np.float64),
-                    "BIC of the rank-profile model of log sigma", "1"),
-        "best_model_bic": _var(one, per("best_model_bic", str), "rank-profile model with lowest BIC",
+                    "BIC of the rank-profile model of log singular_value", "1"),
+        "best_model_bic": data_var(one, per("best_model_bic", str), "rank-profile model with lowest BIC",
                                "1"),
-        "numerical_rank": _var(one, ranks, "numerical rank of G", "1"),
-        "n_fit": _var(one, per("n_fit", np.int64), "ranks used by the fits (min(rank, K))", "1"),
-        "n_alpha": _var(one, per("n_alpha", np.int64), "positive h among the fitted ranks", "1"),
-        "num_hvps": _var(one, np.full(len(chosen), K, dtype=np.int64), "HVP vectors used", "1"),
-        "hvp_calls": _var(one, calls, "Problem.hvp calls", "1"),
-        "seconds": _var(one, seconds, "wall time of SVD and curvatures", "s"),
-        "fit_reason": _var(one, per("fit_reason", str), "why triangle fields are NaN", "1"),
-        "rank_profile_reason": _var(one, per("rank_profile_reason", str),
+        "numerical_rank": data_var(one, ranks, "numerical rank of G", "1"),
+        "n_fit": data_var(one, per("n_fit", np.int64), "ranks used by the fits (min(rank, K))", "1"),
+        "n_alpha": data_var(one, per("n_alpha", np.int64), "positive h among the fitted ranks", "1"),
+        "num_hvps": data_var(one, np.full(len(chosen), K, dtype=np.int64), "HVP vectors used", "1"),
+        "hvp_calls": data_var(one, calls, "Problem.hvp calls", "1"),
+        "seconds": data_var(one, seconds, "wall time of SVD and curvatures", "s"),
+        "fit_reason": data_var(one, per("fit_reason", str), "why triangle fields are NaN", "1"),
+        "rank_profile_reason": data_var(one, per("rank_profile_reason", str),
                                     "why rank-profile fields are NaN", "1"),
-        "s_weight_reason": _var(one, per("s_weight_reason", str), "why s_weight is NaN", "1"),
+        "s_weight_reason": data_var(one, per("s_weight_reason", str), "why s_weight is NaN", "1"),
     }
-    coords, attrs = _layer_rank_frame(problem, chosen, k, K, requested, measurement="layer_spectra",
+    coords, attrs = layer_rank_frame(problem, chosen, k, K, requested, measurement="layer_spectra",
                                       title="curvprobe layer spectra (Calvo alpha triangle)")
     coords["rank_model"] = ("rank_model", np.array(RANK_MODELS, dtype=str))
     attrs.update(
@@ -732,6 +807,6 @@ def _spectra_dataset(problem, chosen, k, K, sigma, h, weight_sigma, ranks, calls
                               "the layer block"),
         orientation="out x in matrices; conv kernels m x (c_in*kh*kw); HF Conv1D and embedding "
                     "weights transposed",
-        rank_tolerance="sigma_1 * max(m, n) * eps(problem dtype)",
+        rank_tolerance="singular_value[0] * max(m, n) * eps(problem dtype)",
     )
-    return xr.Dataset(data, coords=coords, attrs=netcdf_attrs(attrs))
+    return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -1,4 +1,4 @@
-"""Tests of curvprobe.spectral.fits (DESIGN §5).
+"""Tests of curvprobe.spectral.fits (docs/spectral.md).
 
 1. The paper's published per-layer values are reproduced from its published
    σ_k and h_k arrays (read from the shared reference folder, never copied here).
@@ -166,7 +166,7 @@ def test_rank_profile_reproduces_reference_summary():
         _unavailable()
     triangle = _layers_by_key()
     summary = REFERENCE["model_fit"]["summary"]
-    wins = {model: 0 for model in RANK_MODELS}
+    wins = dict.fromkeys(RANK_MODELS, 0)
     for layer in REFERENCE["model_fit"]["layers"]:
         sigma = triangle[(layer["experiment"], layer["name"])]["sigma"]
         wins[rank_profile(sigma).best_model_bic] += 1
@@ -348,21 +348,21 @@ def test_too_short_profiles_give_nan_not_errors():
 
 
 @pytest.mark.parametrize(
-    ("sigma", "h", "match"),
+    ("singular_values", "h", "match"),
     [
         ([3.0, 2.0, 1.0], [1.0, 1.0], "same length"),
-        ([3.0, math.nan, 1.0], [1.0, 1.0, 1.0], "sigma has 1 non-finite"),
+        ([3.0, math.nan, 1.0], [1.0, 1.0, 1.0], "singular_values has 1 non-finite"),
         ([3.0, 2.0, 1.0], [1.0, math.inf, 1.0], "h has 1 non-finite"),
         ([3.0, 2.0, 0.0], [1.0, 1.0, 1.0], "strictly positive"),
         ([3.0, -2.0, -1.0], [1.0, 1.0, 1.0], "strictly positive"),
         ([1.0, 2.0, 3.0], [1.0, 1.0, 1.0], "decreasing order"),
-        ([], [], "sigma is empty"),
+        ([], [], "singular_values is empty"),
         ([[3.0, 2.0, 1.0]], [[1.0, 1.0, 1.0]], "1-D"),
     ],
 )
-def test_alpha_gamma_s_rejects_bad_input(sigma, h, match):
+def test_alpha_gamma_s_rejects_bad_input(singular_values, h, match):
     with pytest.raises(ValueError, match=match):
-        alpha_gamma_s(sigma, h)
+        alpha_gamma_s(singular_values, h)
 
 
 def test_other_functions_reject_bad_input():

@@ -1,4 +1,4 @@
-"""Layer spectra and Kronecker alignment (DESIGN §5) against dense and closed-form truth.
+"""Layer spectra and Kronecker alignment (docs/spectral.md) against dense and closed-form truth.
 
 - σ against a dense SVD of the gradient (torch.func.grad) and h against the
   dense layer block of torch.func.hessian, on a float64 MLP and SmallCNN;
@@ -23,7 +23,6 @@ import xarray as xr
 from matplotlib.figure import Figure
 from torch import nn
 
-from conftest import dense_hessian
 from curvprobe import Problem, results
 from curvprobe.app import plots
 from curvprobe.spectral import (
@@ -35,6 +34,8 @@ from curvprobe.spectral import (
     layer_spectra,
     select_layers,
 )
+
+from conftest import dense_hessian
 
 TOL = 1e-8
 
@@ -61,13 +62,13 @@ def rel(a, b) -> float:
 
 
 # --------------------------------------------------------------------------- #
-# sigma and h against dense ground truth
+# singular values and h against dense ground truth
 # --------------------------------------------------------------------------- #
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("method", ["block", "full"])
-def test_sigma_and_h_match_dense_hessian(problems, model, method):
+def test_singular_values_and_h_match_dense_hessian(problems, model, method):
     problem = problems[model]
     k = problem.num_samples // 2  # a strict prefix: "the first k samples"
     H = dense_hessian(problem, k).numpy()
@@ -88,7 +89,7 @@ def test_sigma_and_h_match_dense_hessian(problems, model, method):
         ds = layer_spectra(problem, layers=layer.name, top_k=K, k=k, method=method)
         assert ds.attrs["h_method"] == method
         assert ds.sizes == {"layer": 1, "rank": K, "rank_model": 3}
-        assert rel(ds.sigma.values[0], S[:K]) <= TOL
+        assert rel(ds.singular_value.values[0], S[:K]) <= TOL
         assert rel(ds.h.values[0], h_dense) <= TOL
         W = w[block].view(layer.param_shape).reshape(layer.matrix_shape[0], -1).numpy()
         assert rel(ds.weight_sigma.values[0], np.linalg.svd(W, compute_uv=False)[:K]) <= TOL
@@ -108,7 +109,7 @@ def test_transposed_embedding_h_matches_dense_hessian(problems):
         e = np.outer(U[:, j], Vt[j]).T.reshape(-1)  # back to the stored layout
         h_dense.append(e @ H[layer.flat, layer.flat] @ e)
     ds = layer_spectra(problem, layers="wte.weight", top_k=5)
-    assert rel(ds.sigma.values[0], S[:5]) <= TOL
+    assert rel(ds.singular_value.values[0], S[:5]) <= TOL
     assert rel(ds.h.values[0], h_dense) <= TOL
 
 
@@ -137,10 +138,10 @@ def test_hf_conv1d_least_squares_closed_form():
     assert (layer.kind, layer.matrix_shape, layer.transposed) == ("hf_conv1d", (nf, nx), True)
     R = (X @ model[0].weight + model[0].bias).detach() - Y
     G = (R.T @ X / n).numpy()  # out × in
-    U, S, Vt = np.linalg.svd(G)
+    _, S, Vt = np.linalg.svd(G)
     C = (X.T @ X / n).numpy()
     ds = layer_spectra(problem, top_k=4)
-    assert rel(ds.sigma.values[0], S[:4]) <= 1e-12
+    assert rel(ds.singular_value.values[0], S[:4]) <= 1e-12
     assert rel(ds.h.values[0], [Vt[j] @ C @ Vt[j] for j in range(4)]) <= 1e-12
     f = kronecker_factors(problem)["0.weight"]
     assert rel(f.c_a, X.T @ X / n) <= 1e-13 and rel(f.c_delta, R.T @ R / n) <= 1e-13
@@ -153,7 +154,7 @@ def test_hf_conv1d_least_squares_closed_form():
 def test_one_hvp_per_direction_equals_batched(problems, method):
     problem = problems["cnn"]
     layer = select_layers(problem, "conv2.weight")[0]
-    sigma, U, Vh, rank = gradient_svd(layer, problem.gradient(), 3)
+    _, U, Vh, rank = gradient_svd(layer, problem.gradient(), 3)
     h_batched, calls_batched = directional_curvature(problem, layer, U, Vh, method=method)
     h_single, calls_single = directional_curvature(problem, layer, U, Vh, method=method,
                                                    directions_per_call=1)
@@ -185,7 +186,7 @@ def test_problem_subclass_falls_back_to_full_hvp(problems):
     ds = layer_spectra(scaled, layers="layers.0.weight", top_k=5)
     ref = layer_spectra(base, layers="layers.0.weight", top_k=5)
     assert ds.attrs["h_method"] == "full"
-    assert rel(ds.h, 3.0 * ref.h) <= 1e-12 and rel(ds.sigma, 3.0 * ref.sigma) <= 1e-12
+    assert rel(ds.h, 3.0 * ref.h) <= 1e-12 and rel(ds.singular_value, 3.0 * ref.singular_value) <= 1e-12
     with pytest.raises(ValueError, match="overrides chunk_losses"):
         block_hvp(scaled, select_layers(scaled, "layers.0.weight")[0], torch.ones(40, 1))
 
@@ -201,10 +202,10 @@ def test_h_least_squares_closed_form():
     W = model.weight.detach()
     R = X[:k] @ W.T - Y[:k]
     G = (R.T @ X[:k] / k).numpy()
-    U, S, Vt = np.linalg.svd(G)
+    _, S, Vt = np.linalg.svd(G)
     C = (X[:k].T @ X[:k] / k).numpy()
     ds = layer_spectra(problem, top_k=5, k=k)
-    assert rel(ds.sigma.values[0], S[:5]) <= 1e-12
+    assert rel(ds.singular_value.values[0], S[:5]) <= 1e-12
     assert rel(ds.h.values[0], [Vt[j] @ C @ Vt[j] for j in range(5)]) <= 1e-12
 
 
@@ -231,10 +232,8 @@ def test_kronecker_factors_single_linear_layer(loss):
     model, X, Y, problem = _linear_problem(loss)
     k = 17
     Z = (X[:k] @ model.weight.T + model.bias).detach()
-    if loss == "mse":
-        delta = Z - Y[:k]                                       # ∂(½‖z − y‖²)/∂z
-    else:
-        delta = torch.softmax(Z, -1) - F.one_hot(Y[:k], 3).double()   # ∂CE/∂z
+    # ∂(½‖z − y‖²)/∂z for MSE, ∂CE/∂z for cross-entropy
+    delta = Z - Y[:k] if loss == "mse" else torch.softmax(Z, -1) - F.one_hot(Y[:k], 3).double()
     f = kronecker_factors(problem, k=k)["weight"]
     assert f.rows == k and f.num_samples == k
     assert rel(f.c_a, X[:k].T @ X[:k] / k) <= 1e-13
@@ -374,7 +373,7 @@ def test_embedding_named_explicitly(problems):
 def test_unknown_layer_lists_available(problems):
     problem = problems["mlp"]
     for bad in ("layers.7.weight", ["layers.0.weight", "nope*"]):
-        with pytest.raises(ValueError, match="available layers: layers.0.weight, layers.1.weight"):
+        with pytest.raises(ValueError, match=r"available layers: layers\.0\.weight, layers\.1\.weight"):
             layer_spectra(problem, layers=bad, top_k=2)
     with pytest.raises(ValueError, match="available layers"):
         kronecker_alignment(problem, layers="missing", top_k=2)
@@ -392,7 +391,7 @@ def test_non_matrix_parameter_is_an_error(problems):
 def test_top_k_larger_than_rank_is_an_error(problems):
     with pytest.raises(ValueError, match=r"top_k=6 exceeds the rank of layer\(s\) layers.0.weight"):
         layer_spectra(problems["mlp"], layers="layers.0.weight", top_k=6)
-    with pytest.raises(ValueError, match="conv1.weight"):
+    with pytest.raises(ValueError, match=r"conv1\.weight"):
         kronecker_alignment(problems["cnn"], top_k=3)
     with pytest.raises(ValueError, match="top_k"):
         layer_spectra(problems["mlp"], top_k=0)
@@ -485,21 +484,25 @@ def test_tiny_gpt_smoke(gpt_spectra):
     ds = gpt_spectra
     assert ds.sizes["layer"] == 7 and ds.sizes["rank"] == 8
     assert (ds.layer_group == "attention").sum() == 4
-    assert np.isfinite(ds.sigma.values).all() and np.isfinite(ds.h.values).all()
-    assert (np.diff(ds.sigma.values, axis=1) <= 0).all()
+    assert np.isfinite(ds.singular_value.values).all() and np.isfinite(ds.h.values).all()
+    assert (np.diff(ds.singular_value.values, axis=1) <= 0).all()
     assert int(ds.num_hvps.sum()) == ds.attrs["num_hvps_total"] == 56
     assert set(ds.best_model_bic.values) <= {"power_law", "exponential", "lognormal"}
-    for var in ("sigma", "h", "alpha", "bic"):
+    for var in ("singular_value", "h", "alpha", "bic"):
         assert ds[var].attrs["units"] and ds[var].attrs["long_name"]
+    assert "sigma" not in ds.variables  # σ is the probe scale of the stabilization results
 
 
-def test_netcdf_round_trip(tmp_path, gpt_spectra, gpt_kron):
-    for i, ds in enumerate((gpt_spectra, gpt_kron)):
-        assert all(isinstance(v, (str, int, float)) for v in ds.attrs.values())
-        path = tmp_path / f"r{i}.nc"
-        ds.to_netcdf(path, engine="scipy")
-        xr.testing.assert_identical(xr.load_dataset(path, engine="scipy"), ds)
-        xr.testing.assert_identical(results.load(results.save(ds, tmp_path / f"s{i}.nc")), ds)
+def test_netcdf_round_trip(tmp_path, problems, gpt_spectra, gpt_kron):
+    """Attrs stay Python values in memory; results.save encodes them, results.load decodes them."""
+    listed = layer_spectra(problems["mlp"], layers=["layers.0.weight", "layers.1.*"], top_k=2)
+    assert listed.attrs["layers_requested"] == ["layers.0.weight", "layers.1.*"]
+    assert gpt_spectra.attrs["layers_requested"] is None
+    for i, ds in enumerate((gpt_spectra, gpt_kron, listed)):
+        back = results.load(results.save(ds, tmp_path / f"s{i}.nc"))
+        xr.testing.assert_identical(back, ds)
+        assert back.attrs == ds.attrs
+        assert back["singular_value"].attrs == ds["singular_value"].attrs
 
 
 def test_figures(gpt_spectra):
