@@ -18,7 +18,7 @@ from types import ModuleType
 MOVED_MODULES = {
     "curvprobe.problem": "curvprobe.core.problem",
     "curvprobe.operators": "curvprobe.core.operators",
-    "curvprobe.eigen": "curvprobe.linalg.eigen",
+    "curvprobe.eigen": "curvprobe.linalg",
     "curvprobe.probes": "curvprobe.criteria.probes",
     "curvprobe.surrogate": "curvprobe.criteria.surrogate",
     "curvprobe.validity": "curvprobe.criteria.validity",

@@ -1,0 +1,120 @@
+"""Block Davidson from a previous subspace: the warm start.
+
+:func:`block_davidson` solves for the ``nev`` largest eigenpairs of a
+symmetric ``A`` (N × N) starting from a subspace ``U_0`` (N, p) — the
+eigenvectors at the previous sample count ``k`` or checkpoint. It keeps an
+orthonormal basis ``Q`` (N, m) next to its image ``A Q`` (N, m) and repeats
+a Rayleigh–Ritz step
+
+    T = Qᵀ (A Q),   T S = S Θ,   X = Q S,   R = (A Q) S − X Θ,
+
+with explicit residuals ``R`` (N, nev) (memory ``2 × N × basis_size``).
+
+* The first block is ``U_0`` itself: ``p`` products in one batched
+  ``matmat`` (the fastest HVP path), or none when ``A U_0`` is known — a
+  basis carried by :meth:`~curvprobe.core.operators.LinearOperator.carry`
+  from the previous ``k``. If ``U_0`` barely moved, that one step
+  certifies.
+* Each further block adds the residuals of the pairs with
+  ``‖r_i‖ > tol · max |θ|`` (at most 8, the worst first), orthonormalised
+  against ``Q``: no preconditioner.
+* At the basis bound the run restarts from the best
+  ``nev + ⌊(basis_size − nev)/2⌋`` Ritz vectors (and their images).
+* If a residual after the first block exceeds ``reach · tol · max |θ|``, the
+  subspace moved too far for Davidson blocks to beat Lanczos and the
+  Rayleigh–Ritz result is returned as it is;
+  :func:`~curvprobe.linalg.eigensolver.top_eigenspace` then continues with
+  :func:`~curvprobe.linalg.lanczos.thick_restart_lanczos` from the sum of its
+  Ritz vectors.
+
+The measurements behind the block size and the reach are in
+``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from curvprobe.core.operators import LinearOperator
+from curvprobe.linalg._krylov import KrylovRun, next_block, orthonormalize_against
+
+DAVIDSON_BLOCK = 8
+"""Residuals added per Davidson block (one batched ``matmat``)."""
+
+
+def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_size: int,
+                   max_matvecs: int, generator: torch.Generator, reach: float = math.inf,
+                   image: Tensor | None = None, keep_basis: bool = False) -> KrylovRun:
+    """Block Davidson (no preconditioner) for the ``nev`` largest eigenpairs,
+    started from the subspace ``U0`` (N, p): the warm start.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        Symmetric, N × N; only ``matmat`` is used.
+    nev : int
+        Number of wanted (algebraically largest) eigenpairs.
+    U0 : Tensor (N, p)
+        The start subspace; its columns are normalised and orthonormalised.
+        With ``image`` given it must already be orthonormal (a carried basis).
+    tol : float
+        Stop when every wanted pair has ``‖A x − θ x‖ ≤ tol · max |θ|``.
+    basis_size : int
+        Basis bound ``m`` (raised to ``2 nev``, capped at N).
+    max_matvecs : int
+        Budget of operator products (vectors).
+    generator : torch.Generator
+        Draws replacement directions when a block is rank-deficient.
+    reach : float
+        After the first block, return at once if a residual exceeds
+        ``reach · tol · max |θ|``.
+    image : Tensor (N, p), optional
+        ``A U0``, if known: the first block then costs no product.
+    keep_basis : bool
+        Also return the final ``Q`` and ``A Q``.
+
+    Returns
+    -------
+    KrylovRun
+        The Ritz pairs with absolute residuals; ``F = R`` (N, nev) and
+        ``S = I`` (nev, nev), so that ``A X − X Θ = F Sᵀ``; ``T = Qᵀ A Q``.
+    """
+    n = op.shape[0]
+    m = min(max(basis_size, 2 * nev), n)
+    if image is None:
+        Q = AQ = torch.empty(n, 0, dtype=torch.float64, device=op.device)
+        Z = next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
+    else:
+        Q, AQ, Z = U0, image, None
+    used, first = 0, True
+    while True:
+        if Z is not None:
+            AZ = op.matmat(Z)
+            used += Z.shape[1]
+            Q, AQ = torch.cat([Q, Z], dim=1), torch.cat([AQ, AZ], dim=1)
+        T = Q.T @ AQ
+        theta, S = torch.linalg.eigh(0.5 * (T + T.T))
+        theta, S = theta.flip(0), S.flip(1)
+        wanted = min(nev, Q.shape[1])
+        X, AX = Q @ S[:, :wanted], AQ @ S[:, :wanted]
+        R = AX - X * theta[:wanted]
+        res = R.norm(dim=0)
+        top = float(theta[:wanted].abs().max())
+        open_ = res > tol * top
+        far = first and bool((res > reach * tol * top).any())
+        first = False
+        if far or (not bool(open_.any()) and wanted == nev) or used >= max_matvecs or Q.shape[1] >= n:
+            return KrylovRun(theta[:wanted], X, res, R,
+                             torch.eye(wanted, dtype=torch.float64, device=op.device), T,
+                             Q if keep_basis else None, AQ if keep_basis else None)
+        idx = torch.nonzero(open_)[:, 0]
+        room = min(DAVIDSON_BLOCK, max_matvecs - used, n - Q.shape[1])
+        idx = idx[res[idx].argsort(descending=True)[: max(1, room)]]
+        if Q.shape[1] + idx.numel() > m:  # restart from the best Ritz vectors
+            keep = max(wanted, min(m - idx.numel(), nev + (m - nev) // 2))
+            Q, AQ = Q @ S[:, :keep], AQ @ S[:, :keep]
+        Z = next_block(orthonormalize_against(R[:, idx], Q), Q, generator,
+                       1e-14 * max(top, 1e-300))

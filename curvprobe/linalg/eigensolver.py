@@ -1,0 +1,202 @@
+"""Top-D eigenspace of a symmetric operator, with certificates.
+
+:func:`top_eigenspace` returns the ``D`` algebraically largest eigenpairs
+``(θ_i, u_i)`` of an operator ``A`` (N × N) — for curvprobe, the Hessian
+``H^(k)(w*)`` seen through exact HVPs — as an
+:class:`~curvprobe.linalg.result.Eigenspace` (values (D,), vectors (N, D))
+carrying its own certificate: the relative residuals
+
+    r_i = ‖A u_i − θ_i u_i‖ / |θ_1|,
+
+the number of operator products used, and per-pair ``converged`` flags
+(``r_i ≤ tol`` *and* the missed-eigenvalue guard passed).
+
+Method ``"lanczos"`` (default) composes the solvers of this package:
+
+1. **Cold start** (``init=None``):
+   :func:`~curvprobe.linalg.lanczos.thick_restart_lanczos` from a random unit
+   vector, with a basis of at most ``basis_size`` vectors; residuals come
+   from the Lanczos relation ``A Q = Q T + f eᵀ``: ``‖A u − θ u‖ = ‖f‖ |s_m|``.
+2. **Warm start** (``init``, a previous subspace — the next k, the next
+   checkpoint): :func:`~curvprobe.linalg.davidson.block_davidson` from that
+   subspace. Its first block is one Rayleigh–Ritz step (``p`` products in one
+   batched ``matmat``); if the subspace barely moved, that certifies. When
+   a residual of that step exceeds 30 tol, Davidson blocks would cost more
+   than Lanczos and are not tried: a Davidson result not within ``tol``
+   continues by Lanczos from the sum of its Ritz vectors (warm then costs
+   about the cold count plus the one batched block).
+3. **Carried basis**: with ``keep_basis=True`` the result keeps the solver's
+   final basis ``Q`` (all of it, not just the D Ritz vectors) and ``A Q``.
+   Warm-started from such a result, an operator that can derive its image
+   from the previous one
+   (:meth:`~curvprobe.core.operators.LinearOperator.carry`: the Hessian over
+   ``k > k_0`` leading samples at the same point,
+   ``H^(k) Q = (k_0 H^(k_0) Q + (k − k_0) H_new Q) / k``) starts Davidson
+   from all of ``Q`` with HVPs on the ``k − k_0`` new samples only —
+   ``(k − k_0)/k`` of a product per vector, counted in
+   :attr:`~curvprobe.linalg.result.Eigenspace.cost` — provided that costs at
+   most ``D`` products (else the start is the D previous vectors).
+4. **Guard**: :func:`~curvprobe.linalg.guard.missed_eigenvalue_guard` runs
+   ``guard_steps`` Lanczos steps on the deflated operator ``P A P``
+   (``P = I − U Uᵀ``), repairs missed eigenvalues, and bounds the probability
+   that one above ``θ_D + tol·|θ_1|`` went unseen.
+
+Method ``"power"``: :func:`~curvprobe.linalg.power.deflated_power_iteration`,
+the reference baseline (no guard; stops on the eigenvalue, not the
+residual).
+
+The measured HVP counts and wall times behind these choices (warm against
+cold, carried bases, guard lengths) are in ``docs/performance.md``; the role
+of the eigenspace in the criteria is in ``docs/concepts.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from curvprobe.core.operators import LinearOperator
+from curvprobe.linalg._krylov import random_unit
+from curvprobe.linalg.davidson import block_davidson
+from curvprobe.linalg.guard import missed_eigenvalue_guard
+from curvprobe.linalg.lanczos import thick_restart_lanczos
+from curvprobe.linalg.power import deflated_power_iteration
+from curvprobe.linalg.result import Eigenspace
+
+METHODS = ("lanczos", "power")
+"""Valid values of ``top_eigenspace(method=...)``."""
+
+_DAVIDSON_REACH = 30.0  # warm start: Davidson blocks only from residuals ≤ 30 tol
+
+
+def _warm_start(op: LinearOperator, init: Tensor | Eigenspace, D: int,
+                generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """The start block of a warm start and its image under ``op`` if known:
+    a kept basis of at least ``D`` vectors that ``op`` can carry for at most
+    ``D`` products (what a Rayleigh–Ritz step on the D previous vectors
+    costs: a sample set that grew by more than ``D / size(basis)`` moved the
+    subspace too far for the basis to pay), else the previous subspace's
+    vectors (completed with random ones up to ``D``) and None."""
+    if isinstance(init, Eigenspace) and init.basis is not None and init.basis.shape[1] >= D:
+        image = op.carry(init.operator, init.basis, init.basis_image, budget=D)
+        if image is not None:
+            return init.basis, image
+    return _init_block(init, op.shape[0], D, generator, op.device), None
+
+
+def _init_block(init: Tensor | Eigenspace, n: int, D: int, generator: torch.Generator,
+                device: torch.device) -> Tensor:
+    """Warm-start block (N, max(p, D)): the previous subspace's vectors,
+    completed with random ones when it has fewer than ``D``."""
+    U = init.vectors if isinstance(init, Eigenspace) else torch.as_tensor(init)
+    U = U.to(device, torch.float64).reshape(n, -1)
+    if not torch.isfinite(U).all() or float(U.norm()) == 0.0:
+        raise ValueError("init subspace is zero or non-finite")
+    extra = [random_unit(n, generator, device) for _ in range(D - U.shape[1])]
+    return torch.cat([U, *(x[:, None] for x in extra)], dim=1)
+
+
+def _check_args(op: LinearOperator, D: int, tol: float) -> None:
+    n = op.shape[0]
+    if not isinstance(D, int) or not 1 <= D < n:
+        raise ValueError(f"D must be an integer with 1 <= D < N = {n}, got {D!r}")
+    if not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+
+
+def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str = "lanczos",
+                   seed: int = 0, init: Tensor | Eigenspace | None = None,
+                   max_matvecs: int | None = None, basis_size: int | None = None,
+                   guard_steps: int = 10, max_guard_rounds: int = 4,
+                   max_miss_probability: float | None = None, keep_basis: bool = False,
+                   power_iters: int = 100, power_tol: float = 1e-4) -> Eigenspace:
+    """The ``D`` algebraically largest eigenpairs of the symmetric ``op``.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        E.g. ``problem.hessian_operator(k)``; only ``matvec`` is used.
+    D : int
+        Number of eigenpairs, ``1 ≤ D < N``.
+    tol : float
+        Relative residual target ``‖A u − θ u‖ ≤ tol · |θ_1|``.
+    method : {"lanczos", "power"}
+    seed : int
+        Seeds the start and guard vectors (a CPU ``torch.Generator``).
+    init : Tensor (N, p) or Eigenspace, optional
+        Warm start from a previous subspace (the next k, the next checkpoint).
+        An Eigenspace solved with ``keep_basis=True`` whose operator ``op``
+        can :meth:`~curvprobe.core.operators.LinearOperator.carry` from (the
+        Hessian on fewer leading samples, same point) starts from its whole
+        basis, with ``A Q`` derived from HVPs on the new samples only.
+    max_matvecs : int, optional
+        Budget of operator products (default ``max(40 D, 400)``); a run that
+        hits it returns with ``converged`` False where not certified.
+    basis_size : int, optional
+        Lanczos basis bound (default ``max(3 D, D + 40)``): memory is
+        ``N × (basis_size + 1)`` float64.
+    guard_steps : int
+        Lanczos steps of the missed-eigenvalue guard (0 disables it; the
+        result then cannot be certified and ``converged`` is all False).
+    max_guard_rounds : int
+        Missed-eigenvalue repairs before giving up the certificate.
+    max_miss_probability : float, optional
+        Certify only if :attr:`~curvprobe.linalg.result.Eigenspace.miss_probability`
+        falls to this level; the guard then stops as soon as it does, within
+        ``guard_steps`` (raise both together: the steps a given level needs
+        on the built-in models are in ``docs/performance.md``). Default: the
+        guard's fixed ``guard_steps`` certify and the bound is only reported.
+    keep_basis : bool
+        Return the final basis and its image (memory 2 × N × basis_size
+        float64) for a carried warm start at the next k.
+    power_iters, power_tol :
+        Iteration cap and eigenvalue-change tolerance of ``method="power"``.
+
+    Returns
+    -------
+    Eigenspace
+    """
+    _check_args(op, D, tol)
+    if max_miss_probability is not None and not 0 < max_miss_probability < 1:
+        raise ValueError(f"max_miss_probability must lie in (0, 1), got {max_miss_probability!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    generator = torch.Generator().manual_seed(int(seed))
+    n = op.shape[0]
+    budget = int(max_matvecs) if max_matvecs is not None else max(40 * D, 400)
+    start, start_cost = op.num_matvecs, op.cost
+    if method == "power":
+        return deflated_power_iteration(op, D, tol=tol, generator=generator, budget=budget,
+                                        iters=power_iters, change_tol=power_tol, start=start)
+    m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
+    solve = {"tol": tol, "basis_size": m, "generator": generator, "keep_basis": keep_basis}
+    if init is None:
+        run = thick_restart_lanczos(op, D, random_unit(n, generator, op.device)[:, None],
+                                    max_matvecs=budget, **solve)
+    else:
+        U0, image = _warm_start(op, init, D, generator)
+        run = block_davidson(op, D, U0, image=image, max_matvecs=budget, reach=_DAVIDSON_REACH,
+                             **solve)
+        spent = op.num_matvecs - start
+        if bool((run.residuals > tol * float(run.values.abs().max())).any()) and spent < budget:
+            # the subspace moved far: Lanczos from the sum of its Ritz vectors
+            run = thick_restart_lanczos(op, D, run.vectors.sum(dim=1, keepdim=True),
+                                        max_matvecs=budget - spent, **solve)
+    checked = missed_eigenvalue_guard(op, run, D, tol=tol, steps=guard_steps,
+                                      max_rounds=max_guard_rounds,
+                                      max_miss_probability=max_miss_probability, basis_size=m,
+                                      max_matvecs=budget - (op.num_matvecs - start),
+                                      generator=generator)
+    values, vectors, residuals = checked.values, checked.vectors, checked.residuals
+    # pairs merged by a repair lie outside the run's basis: it cannot be kept
+    basis, image = (None, None) if checked.repaired else (run.basis, run.image)
+    order = values.argsort(descending=True)[:D]
+    scale = float(values[order].abs().max())
+    rel = residuals[order] / scale if scale > 0 else residuals[order]
+    converged = (rel <= tol) & checked.certified
+    return Eigenspace(values[order].clone(), vectors[:, order].contiguous(), rel,
+                      op.num_matvecs - start, converged, tol, "lanczos", checked.guard_value,
+                      checked.miss_probability, op.cost - start_cost, basis, image,
+                      op if basis is not None else None)

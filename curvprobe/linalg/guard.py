@@ -1,0 +1,242 @@
+"""The missed-eigenvalue guard and its probability bound.
+
+Small residuals certify that each Ritz value ``θ_i`` is near *some*
+eigenvalue of ``A`` (N × N), not that no larger one was skipped: a single
+Krylov sequence can miss an eigenvalue of a dense bulk, and never sees the
+second copy of a repeated one. The guard checks the found pairs
+``(Θ, U)`` (U: N × D') on the deflated operator
+
+    P A P,   P = I − U Uᵀ,
+
+by ``j`` single-vector Lanczos steps from a uniformly random unit start
+``x_0 ⟂ U``. By Cauchy interlacing its top Ritz value is a lower bound on
+the largest eigenvalue of ``P A P`` on ``range(P)`` — the largest eigenvalue
+not yet found — so if it exceeds the level
+
+    ℓ = θ_D + tol · |θ_1|
+
+an eigenvalue was missed. The missed part is then solved on ``P A P`` from
+the guard's top Ritz vector and merged; a merged pair ``x ⟂ U`` has the exact
+residual ``‖A x − θ x‖² = ‖P A P x − θ x‖² + ‖S Fᵀ x‖²``, because
+``Uᵀ A x = S Fᵀ x`` for the residual factor ``A U − U Θ = F Sᵀ`` of the
+found pairs. Then the guard repeats.
+
+A passing guard is probabilistic, like every Krylov method; how unlikely a
+miss is, each result states. Let ``T`` (j, j) be the guard's tridiagonal
+matrix and ``p_i`` the orthonormal polynomials of its start's spectral
+measure ``Σ (vᵀx_0)² δ_λ``. Every eigenpair ``(λ, v)`` of ``P A P`` has
+
+    (vᵀx_0)² ≤ 1 / K_j(λ),   K_j(t) = Σ_{i<j} p_i(t)²
+
+(:func:`christoffel_kernel`, the reciprocal Christoffel function), and
+``K_j`` grows above the top Ritz value. So an eigenvalue ``≥ ℓ`` hides from
+a passing guard only if the random start's component on it is that small;
+with ``c² ~ Beta(1/2, (dim − 1)/2)`` for ``dim = N − D'`` that has the
+probability
+
+    P(c² ≤ 1 / K_j(ℓ)) = I_{1/K_j(ℓ)}(1/2, (dim − 1)/2)
+
+(:func:`miss_probability`), for any spectrum. It is reported as
+:attr:`~curvprobe.linalg.result.Eigenspace.miss_probability`.
+
+Stop rule (:func:`guard_stop_rule`): the guard runs all its steps unless a
+miss shows (top Ritz value above ``ℓ``) or, when a target bound is given, the
+bound at ``ℓ`` falls to it. Its own top Ritz pair converging is no reason to
+stop: that pair converges to the top of what the start sees, which says
+nothing about what it does not. Only an invariant subspace of the start
+(relative residual :data:`GUARD_TOL`) ends it early. How many steps the
+bound needs in practice, and the failures that shaped these rules, are in
+``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from scipy.special import betainc
+from torch import Tensor
+
+from curvprobe.core.operators import DeflatedOperator, LinearOperator
+from curvprobe.linalg._krylov import KrylovRun, random_unit
+from curvprobe.linalg.lanczos import thick_restart_lanczos
+
+GUARD_TOL = 1e-10
+"""The guard stops on its own top Ritz pair only at this relative residual:
+an invariant subspace of the start, past which Lanczos would go on from
+random vectors outside the deflated range."""
+
+
+def christoffel_kernel(T: Tensor, t: float) -> float:
+    """``K_j(t) = Σ_{i<j} p_i(t)²`` for the spectral measure of a Lanczos start.
+
+    ``T`` (j, j) is the projected matrix of ``j`` single-vector Lanczos steps
+    from a unit vector ``x_0`` without restart: diagonal ``α``, first
+    super-diagonal ``β``. The ``p_i`` are the orthonormal polynomials of the
+    measure ``Σ (vᵀx_0)² δ_λ`` over eigenpairs ``(λ, v)`` of ``A``:
+    ``β_{i+1} p_{i+1}(t) = (t − α_i) p_i(t) − β_i p_{i−1}(t)``, ``p_0 = 1``.
+    ``K_j(t)`` is the largest ``p(t)² / ‖p(A) x_0‖²`` over polynomials of
+    degree < j (Gauss quadrature on ``T`` is exact for degree ≤ 2j − 1), so
+    every eigenpair has ``(vᵀx_0)² ≤ 1 / K_j(λ)``: the start's weight on an
+    eigenvalue the run did not see. Infinite when the run found an invariant
+    subspace (``x_0`` has no weight off its Ritz values).
+
+    The recurrence is evaluated forward, which is stable for ``t`` at or above
+    the largest Ritz value (every ``p_i`` grows there: the guard's use); near
+    an isolated Ritz value inside the spectrum it overestimates.
+    """
+    alpha, beta = T.diagonal().tolist(), T.diagonal(1).tolist()
+    floor = 1e-14 * max(float(T.abs().max()), 1e-300)
+    prev, cur, total = 0.0, 1.0, 1.0
+    for i, b in enumerate(beta):
+        if b <= floor:
+            return math.inf
+        prev, cur = cur, ((t - alpha[i]) * cur - (beta[i - 1] if i else 0.0) * prev) / b
+        total += cur * cur
+        if not math.isfinite(total):
+            return math.inf
+    return total
+
+
+def miss_probability(kernel: float, dim: int) -> float:
+    """``P(c² ≤ 1 / kernel)`` for ``c`` the component of a uniformly random
+    unit vector of a ``dim``-dimensional space on any fixed unit vector
+    (``c² ~ Beta(1/2, (dim − 1)/2)``): with ``kernel = K_j(t)`` of a guard
+    run (:func:`christoffel_kernel`), the probability over its random start
+    that an eigenvalue ≥ ``t`` stayed below the run's top Ritz value."""
+    if dim <= 1:
+        return float(kernel <= 1.0)
+    return float(betainc(0.5, 0.5 * (dim - 1), min(1.0, 1.0 / kernel)))
+
+
+def guard_stop_rule(level: float, dim: int, target: float | None) -> Callable[[Tensor, float], bool]:
+    """Stop rule of a guard run, as the ``until`` of
+    :func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`.
+
+    ``until(T, θ_1)`` is true when the top Ritz value ``θ_1`` exceeds
+    ``level`` (an eigenvalue was missed), or the miss bound
+    ``miss_probability(christoffel_kernel(T, level), dim)`` fell to
+    ``target`` (if given). Not the convergence of its own top Ritz pair:
+    that pair converges to the top of what the start vector sees, which says
+    nothing about what it does not.
+    """
+
+    def until(T: Tensor, top: float) -> bool:
+        return (top > level
+                or (target is not None and miss_probability(christoffel_kernel(T, level), dim) <= target))
+
+    return until
+
+
+@dataclass
+class GuardResult:
+    """The pairs after the guard, and its verdict.
+
+    Attributes
+    ----------
+    values : Tensor (D',) float64
+        Ritz values, ``D' ≥ D``: the run's, then those of each repair
+        (not sorted).
+    vectors : Tensor (N, D') float64
+        Orthonormal Ritz vectors.
+    residuals : Tensor (D',) float64
+        Absolute residuals ``‖A u − θ u‖``.
+    guard_value : float
+        Top Ritz value of the last guard run (NaN if none ran).
+    miss_probability : float
+        :func:`miss_probability` of the passing guard run at the level ``ℓ``
+        (NaN if no guard passed).
+    certified : bool
+        A guard passed (and, with a target, its bound reached it), or the
+        found pairs leave no complement to search.
+    repaired : bool
+        Pairs were merged from outside the run's basis (which then no longer
+        spans them).
+    """
+
+    values: Tensor
+    vectors: Tensor
+    residuals: Tensor
+    guard_value: float
+    miss_probability: float
+    certified: bool
+    repaired: bool
+
+
+def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: float,
+                            steps: int, max_rounds: int, max_miss_probability: float | None,
+                            basis_size: int, max_matvecs: int,
+                            generator: torch.Generator) -> GuardResult:
+    """Check a solver run for missed eigenvalues above its ``D``-th, and repair it.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        The symmetric operator ``A`` (N × N) the run solved.
+    run : KrylovRun
+        At least ``D`` Ritz pairs of ``op`` with the residual factor ``F, S``.
+    D : int
+        Number of wanted eigenpairs: the level is ``θ_D + tol · |θ_1|``.
+    tol : float
+        Relative tolerance of the solve (level and repairs).
+    steps : int
+        Lanczos steps per guard run (0 disables the guard: not certified).
+    max_rounds : int
+        Repairs before giving up the certificate.
+    max_miss_probability : float, optional
+        Certify only if the miss bound falls to this level; the guard run
+        then stops as soon as it does.
+    basis_size : int
+        Basis bound of the repair solves.
+    max_matvecs : int
+        Operator products the guard may spend, repairs included.
+    generator : torch.Generator
+        Draws the guard's random starts.
+
+    Returns
+    -------
+    GuardResult
+    """
+    n = op.shape[0]
+    start = op.num_matvecs
+    values, vectors, residuals = run.values, run.vectors, run.residuals
+    scale = float(values.abs().max())
+    F, S = run.F, run.S
+    guard_value, miss, certified, repaired = math.nan, math.nan, False, False
+    for _ in range(max_rounds + 1):
+        if steps <= 0 or vectors.shape[1] + 1 >= n:
+            certified = steps > 0
+            break
+        spent = op.num_matvecs - start
+        if spent >= max_matvecs:
+            break
+        level = float(values.sort(descending=True).values[D - 1]) + tol * scale  # θ_D + tol·|θ_1|
+        deflated = DeflatedOperator(op, vectors)
+        dim = n - vectors.shape[1]
+        x0 = random_unit(n, generator, op.device, vectors)
+        guard = thick_restart_lanczos(deflated, 1, x0[:, None], tol=GUARD_TOL, basis_size=steps,
+                                      max_matvecs=min(steps, max_matvecs - spent),
+                                      generator=generator, scale=scale,
+                                      until=guard_stop_rule(level, dim, max_miss_probability))
+        guard_value = float(guard.values[0])
+        if guard_value <= level:
+            miss = miss_probability(christoffel_kernel(guard.T, level), dim)
+            certified = max_miss_probability is None or miss <= max_miss_probability
+            break
+        # an eigenvalue above θ_D was missed: solve for it in the complement
+        spent = op.num_matvecs - start
+        extra = thick_restart_lanczos(deflated, min(D, n - vectors.shape[1] - 1),
+                                      guard.vectors[:, :1], tol=tol, basis_size=basis_size,
+                                      max_matvecs=max(max_matvecs - spent, 1),
+                                      generator=generator, scale=scale)
+        # A x = PAPx + V Vᵀ A x and Vᵀ A x = S Fᵀ x for x ⟂ V: exact residuals
+        leak = (S @ (F.T @ extra.vectors)).norm(dim=0)
+        values = torch.cat([values, extra.values])
+        vectors = torch.cat([vectors, extra.vectors], dim=1)
+        residuals = torch.cat([residuals, torch.sqrt(extra.residuals**2 + leak**2)])
+        F = torch.cat([F, extra.F], dim=1)
+        S = torch.block_diag(S, extra.S)
+        repaired = True  # the merged pairs lie outside the run's basis
+    return GuardResult(values, vectors, residuals, guard_value, miss, certified, repaired)

@@ -1,0 +1,99 @@
+"""The certified result of an eigensolve: :class:`Eigenspace`.
+
+For a symmetric operator ``A`` (N × N) an :class:`Eigenspace` holds ``D``
+eigenpair estimates ``(θ_i, u_i)``, ``θ_1 ≥ … ≥ θ_D``, with ``U_D`` (N, D)
+orthonormal, and their certificate:
+
+* the relative residuals ``r_i = ‖A u_i − θ_i u_i‖ / |θ_1|`` (D,);
+* the verdict of the missed-eigenvalue guard (:mod:`curvprobe.linalg.guard`):
+  the top Ritz value of its last run on the deflated operator, and the bound
+  on the probability that an eigenvalue above ``θ_D + tol·|θ_1|`` went unseen;
+* the work spent: operator products, and their cost in product units when
+  part of it was carried from a previous solve.
+
+A pair is ``converged`` when ``r_i ≤ tol`` and the guard passed. Produced by
+:func:`~curvprobe.linalg.eigensolver.top_eigenspace`; see ``docs/concepts.md``
+for the role of ``U_D`` in the stabilization criteria.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from curvprobe.core.operators import LinearOperator
+
+
+@dataclass(frozen=True)
+class Eigenspace:
+    """Top-D eigenpairs with their certificate.
+
+    Attributes
+    ----------
+    values : Tensor (D,) float64
+        Eigenvalue estimates ``θ_1 ≥ … ≥ θ_D`` (algebraically largest).
+    vectors : Tensor (N, D) float64
+        Orthonormal eigenvector estimates ``U_D``.
+    residuals : Tensor (D,) float64
+        ``‖A u_i − θ_i u_i‖ / |θ_1|``.
+    num_matvecs : int
+        Operator products (vectors) used, guard included.
+    converged : Tensor (D,) bool
+        ``residuals ≤ tol`` and the missed-eigenvalue guard passed.
+    tol : float
+    method : str
+    guard_value : float
+        Top Ritz value of the final deflated guard run (NaN if no guard ran);
+        the result is certified only if it is ≤ ``θ_D + tol·|θ_1|``.
+    miss_probability : float
+        Bound on the probability, over the guard's random start, that an
+        eigenvalue above ``θ_D + tol·|θ_1|`` went unseen (NaN if no guard
+        passed): :func:`~curvprobe.linalg.guard.miss_probability` of the guard
+        run's :func:`~curvprobe.linalg.guard.christoffel_kernel` at that level.
+        A property of the guard's Krylov space, not a heuristic; typical
+        values are in ``docs/performance.md``.
+    cost : float
+        Work in units of one operator product: ``num_matvecs`` plus carried
+        images (a basis carried from ``k_0`` to ``k`` samples costs
+        ``(k − k_0)/k`` of a product per vector). NaN if not recorded.
+    basis, basis_image : Tensor (N, m) or None
+        With ``keep_basis=True``: the solver's final orthonormal basis ``Q``
+        (the top-D Ritz vectors span part of it) and ``A Q``, so that a warm
+        start on an operator that :meth:`~curvprobe.core.operators.LinearOperator.carry`
+        can derive from ``operator`` (the next k) starts from all of ``Q``.
+    operator : LinearOperator or None
+        The operator solved, kept with the basis.
+    """
+
+    values: Tensor
+    vectors: Tensor
+    residuals: Tensor
+    num_matvecs: int
+    converged: Tensor
+    tol: float
+    method: str
+    guard_value: float = math.nan
+    miss_probability: float = math.nan
+    cost: float = math.nan
+    basis: Tensor | None = field(default=None, repr=False, compare=False)
+    basis_image: Tensor | None = field(default=None, repr=False, compare=False)
+    operator: LinearOperator | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def D(self) -> int:
+        """Number of eigenpairs."""
+        return self.values.numel()
+
+    @property
+    def all_converged(self) -> bool:
+        """Every pair converged (and so the guard passed)."""
+        return bool(self.converged.all())
+
+    @property
+    def ritz_matrix(self) -> Tensor:
+        """``T = U_Dᵀ A U_D`` (D, D): diagonal ``diag(θ)`` for Rayleigh–Ritz
+        vectors (off-diagonal error at round-off level)."""
+        return torch.diag(self.values)
