@@ -112,12 +112,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine)")
 
 
-def _save_figure(fig, path: Path) -> Path:
-    from curvprobe.app.demo import _save_figure as save
-
-    return save(fig, path)
-
-
 def _check_fresh(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
@@ -178,7 +172,7 @@ def cmd_validity(args) -> int:
     Returns the exit status.
     """
     from curvprobe.app.config import load_config
-    from curvprobe.app.plots import plot_validity
+    from curvprobe.app.plots import plot_validity, save_figure
     from curvprobe.app.report import table
     from curvprobe.results import save
     from curvprobe.app.runs import default_out
@@ -208,11 +202,11 @@ def cmd_validity(args) -> int:
                        show=_show_progress(args), unit="pt") as pbar, \
             _progress.counting(loaded.problem, on_points=pbar.update):
         ds = quadratic_validity(loaded.problem, list(config.sigmas), k=k,
-                                num_samples=config.validity_samples, seed=config.seed,
+                                mc_samples=config.validity_samples, seed=config.seed,
                                 threshold=config.validity_threshold, point_batch=config.point_batch)
     ds.attrs["model_source"] = config.model
     save(ds, target, overwrite=True)
-    _save_figure(plot_validity(ds), out / "validity.png")
+    save_figure(plot_validity(ds), out / "validity.png")
     rows = [[f"{s:.3g}", f"{m:.3g}", f"{sd:.3g}", "yes" if v else "no"]
             for s, m, sd, v in zip(ds["sigma"].values, ds["rel_error_mean"].values,
                                    ds["rel_error_std"].values, ds["valid"].values)]
@@ -258,7 +252,7 @@ def cmd_plot(args) -> int:
 
     Returns the exit status.
     """
-    from curvprobe.app.plots import stabilization_figures
+    from curvprobe.app.plots import save_figure, stabilization_figures
 
     path = Path(args.path)
     found: dict[str, object] = {}
@@ -297,7 +291,7 @@ def cmd_plot(args) -> int:
             if "bic" in spectra:
                 figures["rank_profile_bic"] = plots.plot_rank_profile_bic(spectra)
     for name, fig in figures.items():
-        print(_save_figure(fig, out / f"{name}.png"))
+        print(save_figure(fig, out / f"{name}.png"))
     return 0
 
 
@@ -401,8 +395,8 @@ def cmd_spectrum(args) -> int:
         save(kron, out / "kronecker.nc", overwrite=True)
     from curvprobe.app import plots
 
-    _save_figure(plots.plot_alpha_fits(spectra), out / "alpha_fits.png")
-    _save_figure(plots.plot_spectral_transfer(spectra), out / "spectral_transfer.png")
+    plots.save_figure(plots.plot_alpha_fits(spectra), out / "alpha_fits.png")
+    plots.save_figure(plots.plot_spectral_transfer(spectra), out / "spectral_transfer.png")
     print(f"results: {out / 'spectra.nc'}")
     return 0
 

@@ -128,17 +128,11 @@ class DemoResult:
     seconds: dict[str, float]
 
 
-def _save_figure(fig, path: Path) -> Path:
-    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
-
-
 def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bool = False,
              log: Callable[[str], None] | None = None, settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into ``out`` (default ``runs/<timestamp>``); see the module docstring."""
     from curvprobe.zoo import models
     from curvprobe.criteria.convergence import mc_convergence
-    from curvprobe.app.plots import stabilization_figures
-    from curvprobe.app.report import summary_markdown
     from curvprobe.app.runs import RunError, default_out, run_probe
     from curvprobe.app.sources import build_problem
     from curvprobe.criteria.validity import quadratic_validity
@@ -171,7 +165,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     with _progress.bar(len(s.validity_sigmas) * s.validity_samples, "validity sweep", show=progress,
                        unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
         validity = quadratic_validity(problem, list(s.validity_sigmas), k=K,
-                                      num_samples=s.validity_samples, seed=s.seed,
+                                      mc_samples=s.validity_samples, seed=s.seed,
                                       point_batch=s.point_batch)
     save(validity, out / "validity.nc", overwrite=True)
     sigmas, sigma_valid, sigma_beyond = choose_sigmas(validity)
@@ -195,22 +189,34 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     with _progress.bar(len(s.dims) * 2 * s.convergence_samples, "MC convergence", show=progress,
                        unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
         conv = mc_convergence(problem, s.convergence_k, sigmas=[sigma_valid, sigma_beyond],
-                              dims=list(s.dims), num_samples=s.convergence_samples, seed=s.seed,
+                              dims=list(s.dims), mc_samples=s.convergence_samples, seed=s.seed,
                               tol=s.tol, point_batch=s.point_batch)
     save(conv, out / "mc_convergence.nc", overwrite=True)
     seconds["MC convergence run"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
     say("[5/5] figures and summary")
+    paths, summary = _figures_and_summary(out, s, ds, validity, conv, seconds, t_all)
+    return DemoResult(out, ds, validity, conv, summary, paths, seconds)
+
+
+def _figures_and_summary(out: Path, s: DemoSettings, ds: xr.Dataset, validity: xr.Dataset,
+                         conv: xr.Dataset, seconds: dict[str, float],
+                         t_all: float) -> tuple[list[Path], str]:
+    """Stage 5: the PNG figures and ``summary.md`` (``seconds`` gains ``figures`` and ``total``)."""
+    from curvprobe.app.plots import save_figure, stabilization_figures
+    from curvprobe.app.report import summary_markdown
+
+    t0 = time.perf_counter()
     extra = {k: v for k, v in seconds.items() if k != "stabilization run"}
     figures = stabilization_figures(ds, validity=validity, convergence=conv, extra_timings=extra)
-    paths = [_save_figure(fig, out / f"{name}.png") for name, fig in figures.items()]
+    paths = [save_figure(fig, out / f"{name}.png") for name, fig in figures.items()]
     seconds["figures"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
-    notes = [f"demo settings: {s.name} ({', '.join(f'{f.name}={getattr(s, f.name)}' for f in dataclasses.fields(s) if f.name not in ('name',))})",
+    fields = ", ".join(f"{f.name}={getattr(s, f.name)}" for f in dataclasses.fields(s) if f.name != "name")
+    notes = [f"demo settings: {s.name} ({fields})",
              f"wall time: {seconds['total']:.0f} s in total ("
              + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")"]
     summary = summary_markdown(ds, validity=validity, convergence=conv, extra_timings=extra,
                                title=f"curvprobe demo ({s.name})", notes=notes)
-    (out / "summary.md").write_text(summary)
-    return DemoResult(out, ds, validity, conv, summary, paths, seconds)
+    atomic_write(out / "summary.md", lambda handle: handle.write(summary), "w")
+    return paths, summary

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -38,8 +39,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
+
 __all__ = [
     "CRITERION_LABELS",
+    "save_figure",
     "plot_alpha_by_layer_type",
     "plot_alpha_fits",
     "plot_criteria_vs_k",
@@ -259,17 +263,17 @@ def plot_alpha_by_layer_type(spectra: SpectraLike, *, by: str = "layer_group") -
 # Stabilization
 # =========================================================================== #
 
-CRITERION_LABELS = {
-    "delta1": "Δ₁ (Dirac, |δ_k(w*)|)",
-    "full_mc": "Δ₂ (full space, MC)",
-    "sphere": "sphere (smoothed Δ₁)",
-    "direct_mc": "Δ₂^(D) (direct MC)",
-    "quad_mc": "quadratic MC",
-    "gm": "GM (closed form)",
-    "cv_mc": "control-variate MC",
-}
+CRITERION_LABELS = {name: entry.label for name, entry in ESTIMATORS.items()}
+"""Legend label of each estimator (from the registry :data:`curvprobe.criteria.spec.ESTIMATORS`)."""
 _COLORS = {"delta1": "C7", "full_mc": "C0", "sphere": "C5", "direct_mc": "C3", "quad_mc": "C2",
            "gm": "k", "cv_mc": "C1"}
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG (110 dpi) atomically to ``path``; returns the path."""
+    from curvprobe.results import atomic_write
+
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def _k_axis(ax) -> None:
@@ -335,7 +339,7 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
             y, se = cell["value"].values, cell["stderr"].values
             fit = slope_or_none(k, y)
             label = CRITERION_LABELS.get(est, est)
-            if est in ("direct_mc", "quad_mc", "gm", "cv_mc"):
+            if ESTIMATORS[est].space == SUBSPACE:
                 label = label.replace("^(D)", f"^({dim})") + ("" if "^(" in label else f", D={dim}")
             if fit is not None:
                 label += f": slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"

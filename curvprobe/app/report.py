@@ -15,12 +15,10 @@ import numpy as np
 import xarray as xr
 
 from curvprobe.app.plots import slope_or_none
+from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
 __all__ = ["summary_markdown", "table"]
 
-_NAMES = {"delta1": "Δ₁ (Dirac)", "full_mc": "Δ₂ full space (MC)", "sphere": "sphere (smoothed Δ₁)",
-          "direct_mc": "Δ₂^(D) direct MC", "quad_mc": "quadratic MC", "gm": "GM (closed form)",
-          "cv_mc": "control-variate MC"}
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -61,7 +59,8 @@ def slope_table(ds: xr.Dataset) -> str:
         if not _has(ds, est):
             continue
         for D in ds_dims:
-            name = _NAMES[est] + (f", D={D}" if est in ("direct_mc", "gm", "cv_mc", "quad_mc") else "")
+            entry = ESTIMATORS[est]
+            name = entry.label + (f", D={D}" if entry.space == SUBSPACE else "")
             cells = []
             for s in ds["sigma"].values:
                 fit = slope_or_none(k, ds["value"].sel(estimator=est, sigma=s, dim=D).values)

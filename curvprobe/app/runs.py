@@ -44,6 +44,7 @@ import xarray as xr
 
 from curvprobe.app import _progress
 from curvprobe.app.config import ConfigError, ProbeConfig, load_config
+from curvprobe.core.problem import Problem
 from curvprobe.criteria.sweep import Part, iter_parts, merge_parts, part_names
 from curvprobe.criteria.validity import quadratic_validity
 from curvprobe.results import atomic_write, load, save
@@ -111,6 +112,7 @@ class _RunDirectory:
     """
 
     def __init__(self, out: Path, outcome: RunOutcome) -> None:
+        self.out = out
         self.parts = out / PARTS_DIR
         self.parts.mkdir(parents=True, exist_ok=True)
         for stale in self.parts.glob(".*.tmp"):  # temporary files of a killed run
@@ -202,7 +204,7 @@ def _check_sources(out: Path, digests: dict[str, str], resuming: bool) -> None:
                                "(its SHA-256 differs); use another --out")
 
 
-def _validity(problem, config: ProbeConfig, run: _RunDirectory, progress: bool,
+def _validity(problem: Problem, config: ProbeConfig, run: _RunDirectory, progress: bool,
               say: Callable[[str], None]) -> xr.Dataset:
     """The quadratic-validity sweep at k = max(ks): computed once, then read from its part."""
     if not run.finished(["validity"]):
@@ -216,7 +218,7 @@ def _validity(problem, config: ProbeConfig, run: _RunDirectory, progress: bool,
     return load(run.path("validity"))  # the same object for a fresh and a resumed run
 
 
-def _compute_parts(problem, config: ProbeConfig, run: _RunDirectory, progress: bool) -> list[str]:
+def _compute_parts(problem: Problem, config: ProbeConfig, run: _RunDirectory, progress: bool) -> list[str]:
     """Compute and store every part not on disk; returns all part names in order."""
     spec = config.spec()
     names = part_names(spec)
@@ -241,7 +243,31 @@ def _compute_parts(problem, config: ProbeConfig, run: _RunDirectory, progress: b
     return names
 
 
-def run_probe(config: ProbeConfig, *, problem=None, resume: bool = False, progress: bool = False,
+def _open(config: ProbeConfig, problem: Problem | None, resume: bool, progress: bool,
+          digests: dict[str, str] | None) -> tuple[ProbeConfig, Problem, _RunDirectory, bool]:
+    """Check the run directory and the sources, build the problem, write a new run's config."""
+    config = config if config.out else config.replace(out=default_out())
+    out = Path(config.out)
+    resuming = _check_directory(config, out, resume)
+    if problem is None:
+        from curvprobe.app.sources import build_problem
+
+        loaded = build_problem(config, progress=progress)
+        problem, digests = loaded.problem, loaded.digests
+    digests = digests or {}
+    _check_sources(out, digests, resuming)
+    if config.max_k + 1 > problem.num_samples:
+        raise RunError(f"k = {config.max_k} is larger than the data: it needs {config.max_k + 1} samples, "
+                       f"the problem has {problem.num_samples}")
+    run = _RunDirectory(out, RunOutcome(out, xr.Dataset()))
+    if not resuming:
+        config.write(out / CONFIG_FILE, header="curvprobe probe run: resolved config (do not edit; "
+                     "--resume compares against it)")
+        _write_json(out / SOURCES_FILE, digests)
+    return config, problem, run, resuming
+
+
+def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bool = False, progress: bool = False,
               validity: xr.Dataset | None = None, digests: dict[str, str] | None = None,
               log: Callable[[str], None] | None = None) -> RunOutcome:
     """Run (or resume) the stabilization measurement of ``config`` in ``config.out``.
@@ -274,26 +300,8 @@ def run_probe(config: ProbeConfig, *, problem=None, resume: bool = False, progre
     """
     say = log or (lambda message: None)
     t_start = time.perf_counter()
-    config = config if config.out else config.replace(out=default_out())
-    out = Path(config.out)
-    resuming = _check_directory(config, out, resume)
-    if problem is None:
-        from curvprobe.app.sources import build_problem
-
-        loaded = build_problem(config, progress=progress)
-        problem, digests = loaded.problem, loaded.digests
-    digests = digests or {}
-    _check_sources(out, digests, resuming)
-    if config.max_k + 1 > problem.num_samples:
-        raise RunError(f"k = {config.max_k} is larger than the data: it needs {config.max_k + 1} samples, "
-                       f"the problem has {problem.num_samples}")
-    say(f"{'resuming the' if resuming else 'new'} run in {out}")
-    outcome = RunOutcome(out, xr.Dataset())
-    run = _RunDirectory(out, outcome)
-    if not resuming:
-        config.write(out / CONFIG_FILE, header="curvprobe probe run: resolved config (do not edit; "
-                     "--resume compares against it)")
-        _write_json(out / SOURCES_FILE, digests)
+    config, problem, run, resuming = _open(config, problem, resume, progress, digests)
+    say(f"{'resuming the' if resuming else 'new'} run in {run.out}")
     if validity is None and config.validity:
         validity = _validity(problem, config, run, progress, say)
     say(f"stabilization parts of {len(config.ks)} k values")
@@ -301,8 +309,8 @@ def run_probe(config: ProbeConfig, *, problem=None, resume: bool = False, progre
     say("merging parts")
     merged = merge_parts([load(run.path(n)) for n in names], config.estimators, validity=validity)
     merged.attrs.update(run_config=config.numeric_dict(), model_source=config.model)
-    save(merged, out / RESULT_FILE, overwrite=True)
-    outcome.seconds = time.perf_counter() - t_start
-    run.flush(total=outcome.seconds)
-    outcome.dataset = merged
-    return outcome
+    save(merged, run.out / RESULT_FILE, overwrite=True)
+    run.outcome.seconds = time.perf_counter() - t_start
+    run.flush(total=run.outcome.seconds)
+    run.outcome.dataset = merged
+    return run.outcome

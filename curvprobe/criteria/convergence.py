@@ -34,7 +34,8 @@ import torch
 import xarray as xr
 
 from curvprobe.core.problem import Problem
-from curvprobe.criteria.engine import (SUBSPACE_CELLS, SubspaceDraws, coefficients_per_k, increments, noise,
+from curvprobe.criteria.engine import (SUBSPACE_CELLS, SubspaceCoefficients, SubspaceDraws, coefficients_per_k,
+                                       increments, noise,
                                        running_mean_stderr, subspace_increments, surrogate_values)
 from curvprobe.criteria.spec import NOISE_STREAMS, StabilizationSpec, mc_samples_argument
 from curvprobe.linalg import Eigenspace, top_eigenspace
@@ -63,6 +64,37 @@ def _timeit(fn, min_seconds: float = 0.02, max_repeats: int = 10_000) -> float:
         elapsed = time.perf_counter() - t0
         if elapsed >= min_seconds or repeats >= max_repeats:
             return elapsed / repeats
+
+
+def _running_estimates(problem: Problem, U: torch.Tensor, coeff: SubspaceCoefficients, a: torch.Tensor,
+                       xi: torch.Tensor, spec: StabilizationSpec,
+                       counts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Running value and stderr (S, sigma, dim, estimator) and evaluation seconds (sigma, dim, estimator)."""
+    k, est = spec.ks[0], CONVERGENCE_ESTIMATORS
+    value = np.full((len(counts), len(spec.sigmas), len(spec.dims), len(est)), np.nan)
+    stderr = np.full_like(value, np.nan)
+    seconds = np.full((len(spec.sigmas), len(spec.dims), len(est)), np.nan)
+    for si, sigma in enumerate(spec.sigmas):
+        for di, D in enumerate(spec.dims):
+            t0 = time.perf_counter()
+            delta = subspace_increments(problem, U, xi, [sigma], [D], [k],
+                                        point_batch=spec.point_batch)[(0, 0)][:, 0]
+            t_direct = time.perf_counter() - t0
+            c, B = coeff.terms(D)
+            z = sigma * xi[:, :D]
+            draws = SubspaceDraws(a, c, B, sigma, z, surrogate_values(a, c, B, z), delta, 2.0)
+            t_quad = _timeit(lambda: (surrogate_values(a, c, B, z) ** 2).mean())  # noqa: B023
+            t_gm = _timeit(draws.gm)
+            seconds[si, di] = [t_direct, t_quad, t_direct + t_quad + t_gm, t_gm]
+            for ei, name in enumerate(est):
+                offset, integrand = SUBSPACE_CELLS[name](draws)
+                if integrand is None:
+                    value[:, si, di, ei], stderr[:, si, di, ei] = float(offset), 0.0
+                    continue
+                mean, se = running_mean_stderr(integrand, counts)
+                value[:, si, di, ei] = (offset + mean).cpu().numpy()
+                stderr[:, si, di, ei] = se.cpu().numpy()
+    return value, stderr, seconds
 
 
 def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: Sequence[int] = (1, 4, 16),
@@ -122,30 +154,16 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
     xi = noise(seed, NOISE_STREAMS["subspace"], 0, (S, Dmax), problem.device)
     a = torch.as_tensor(a_k, dtype=torch.float64)
 
-    est = CONVERGENCE_ESTIMATORS
-    value = np.full((len(counts), len(spec.sigmas), len(spec.dims), len(est)), np.nan)
-    stderr = np.full_like(value, np.nan)
-    seconds = np.full((len(spec.sigmas), len(spec.dims), len(est)), np.nan)
-    for si, sigma in enumerate(spec.sigmas):
-        for di, D in enumerate(spec.dims):
-            t0 = time.perf_counter()
-            delta = subspace_increments(problem, es.vectors, xi, [sigma], [D], [k],
-                                        point_batch=point_batch)[(0, 0)][:, 0]
-            t_direct = time.perf_counter() - t0
-            c, B = coeff.terms(D)
-            z = sigma * xi[:, :D]
-            draws = SubspaceDraws(a, c, B, sigma, z, surrogate_values(a, c, B, z), delta, 2.0)
-            t_quad = _timeit(lambda: (surrogate_values(a, c, B, z) ** 2).mean())  # noqa: B023
-            t_gm = _timeit(draws.gm)
-            seconds[si, di] = [t_direct, t_quad, t_direct + t_quad + t_gm, t_gm]
-            for ei, name in enumerate(est):
-                offset, integrand = SUBSPACE_CELLS[name](draws)
-                if integrand is None:
-                    value[:, si, di, ei], stderr[:, si, di, ei] = float(offset), 0.0
-                    continue
-                mean, se = running_mean_stderr(integrand, counts)
-                value[:, si, di, ei] = (offset + mean).cpu().numpy()
-                stderr[:, si, di, ei] = se.cpu().numpy()
+    value, stderr, seconds = _running_estimates(problem, es.vectors, coeff, a, xi, spec, counts)
+    attrs = {**provenance(problem), "measurement": "mc_convergence", "k": k, "seed": seed, "max_samples": S,
+             "tol": tol, "hvps": es.num_matvecs, "subspace_seconds": t_subspace,
+             "assembly_seconds": t_assembly, "a": a_k}
+    return _convergence_dataset(value, stderr, seconds, es, counts, spec, attrs)
+
+
+def _convergence_dataset(value: np.ndarray, stderr: np.ndarray, seconds: np.ndarray, es: Eigenspace,
+                         counts: list[int], spec: StabilizationSpec, attrs: dict) -> xr.Dataset:
+    """The :func:`mc_convergence` result from its arrays."""
     return xr.Dataset(
         {
             "value": (("S", "sigma", "dim", "estimator"), value,
@@ -153,9 +171,9 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
             "stderr": (("S", "sigma", "dim", "estimator"), stderr,
                        {"long_name": "Monte Carlo standard error", "units": "loss^2"}),
             "eval_seconds": (("sigma", "dim", "estimator"), seconds,
-                             {"long_name": f"evaluation time at S={S} for one (σ, D)", "units": "s"}),
+                             {"long_name": f"evaluation time at S={spec.mc_samples} for one (σ, D)", "units": "s"}),
             "eigenvalues": (("rank",), es.values.cpu().numpy(),
-                            {"long_name": f"top eigenvalues of H^({k})", "units": "loss/param²"}),
+                            {"long_name": f"top eigenvalues of H^({spec.ks[0]})", "units": "loss/param²"}),
             "residuals": (("rank",), es.residuals.cpu().numpy(),
                           {"long_name": "relative residual ‖Hu−θu‖/|θ₁|", "units": "1"}),
             "converged": (("rank",), es.converged.cpu().numpy(), {"long_name": "certified eigenpair"}),
@@ -164,11 +182,8 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
             "S": ("S", np.asarray(counts, dtype=np.int64), {"long_name": "Monte Carlo draws S"}),
             "sigma": ("sigma", np.asarray(spec.sigmas, dtype=float), {"units": "param"}),
             "dim": ("dim", np.asarray(spec.dims, dtype=np.int64), {"long_name": "subspace dimension D"}),
-            "estimator": ("estimator", np.asarray(est, dtype=str)),
-            "rank": ("rank", np.arange(1, Dmax + 1, dtype=np.int64)),
+            "estimator": ("estimator", np.asarray(CONVERGENCE_ESTIMATORS, dtype=str)),
+            "rank": ("rank", np.arange(1, spec.max_dim + 1, dtype=np.int64)),
         },
-        attrs={**provenance(problem), "measurement": "mc_convergence", "k": k, "seed": seed,
-               "max_samples": S, "tol": tol, "hvps": es.num_matvecs,
-               "subspace_seconds": t_subspace, "assembly_seconds": t_assembly,
-               "a": a_k},
+        attrs=attrs,
     )

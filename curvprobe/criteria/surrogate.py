@@ -24,6 +24,7 @@ and the p = 2 estimates in loss². Everything is float64.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -52,13 +53,20 @@ class Estimate:
         The estimate ``(1/S) Σ_s x_s``.
     stderr : float
         Its standard error ``std(x, ddof=1) / √S``.
-    num_samples : int
+    mc_samples : int
         ``S``, the number of integrand evaluations behind it.
     """
 
     mean: float
     stderr: float
-    num_samples: int
+    mc_samples: int
+
+    @property
+    def num_samples(self) -> int:
+        """Deprecated name of :attr:`mc_samples`."""
+        warnings.warn("Estimate.num_samples is deprecated: use Estimate.mc_samples", DeprecationWarning,
+                      stacklevel=2)
+        return self.mc_samples
 
     @classmethod
     def from_samples(cls, x: ArrayLike | Tensor) -> Estimate:
@@ -76,7 +84,7 @@ class Estimate:
         if not bool(torch.isfinite(t).all()):
             raise ValueError("samples must be finite")
         mean, stderr = mean_stderr(t)
-        return cls(mean=float(mean), stderr=float(stderr), num_samples=S)
+        return cls(mean=float(mean), stderr=float(stderr), mc_samples=S)
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,14 +156,14 @@ class QuadraticSurrogate:
         ``a² + a σ² tr(B) + σ² ‖c‖² + (σ⁴/4)(2 tr(B²) + tr(B)²)``."""
         return gaussian_moment(self.a, self.c, self.B, self.sigma)
 
-    def sample_z(self, num_samples: int, generator: torch.Generator) -> Tensor:
+    def sample_z(self, mc_samples: int, generator: torch.Generator) -> Tensor:
         """``σ · randn(S, D)`` from ``generator``: float64 (S, D), the draws that
         :meth:`quad_mc` uses (without antithetic pairs)."""
-        S = _check_count(num_samples)
+        S = _check_count(mc_samples)
         return self.sigma * torch.randn(S, self.D, generator=generator, dtype=torch.float64,
                                         device=self.c.device)
 
-    def quad_mc(self, num_samples: int, generator: torch.Generator, *, p: float = 2,
+    def quad_mc(self, mc_samples: int, generator: torch.Generator, *, p: float = 2,
                 antithetic: bool = False) -> Estimate:
         """Quadratic Monte Carlo estimate of ``E|q(z)|^p``, ``z ~ N(0, σ² I_D)``.
 
@@ -164,7 +172,7 @@ class QuadraticSurrogate:
 
         Parameters
         ----------
-        num_samples : int
+        mc_samples : int
             ``S`` ≥ 2; even when ``antithetic``.
         generator : torch.Generator
             Source of the draws (on ``c``'s device); the same generator state
@@ -174,26 +182,26 @@ class QuadraticSurrogate:
         antithetic : bool
             Draw ``S/2`` points ``z_j`` and use the pairs ``(z_j, −z_j)``. The
             standard error is then that of the ``S/2`` independent pair means
-            ``½(|q(z_j)|^p + |q(−z_j)|^p)``; ``num_samples`` reports ``S``.
+            ``½(|q(z_j)|^p + |q(−z_j)|^p)``; ``mc_samples`` reports ``S``.
 
         Returns
         -------
         Estimate
             Mean (loss^p), standard error and ``S``.
         """
-        S = _check_count(num_samples)
+        S = _check_count(mc_samples)
         if not (math.isfinite(p) and p >= 1):
             raise ValueError(f"p must be finite and >= 1, got {p!r}")
         if antithetic:
             if S % 2:
-                raise ValueError(f"antithetic sampling needs an even num_samples, got {S}")
+                raise ValueError(f"antithetic sampling needs an even mc_samples, got {S}")
             if S < 4:
                 raise ValueError(f"antithetic sampling needs >= 4 samples (2 pairs) for a "
                                  f"standard error, got {S}")
             z = self.sample_z(S // 2, generator)
             vals = 0.5 * (self(z).abs() ** p + self(-z).abs() ** p)
             est = Estimate.from_samples(vals)
-            return Estimate(mean=est.mean, stderr=est.stderr, num_samples=S)
+            return Estimate(mean=est.mean, stderr=est.stderr, mc_samples=S)
         return Estimate.from_samples(self(self.sample_z(S, generator)).abs() ** p)
 
     @classmethod
@@ -270,8 +278,8 @@ class QuadraticSurrogate:
         return f"QuadraticSurrogate(D={self.D}, a={float(self.a):.4g}, sigma={self.sigma:g})"
 
 
-def _check_count(num_samples: int) -> int:
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer >= 2 (a standard error needs >= 2 "
-                         f"samples), got {num_samples!r}")
-    return int(num_samples)
+def _check_count(mc_samples: int) -> int:
+    if isinstance(mc_samples, bool) or int(mc_samples) != mc_samples or mc_samples < 2:
+        raise ValueError(f"mc_samples must be an integer >= 2 (a standard error needs >= 2 "
+                         f"samples), got {mc_samples!r}")
+    return int(mc_samples)

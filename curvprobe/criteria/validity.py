@@ -12,7 +12,6 @@ smaller σ of the grid. Surrogate estimators used beyond it are flagged.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 
@@ -94,7 +93,7 @@ def regime_flags(ds: xr.Dataset, validity: xr.Dataset) -> xr.Dataset:
     surrogate = surrogate_only([str(e) for e in ds["estimator"].values])
     if outside.any() and surrogate:
         bad = ds["sigma"].values[outside].tolist()
-        ds.attrs["validity_warning"] = json.dumps({"sigma": bad, "estimators": surrogate})
+        ds.attrs["validity_warning"] = {"sigma": bad, "estimators": surrogate}
         warnings.warn(f"{'/'.join(surrogate)} reported at sigma={bad}, beyond the validated "
                       f"quadratic regime (sigma <= {regime:g}): proxy values, not the criterion",
                       stacklevel=3)

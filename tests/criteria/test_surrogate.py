@@ -15,8 +15,14 @@ from hypothesis import strategies as st
 from curvprobe import Problem
 from curvprobe.core.problem import HVP_MODES
 from curvprobe.criteria.surrogate import Estimate, QuadraticSurrogate
-from curvprobe.testing import (SPECTRUM_KINDS, QuadraticProblem, quadratic_problems, sigmas,
-                               spectra, symmetric_matrices)
+from curvprobe.testing import (
+    SPECTRUM_KINDS,
+    QuadraticProblem,
+    quadratic_problems,
+    sigmas,
+    spectra,
+    symmetric_matrices,
+)
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -46,7 +52,7 @@ def test_estimate_from_samples():
     est = Estimate.from_samples(torch.from_numpy(x))
     assert est.mean == pytest.approx(x.mean(), rel=1e-14)
     assert est.stderr == pytest.approx(x.std(ddof=1) / math.sqrt(50), rel=1e-14)
-    assert est.num_samples == 50
+    assert est.mc_samples == 50
     assert Estimate.from_samples([1.0, 3.0]) == Estimate(2.0, 1.0, 2)
 
 
@@ -104,7 +110,7 @@ def test_quad_mc_is_reproducible_and_uses_sample_z():
     assert e1.mean == pytest.approx(float((s(z) ** 2).mean()), rel=1e-14)
     anti = s.quad_mc(1000, torch.Generator().manual_seed(5), antithetic=True)
     z = s.sample_z(500, torch.Generator().manual_seed(5))
-    assert anti.num_samples == 1000
+    assert anti.mc_samples == 1000
     assert anti.mean == pytest.approx(float(torch.cat([s(z), s(-z)]).pow(2).mean()), rel=1e-14)
 
 
@@ -117,7 +123,7 @@ def test_quad_mc_agrees_with_gm(qp, sigma, data):
     gm = float(s.gm())
     for antithetic in (False, True):
         est = s.quad_mc(20_000, torch.Generator().manual_seed(k), antithetic=antithetic)
-        assert est.num_samples == 20_000
+        assert est.mc_samples == 20_000
         assert abs(est.mean - gm) <= 4.5 * est.stderr + 1e-12 * gm, (antithetic, est, gm)
 
 

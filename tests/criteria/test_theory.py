@@ -17,8 +17,7 @@ from scipy import integrate, stats
 
 from curvprobe.criteria import theory
 from curvprobe.criteria.surrogate import QuadraticSurrogate
-from curvprobe.testing import (QuadraticProblem, quadratic_problems, sigmas, spectra,
-                               symmetric_matrices)
+from curvprobe.testing import QuadraticProblem, quadratic_problems, sigmas, spectra, symmetric_matrices
 
 FAST = settings(max_examples=25, deadline=None)
 

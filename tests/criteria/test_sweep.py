@@ -13,11 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import curvprobe
-from curvprobe import Isotropic, Sphere, Subspace, stabilization
-from curvprobe.criteria.engine import all_k_increments, increments, noise, per_k_increments
+from curvprobe import stabilization
 from curvprobe.criteria.spec import ESTIMATORS
-from curvprobe.testing import QuadraticProblem, quadratic_problems, sigmas
 from curvprobe.criteria.theory import gaussian_moment, rate_bound
+from curvprobe.testing import QuadraticProblem, quadratic_problems, sigmas
 
 from conftest import gpt_problem, mlp_problem
 
@@ -96,24 +95,6 @@ def test_gm_matches_dense_assembly_and_rate_bound(qp, sigma):
         assert gm <= float(rate_bound(M_l, M_g, M_H, sigma, D, k)) * (1 + 1e-9)
 
 
-def test_all_k_engine_matches_per_k_loop():
-    problem = mlp_problem(n=40)
-    ks = [1, 2, 5, 17, 39]
-    draw = lambda s0, s1: 0.05 * torch.stack(  # noqa: E731
-        [noise(0, 9, s, (problem.num_params,)) for s in range(s0, s1)])
-    fast = all_k_increments(problem, ks, draw, 6, point_batch=4)
-    slow = per_k_increments(problem, ks, draw, 6, point_batch=4)
-    assert fast.shape == (6, 5)
-    assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-15)
-
-
-def test_increment_identity():
-    losses = torch.tensor([1.0, 3.0, 2.0, 7.0], dtype=torch.float64)
-    d = increments(losses, [1, 2, 3])
-    L = lambda k: losses[:k].mean()  # noqa: E731
-    assert torch.allclose(d, torch.stack([L(2) - L(1), L(3) - L(2), L(4) - L(3)]), rtol=1e-15)
-
-
 def test_per_k_subspace_on_mlp_and_warm_start():
     problem = mlp_problem(n=60)
     ks = [10, 20, 30, 40]
@@ -166,42 +147,6 @@ def test_general_p_refuses_gm_and_labels_units():
     assert np.isfinite(ds["value"]).all()
     assert ds["estimator_units"].sel(estimator="delta1") == "loss"
     assert ds["estimator_units"].sel(estimator="full_mc") == "loss^1"
-
-
-def test_validity_flags_and_warning():
-    problem = mlp_problem(n=40)
-    validity = curvprobe.quadratic_validity(problem, [1e-3, 1e-2, 3.0], k=20, mc_samples=8)
-    assert validity["rel_error_mean"].sel(sigma=1e-3) < 0.1
-    assert validity["rel_error_mean"].sel(sigma=3.0) > validity["rel_error_mean"].sel(sigma=1e-3)
-    regime = validity.attrs["validated_sigma_max"]
-    assert regime < 3.0
-    with pytest.warns(UserWarning, match="beyond the validated"):
-        ds = stabilization(problem, [5, 10], sigmas=[1e-3, 3.0], dims=[2], mc_samples=4,
-                           estimators=["gm", "direct_mc"], validity=validity)
-    assert ds["outside_validated_regime"].sel(sigma=3.0)
-    assert not ds["outside_validated_regime"].sel(sigma=1e-3)
-
-
-def test_validity_exact_for_quadratics():
-    qp = QuadraticProblem.random(8, 5, seed=0)
-    v = curvprobe.quadratic_validity(qp, [1e-2, 1.0, 10.0], mc_samples=4)
-    assert float(v["rel_error_mean"].max()) < 1e-8
-    assert v.attrs["validated_sigma_max"] == 10.0
-
-
-def test_probes():
-    gen = torch.Generator().manual_seed(0)
-    e = Sphere(0.5).sample(4, gen, 50)
-    assert torch.allclose(e.norm(dim=1), torch.full((4,), 0.5, dtype=torch.float64))
-    x = Isotropic(2.0).sample(2000, gen, 10)
-    assert abs(float(x.std()) - 2.0) < 0.1
-    U, _ = torch.linalg.qr(torch.randn(10, 3, dtype=torch.float64))
-    y = Subspace(U, 0.1).sample(5, gen, 10)
-    assert torch.allclose(y - (y @ U) @ U.T, torch.zeros_like(y), atol=1e-12)
-    assert torch.equal(curvprobe.Dirac().sample(3, gen, 10), torch.zeros(3, 10, dtype=torch.float64))
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="positive and finite"):
-            Isotropic(bad)
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -279,3 +224,44 @@ def test_default_estimators_drop_the_p2_only_ones_at_other_p():
     ds = stabilization(problem, [3, 6], sigmas=[1e-2], dims=[2], mc_samples=4, p=3)
     assert list(ds["estimator"].values) == ["delta1", "full_mc", "direct_mc", "quad_mc"]
     assert list(ds["estimator_units"].values) == ["loss", "loss^3", "loss^3", "loss^3"]
+
+
+def test_merge_parts_reassembles_stabilization():
+    from curvprobe.criteria import StabilizationSpec, iter_parts, merge_parts
+    from curvprobe.criteria.sweep import part_names
+
+    problem = mlp_problem(n=30)
+    spec = StabilizationSpec(ks=(4, 8, 16), sigmas=(1e-2,), dims=(1, 3), mc_samples=4,
+                             estimators=("delta1", "full_mc", "direct_mc", "gm"))
+    parts = list(iter_parts(problem, spec))
+    assert [p.name for p in parts] == part_names(spec) == ["fullspace", "k_000004", "k_000008", "k_000016"]
+    assert parts[0].eigenspace is None and all(p.eigenspace is not None for p in parts[1:])
+    merged = merge_parts([p.dataset for p in parts], spec.estimators)
+    direct = stabilization(problem, [4, 8, 16], sigmas=[1e-2], dims=[1, 3], mc_samples=4,
+                           estimators=["delta1", "full_mc", "direct_mc", "gm"])
+    drop = ["stage_seconds", "stage"]
+    xr.testing.assert_identical(merged.drop_vars(drop), direct.drop_vars(drop))
+    stages = {str(s): float(v) for s, v in zip(merged["stage"].values, merged["stage_seconds"].values)}
+    summed = sum(float(p.dataset["stage_seconds"].sum()) for p in parts)
+    assert sum(stages.values()) == pytest.approx(summed)
+    # the estimator order follows the request; parts alone merge too
+    back = merge_parts([p.dataset for p in parts], ["gm", "delta1", "direct_mc", "full_mc"])
+    assert list(back["estimator"].values) == ["gm", "delta1", "direct_mc", "full_mc"]
+    only_full = merge_parts([parts[0].dataset])
+    assert list(only_full["estimator"].values) == ["delta1", "full_mc"]
+    with pytest.raises(ValueError, match="nothing to merge"):
+        merge_parts([])
+
+
+def test_resumable_parts_do_not_depend_on_skipped_ones():
+    from curvprobe.criteria import StabilizationSpec, iter_parts
+
+    problem = mlp_problem(n=30)
+    spec = StabilizationSpec(ks=(4, 8, 16), sigmas=(1e-2,), dims=(2,), mc_samples=4,
+                             estimators=("direct_mc", "gm"), resumable=True)
+    full = list(iter_parts(problem, spec))
+    vectors = full[1].eigenspace.vectors.detach().to("cpu", torch.float64)
+    resumed = list(iter_parts(problem, spec, skip={"k_000004", "k_000008"}, init=vectors))
+    assert [p.name for p in resumed] == ["k_000016"]
+    drop = ["stage_seconds", "stage"]
+    xr.testing.assert_identical(resumed[0].dataset.drop_vars(drop), full[2].dataset.drop_vars(drop))
