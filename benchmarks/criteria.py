@@ -20,6 +20,7 @@ All speed figures are ratios of timings taken inside this run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 import warnings
 
@@ -27,9 +28,9 @@ import numpy as np
 import torch
 
 from curvprobe import quadratic_validity, stabilization, top_eigenspace
-from curvprobe.zoo.builtin import builtin_problem
 from curvprobe.criteria.engine import all_k_increments, coefficients_per_k, noise, per_k_increments
 from curvprobe.criteria.probes import Isotropic
+from curvprobe.zoo.builtin import builtin_problem
 
 
 def clock(fn):
@@ -65,7 +66,8 @@ def main() -> None:
         t_loop = min(t_loop, t)
     agree = float((fast - slow).abs().max() / slow.abs().max())
     ideal = sum(k + 1 for k in ks) / (K + 1)
-    print("| all-k engine (best of 3) | per-k loop (best of 3) | speed-up | sample-forward ratio Σ(k+1)/(K+1) | max rel. difference |")
+    print("| all-k engine (best of 3) | per-k loop (best of 3) | speed-up | "
+          "sample-forward ratio Σ(k+1)/(K+1) | max rel. difference |")
     print("|---|---|---|---|---|")
     print(f"| {t_all:.2f} s | {t_loop:.2f} s | **{t_loop / t_all:.1f}×** | {ideal:.1f} | {agree:.1e} |\n")
 
@@ -100,7 +102,7 @@ def main() -> None:
     xi = noise(0, 1, 0, (S, 16))
     t_direct, _ = clock(lambda: problem.per_sample_losses_at(
         w + (inside[-1] * xi) @ es.vectors.T, stop=k + 1))
-    print("| stage III at k = %d, D = 16 | seconds | ratio to GM |" % k)
+    print(f"| stage III at k = {k}, D = 16 | seconds | ratio to GM |")
     print("|---|---|---|")
     print(f"| GM (closed form) | {t_gm:.2e} | 1 |")
     print(f"| direct MC, S = {S} | {t_direct:.2e} | **{t_direct / t_gm:,.0f}×** |\n")
@@ -123,10 +125,10 @@ def main() -> None:
     for k in [ks[0], ks[len(ks) // 2], ks[-1]]:
         es_k = top_eigenspace(problem.hessian_operator(k), 16, tol=1e-3)
         gs = problem.gradient(k=k) * k
-        t_fast, c_fast = clock(lambda: coefficients_per_k(problem, k, 0.0, es_k, gs))
+        t_fast, c_fast = clock(lambda k=k, es_k=es_k, gs=gs: coefficients_per_k(problem, k, 0.0, es_k, gs))
         U = es_k.vectors
 
-        def naive():
+        def naive(U=U, k=k):
             Hk1 = U.T @ problem.hvp(U, k + 1)
             Hk = U.T @ problem.hvp(U, k)
             return (Hk1 - Hk)
@@ -148,10 +150,10 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|")
         prev = top_eigenspace(problem.hessian_operator(kk[0]), 16, tol=1e-3, keep_basis=True)
         tot = np.zeros(4)
-        for k0, k1 in zip(kk[:-1], kk[1:]):
-            t_cold, cold = clock(lambda: top_eigenspace(problem.hessian_operator(k1), 16, tol=1e-3))
-            t_warm, warm = clock(lambda: top_eigenspace(problem.hessian_operator(k1), 16, tol=1e-3,
-                                                        init=prev, keep_basis=True))
+        for k0, k1 in itertools.pairwise(kk):
+            t_cold, cold = clock(lambda k1=k1: top_eigenspace(problem.hessian_operator(k1), 16, tol=1e-3))
+            t_warm, warm = clock(lambda k1=k1, prev=prev: top_eigenspace(
+                problem.hessian_operator(k1), 16, tol=1e-3, init=prev, keep_basis=True))
             dev = float((cold.values - warm.values).abs().max() / cold.values[0])
             print(f"| {k0}→{k1} | {cold.num_matvecs} | {warm.num_matvecs} | {warm.cost:.1f} | "
                   f"**{cold.cost / warm.cost:.2f}×** | {t_cold:.1f} | {t_warm:.1f} | "
@@ -165,7 +167,8 @@ def main() -> None:
           [K - 3, K - 2, K - 1, K])
     chain(f"Grid neighbours (Δk = {ks[1] - ks[0]})", ks[-4:])
 
-    print(f"| stage (stabilization over {len(ks)} k, D ∈ {dims}, σ ∈ {sigmas}, S = {S}, fixed subspace) | seconds |")
+    print(f"| stage (stabilization over {len(ks)} k, D ∈ {dims}, σ ∈ {sigmas}, S = {S}, fixed subspace) "
+          "| seconds |")
     print("|---|---|")
     for stage, secs in zip(ds["stage"].values, ds["stage_seconds"].values):
         print(f"| {stage} | {secs:.2f} |")

@@ -23,10 +23,15 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from curvprobe.app import _progress
 from curvprobe.app.config import FIELDS, ConfigError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -36,13 +41,13 @@ EXIT_INTERRUPTED = 130
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2)."""
 
-    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+    def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"curvprobe: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
 
 # ----------------------------------------------------------------- helpers
-def _say(args) -> callable:
+def _say(args) -> Callable[[str], None]:
     if getattr(args, "quiet", False):
         return lambda message: None
     return lambda message: print(message, file=sys.stderr, flush=True)
@@ -63,7 +68,7 @@ def _busy_hint(args) -> None:
                    "often several times faster then")
 
 
-def _say_with_hint(args) -> callable:
+def _say_with_hint(args) -> Callable[[str], None]:
     """Like :func:`_say`, with :func:`_busy_hint` before the first message (which
     comes after the input has been checked, so errors stay one line)."""
     say, first = _say(args), [True]
@@ -109,7 +114,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine)")
+                        help="torch intra-op threads (default: torch's choice; 1 is faster on a busy "
+                             "machine)")
 
 
 def _check_fresh(path: Path, overwrite: bool) -> None:
@@ -174,10 +180,10 @@ def cmd_validity(args) -> int:
     from curvprobe.app.config import load_config
     from curvprobe.app.plots import plot_validity, save_figure
     from curvprobe.app.report import table
-    from curvprobe.results import save
     from curvprobe.app.runs import default_out
     from curvprobe.app.sources import build_problem
     from curvprobe.criteria.validity import quadratic_validity
+    from curvprobe.results import save
 
     config = load_config(args.config, _overrides(args), required=("model", "sigmas"))
     k = args.k
@@ -222,7 +228,7 @@ def _file_keys(path) -> set[str]:
     return set(read_toml(path))
 
 
-def _load_results(path: Path):
+def _load_results(path: Path) -> xr.Dataset:
     from curvprobe.results import load
 
     if not path.is_file():
@@ -255,7 +261,7 @@ def cmd_plot(args) -> int:
     from curvprobe.app.plots import save_figure, stabilization_figures
 
     path = Path(args.path)
-    found: dict[str, object] = {}
+    found: dict[str, xr.Dataset] = {}
     if path.is_dir():
         candidates = [path / "stabilization.nc", path / "validity.nc", path / "parts" / "validity.nc",
                       path / "mc_convergence.nc", path / "spectra.nc", path / "kronecker.nc"]
@@ -320,7 +326,7 @@ def cmd_info(args) -> int:
                                    ("torch", "numpy", "scipy", "xarray", "matplotlib", "tqdm",
                                     "threadpoolctl", "transformers")))
     try:
-        affinity = len(os.sched_getaffinity(0))
+        affinity: int | None = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
     print(f"cpu: {os.cpu_count()} logical cores ({affinity} usable); torch intra-op threads "
@@ -355,9 +361,9 @@ def cmd_spectrum(args) -> int:
     """
     from curvprobe.app.config import load_config
     from curvprobe.app.report import table
-    from curvprobe.results import save
     from curvprobe.app.runs import default_out
     from curvprobe.app.sources import build_problem
+    from curvprobe.results import save
 
     try:
         from curvprobe import spectral
@@ -488,10 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curvprobe: error: {_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        hint = "; finished parts are kept: rerun the same command with --resume" if args.command == "probe" else ""
+        hint = ("; finished parts are kept: rerun the same command with --resume"
+                if args.command == "probe" else "")
         print(f"curvprobe: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the command line reports, --debug re-raises
+    except Exception as exc:
         if args.debug:
             raise
         print(f"curvprobe: internal error: {type(exc).__name__}: {_line(exc)} "

@@ -191,6 +191,7 @@ def parse_value(name: str, value: Any) -> Any:
         raise ConfigError(f"unknown config key '{name}'; accepted keys: {', '.join(FIELD_BY_NAME)}")
     field = FIELD_BY_NAME[name]
     kind = field.kind
+    out: Any
     if kind.endswith("_list"):
         items = _split(value) if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -230,9 +231,8 @@ def parse_value(name: str, value: Any) -> Any:
 def _check(field: Field, value: Any, original: Any) -> Any:
     """Range and choice checks of one typed value."""
     name = field.name
-    if field.choices and field.kind == "str":
-        if value not in field.choices:
-            raise _bad(field, original)
+    if field.choices and field.kind == "str" and value not in field.choices:
+        raise _bad(field, original)
     if name == "estimators":
         if tuple(value) == ("all",):
             return ESTIMATOR_NAMES
@@ -388,7 +388,8 @@ class ProbeConfig:
         return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
 
     def spec(self) -> StabilizationSpec:
-        """The measurement this config names, resumable part by part (:func:`curvprobe.app.runs.run_probe`)."""
+        """The measurement this config names, resumable part by part
+        (:func:`curvprobe.app.runs.run_probe`)."""
         options: dict[str, Any] = {"guard_steps": self.guard_steps}
         if self.max_hvps:
             options["max_matvecs"] = self.max_hvps

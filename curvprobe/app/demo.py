@@ -68,7 +68,7 @@ def geometric_ks(lo: int, hi: int, count: int) -> tuple[int, ...]:
     """``count`` distinct integers, geometrically spaced from ``lo`` to ``hi``."""
     n = count
     while True:
-        ks = sorted({int(round(x)) for x in np.geomspace(lo, hi, n)})
+        ks = sorted({round(x) for x in np.geomspace(lo, hi, n)})
         if len(ks) >= count:
             return tuple(ks)
         n += 1
@@ -131,11 +131,11 @@ class DemoResult:
 def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bool = False,
              log: Callable[[str], None] | None = None, settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into ``out`` (default ``runs/<timestamp>``); see the module docstring."""
-    from curvprobe.zoo import models
-    from curvprobe.criteria.convergence import mc_convergence
     from curvprobe.app.runs import RunError, default_out, run_probe
     from curvprobe.app.sources import build_problem
+    from curvprobe.criteria.convergence import mc_convergence
     from curvprobe.criteria.validity import quadratic_validity
+    from curvprobe.zoo import models
 
     say = log or (lambda message: None)
     s = settings or (QUICK if quick else FULL)
@@ -151,7 +151,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     base = load_config(None, {
         "model": "builtin:tiny-gpt", "ks": list(s.ks), "sigmas": [1e-3], "dims": list(s.dims),
         "estimators": "all", "mc_samples": s.mc_samples, "num_data": s.num_data, "tol": s.tol,
-        "seed": s.seed, "subspace": s.subspace, "batch_size": s.batch_size, "point_batch": s.point_batch, "validity": False,
+        "seed": s.seed, "subspace": s.subspace, "batch_size": s.batch_size, "point_batch": s.point_batch,
+        "validity": False,
         "validity_samples": s.validity_samples, "out": str(out)})
     loaded = build_problem(base, progress=progress)
     problem = loaded.problem

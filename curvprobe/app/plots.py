@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import xarray as xr
@@ -43,7 +44,6 @@ from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
 __all__ = [
     "CRITERION_LABELS",
-    "save_figure",
     "plot_alpha_by_layer_type",
     "plot_alpha_fits",
     "plot_criteria_vs_k",
@@ -54,6 +54,7 @@ __all__ = [
     "plot_stage_timings",
     "plot_subspace_ratio",
     "plot_validity",
+    "save_figure",
     "slope_or_none",
     "stabilization_figures",
 ]
@@ -79,7 +80,7 @@ def _labelled(spectra: SpectraLike) -> list[tuple[str, xr.Dataset]]:
     if isinstance(spectra, xr.Dataset):
         return [(str(spectra.attrs.get("model", "")), spectra)]
     if isinstance(spectra, Mapping):
-        return [(str(key), ds) for key, ds in spectra.items()]
+        return [(str(key), cast(xr.Dataset, ds)) for key, ds in spectra.items()]
     return [(str(ds.attrs.get("model", f"#{i}")), ds) for i, ds in enumerate(spectra)]
 
 

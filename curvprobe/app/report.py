@@ -68,8 +68,8 @@ def slope_table(ds: xr.Dataset) -> str:
                              f"{fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]")
             if est == "delta1":
                 cells = [cells[0]] + ["(same)"] * (len(cells) - 1)
-            rows.append([name] + cells)
-    return table(["criterion"] + _sigma_head(ds), rows)
+            rows.append([name, *cells])
+    return table(["criterion", *_sigma_head(ds)], rows)
 
 
 def ratio_table(ds: xr.Dataset, k: int | None = None) -> str:
@@ -82,8 +82,8 @@ def ratio_table(ds: xr.Dataset, k: int | None = None) -> str:
             num = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
             den = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="full_mc"))
             cells.append(_fmt(num / den if den else math.nan))
-        rows.append([f"D={int(D)}"] + cells)
-    return table([f"Δ₂^(D)/Δ₂ at k={k}"] + _sigma_head(ds), rows)
+        rows.append([f"D={int(D)}", *cells])
+    return table([f"Δ₂^(D)/Δ₂ at k={k}", *_sigma_head(ds)], rows)
 
 
 def gm_table(ds: xr.Dataset, k: int | None = None) -> str:
@@ -99,8 +99,8 @@ def gm_table(ds: xr.Dataset, k: int | None = None) -> str:
             rel = abs(direct - gm) / abs(direct) if direct else math.nan
             z = abs(direct - gm) / se if se > 0 else math.nan
             cells.append(f"{_fmt(rel, 2)} ({_fmt(z, 2)} se)")
-        rows.append([f"D={int(D)}"] + cells)
-    return table([f"|direct−GM|/|direct| at k={k}"] + _sigma_head(ds), rows)
+        rows.append([f"D={int(D)}", *cells])
+    return table([f"|direct−GM|/|direct| at k={k}", *_sigma_head(ds)], rows)
 
 
 def convergence_table(conv: xr.Dataset) -> str:
@@ -110,8 +110,8 @@ def convergence_table(conv: xr.Dataset) -> str:
     for s in conv["sigma"].values:
         for D in conv["dim"].values:
             c = conv.sel(S=S, sigma=s, dim=D)
-            v = lambda e: float(c["value"].sel(estimator=e))  # noqa: E731
-            se = lambda e: float(c["stderr"].sel(estimator=e))  # noqa: E731
+            v = lambda e, c=c: float(c["value"].sel(estimator=e))  # noqa: E731
+            se = lambda e, c=c: float(c["stderr"].sel(estimator=e))  # noqa: E731
             rel = abs(v("direct_mc") - v("gm")) / abs(v("direct_mc"))
             rows.append([f"{s:.3g}", int(D), f"{v('direct_mc'):.3e} ± {se('direct_mc'):.1e}",
                          f"{v('quad_mc'):.3e} ± {se('quad_mc'):.1e}", f"{v('gm'):.3e}",

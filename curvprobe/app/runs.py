@@ -31,13 +31,14 @@ variable.
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime as dt
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import xarray as xr
@@ -83,7 +84,7 @@ class RunOutcome:
 
 def default_out(prefix: str = "runs") -> str:
     """``runs/<UTC timestamp>`` (absolute, under the working directory)."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return str((Path.cwd() / prefix / stamp).resolve())
 
 
@@ -120,8 +121,8 @@ class _RunDirectory:
         self.outcome = outcome
         self.timings_path = out / TIMINGS_FILE
         self.timings = _read_json(self.timings_path) or {"parts": {}, "sessions": []}
-        self.session = {"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        "computed": [], "skipped": []}
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.session: dict[str, Any] = {"started": started, "computed": [], "skipped": []}
         self.timings.setdefault("parts", {})
         self.timings.setdefault("sessions", []).append(self.session)
         self.t0 = time.perf_counter()
@@ -267,7 +268,8 @@ def _open(config: ProbeConfig, problem: Problem | None, resume: bool, progress: 
     return config, problem, run, resuming
 
 
-def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bool = False, progress: bool = False,
+def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bool = False,
+              progress: bool = False,
               validity: xr.Dataset | None = None, digests: dict[str, str] | None = None,
               log: Callable[[str], None] | None = None) -> RunOutcome:
     """Run (or resume) the stabilization measurement of ``config`` in ``config.out``.

@@ -34,9 +34,17 @@ import torch
 import xarray as xr
 
 from curvprobe.core.problem import Problem
-from curvprobe.criteria.engine import (SUBSPACE_CELLS, SubspaceCoefficients, SubspaceDraws, coefficients_per_k,
-                                       increments, noise,
-                                       running_mean_stderr, subspace_increments, surrogate_values)
+from curvprobe.criteria.engine import (
+    SUBSPACE_CELLS,
+    SubspaceCoefficients,
+    SubspaceDraws,
+    coefficients_per_k,
+    increments,
+    noise,
+    running_mean_stderr,
+    subspace_increments,
+    surrogate_values,
+)
 from curvprobe.criteria.spec import NOISE_STREAMS, StabilizationSpec, mc_samples_argument
 from curvprobe.linalg import Eigenspace, top_eigenspace
 from curvprobe.results import provenance
@@ -135,9 +143,9 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
         ``rank``; attrs ``k``, ``seed``, ``hvps`` and provenance.
     """
     S = mc_samples_argument(mc_samples, num_samples, "mc_convergence")
-    spec = StabilizationSpec(ks=(k,), sigmas=tuple(sigmas), dims=tuple(dims), estimators=CONVERGENCE_ESTIMATORS,
-                             mc_samples=S, seed=seed, tol=tol, point_batch=point_batch,
-                             eigen_options=eigen_kwargs or {})
+    spec = StabilizationSpec(ks=(k,), sigmas=tuple(sigmas), dims=tuple(dims),
+                             estimators=CONVERGENCE_ESTIMATORS, mc_samples=S, seed=seed, tol=tol,
+                             point_batch=point_batch, eigen_options=eigen_kwargs or {})
     spec.check_problem(problem.num_samples, problem.num_params)
     counts = sorted({int(c) for c in (sample_counts or _sample_counts(S))})
     if counts[0] < 2 or counts[-1] > S:
@@ -171,7 +179,8 @@ def _convergence_dataset(value: np.ndarray, stderr: np.ndarray, seconds: np.ndar
             "stderr": (("S", "sigma", "dim", "estimator"), stderr,
                        {"long_name": "Monte Carlo standard error", "units": "loss^2"}),
             "eval_seconds": (("sigma", "dim", "estimator"), seconds,
-                             {"long_name": f"evaluation time at S={spec.mc_samples} for one (σ, D)", "units": "s"}),
+                             {"long_name": f"evaluation time at S={spec.mc_samples} for one (σ, D)",
+                              "units": "s"}),
             "eigenvalues": (("rank",), es.values.cpu().numpy(),
                             {"long_name": f"top eigenvalues of H^({spec.ks[0]})", "units": "loss/param²"}),
             "residuals": (("rank",), es.residuals.cpu().numpy(),

@@ -171,7 +171,8 @@ class CurriculumProbe:
         save(combined, self.path, overwrite=True)
         if first is not None:
             self._init = first
-            atomic_write(self.eig_path, lambda h: torch.save({"step": step, "k": self.ks[0], "vectors": self._init}, h))
+            saved = {"step": step, "k": self.ks[0], "vectors": self._init}
+            atomic_write(self.eig_path, lambda h: torch.save(saved, h))
         return ds
 
 

@@ -160,7 +160,8 @@ FULL_SPACE_PROBES: dict[str, Callable[[float], Isotropic | Sphere]] = {
     "full_mc": Isotropic,
     "sphere": Sphere,
 }
-"""Full-space estimator name → its probing law at scale σ (registry: :data:`~curvprobe.criteria.spec.ESTIMATORS`)."""
+"""Full-space estimator name → its probing law at scale σ (the registry entry is in
+:data:`~curvprobe.criteria.spec.ESTIMATORS`)."""
 
 
 def probe_perturbations(probe: Isotropic | Sphere, seed: int, stream: int, num_params: int,

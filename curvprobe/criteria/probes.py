@@ -35,6 +35,14 @@ def _positive(name: str, value: float) -> float:
 class _GaussianNoise:
     """Shared by the probes that map ``noise_dim`` standard normals per point."""
 
+    def noise_dim(self, num_params: int) -> int:
+        """Standard-normal draws per point (columns of ``noise`` for :meth:`perturb`)."""
+        raise NotImplementedError
+
+    def perturb(self, noise: Tensor, num_params: int) -> Tensor:
+        """Perturbations ``w − w*`` (S, N) from standard-normal ``noise`` (S, noise_dim)."""
+        raise NotImplementedError
+
     def sample(self, num: int, generator: torch.Generator, num_params: int,
                device: torch.device | str = "cpu") -> Tensor:
         """``num`` perturbations ``w − w*`` (num, N) float64 on ``device`` (param units).

@@ -15,6 +15,7 @@ under the same name. ``docs/architecture.md`` shows how to add one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,8 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = ["DEFAULT_ESTIMATORS", "ESTIMATORS", "FULL_SPACE", "NOISE_STREAMS", "POINT", "SUBSPACE",
-           "SUBSPACE_MODES", "Estimator", "StabilizationSpec", "default_estimators", "estimator_units", "mc_samples_argument", "surrogate_only"]
+           "SUBSPACE_MODES", "Estimator", "StabilizationSpec", "default_estimators", "estimator_units",
+           "mc_samples_argument", "surrogate_only"]
 
 POINT, FULL_SPACE, SUBSPACE = "point", "full", "subspace"
 """Where an estimator probes: at ``w*``, in the full space, or inside ``span(U_D)``."""
@@ -158,7 +160,7 @@ def _int_grid(name: str, values: Sequence[int], *, sort: bool) -> tuple[int, ...
         raise ValueError(f"{name} is empty")
     if sort:
         out = sorted(set(out))
-    elif any(b <= a for a, b in zip(out, out[1:])):
+    elif any(b <= a for a, b in itertools.pairwise(out)):
         raise ValueError(f"{name} must be sorted and without duplicates, got {out}")
     if out[0] < 1:
         raise ValueError(f"{name} must hold integers >= 1, got {out[0]}")
@@ -246,7 +248,8 @@ class StabilizationSpec:
             raise ValueError("estimators is empty")
         if p != 2 and any(ESTIMATORS[e].p2_only for e in est):
             only2 = [e for e in est if ESTIMATORS[e].p2_only]
-            raise ValueError(f"estimators {only2} are defined for p = 2 only (got p = {p:g}); drop them or use p = 2")
+            raise ValueError(f"estimators {only2} are defined for p = 2 only (got p = {p:g}); "
+                             "drop them or use p = 2")
         mc = [e for e in est if ESTIMATORS[e].monte_carlo]
         if mc and int(self.mc_samples) < 2:
             raise ValueError(f"mc_samples must be >= 2 for a standard error of {mc}, got {self.mc_samples}")

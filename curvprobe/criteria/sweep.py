@@ -3,11 +3,12 @@
 A :class:`~curvprobe.criteria.spec.StabilizationSpec` names a (k, σ, D,
 estimator) grid. :func:`iter_parts` computes it part by part:
 
-| part | holds | how |
-|---|---|---|
-| ``fullspace`` | the estimators that do not depend on D (``delta1``, ``full_mc``, ``sphere``) at every k | one all-k pass per (σ, probe) |
-| ``subspace_fixed`` | the subspace estimators at every k, one ``U_D`` from ``H^(K)`` | ``subspace = "fixed"`` |
-| ``k_000010``, ... | the subspace estimators at one k, ``U_D`` from ``H^(k)`` | ``subspace = "per_k"``, warm-started from the previous k |
+- ``fullspace``: the estimators that do not depend on D (``delta1``,
+  ``full_mc``, ``sphere``) at every k, one all-k pass per (σ, probe);
+- ``subspace_fixed`` (``subspace = "fixed"``): the subspace estimators at
+  every k, with one ``U_D`` from ``H^(K)``;
+- ``k_000010``, ... (``subspace = "per_k"``): the subspace estimators at one
+  k, ``U_D`` from ``H^(k)``, warm-started from the previous k.
 
 Each part is a small Dataset with the schema of the merged result; the
 eigenspace of a per-k part rides along (:attr:`Part.eigenspace`) as the next
@@ -39,8 +40,14 @@ from torch import Tensor
 
 from curvprobe.core.problem import Problem
 from curvprobe.criteria import engine
-from curvprobe.criteria.spec import (ESTIMATORS, NOISE_STREAMS, POINT, SUBSPACE, StabilizationSpec,
-                                     mc_samples_argument)
+from curvprobe.criteria.spec import (
+    ESTIMATORS,
+    NOISE_STREAMS,
+    POINT,
+    SUBSPACE,
+    StabilizationSpec,
+    mc_samples_argument,
+)
 from curvprobe.criteria.validity import quadratic_validity, regime_flags
 from curvprobe.linalg import Eigenspace, top_eigenspace
 from curvprobe.results import provenance
@@ -106,7 +113,7 @@ class _Table:
     stderr: np.ndarray = field(init=False)
     count: np.ndarray = field(init=False)
     c_norm: np.ndarray = field(init=False)
-    trace_B: np.ndarray = field(init=False)
+    trace_B: np.ndarray = field(init=False)  # noqa: N815 - the paper's B_k
 
     def __post_init__(self) -> None:
         self.value = np.full(self.shape, np.nan)
@@ -268,10 +275,10 @@ def iter_parts(problem: Problem, spec: StabilizationSpec, *, skip: Collection[st
     with first("losses_at_w_star"):
         a = engine.increments(problem.per_sample_losses(stop=spec.max_k + 1), spec.ks)
 
+    pending: list[_Stages] = [first]
+
     def stages() -> _Stages:
-        nonlocal first
-        out, first = first or _Stages(), None
-        return out
+        return pending.pop() if pending else _Stages()
 
     if spec.full_space_names and "fullspace" not in skip:
         yield Part("fullspace", _full_space_part(problem, spec, a, stages()))

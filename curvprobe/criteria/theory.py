@@ -276,7 +276,7 @@ def extremal_index_set(increments: ArrayLike | Tensor, D: int) -> Tensor:
     D = int(D)
     # Decreasing by value; ties by increasing index (stable sort of −δ).
     order = torch.sort(-d, stable=True).indices
-    best, best_val = None, -math.inf
+    best, best_val = order[:D], -math.inf
     for j in range(D + 1):  # j smallest + (D − j) largest; disjoint since D ≤ n
         idx = torch.cat([order[: D - j], order[n - j:]])
         val = float(extremal_objective(d, idx))

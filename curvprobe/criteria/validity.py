@@ -51,7 +51,8 @@ def quadratic_validity(problem: Problem, sigmas: Sequence[float], *, k: int | No
     err = np.zeros((mc_samples, len(sigmas)))
     for s0 in range(0, mc_samples, point_batch):
         s1 = min(s0 + point_batch, mc_samples)
-        xi = torch.stack([noise(seed, NOISE_STREAMS["validity"], s, (N,)) for s in range(s0, s1)]).to(problem.device)
+        stream = NOISE_STREAMS["validity"]
+        xi = torch.stack([noise(seed, stream, s, (N,)) for s in range(s0, s1)]).to(problem.device)
         # one HVP batch serves every σ: δᵀHδ scales as σ²
         quad_unit = (xi.T * problem.hvp(xi.T, stop)).sum(0)
         lin_unit = xi @ g

@@ -184,9 +184,9 @@ def test_independent_commands(env, user_files, tmp_path):
         hf_dir = tmp_path / "tiny-gpt2"
         GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=100, n_positions=32, resid_pdrop=0.0,
                    embd_pdrop=0.0, attn_pdrop=0.0).save_pretrained(hf_dir)
-        commands["hf"] = ["probe", "--model", f"hf:{hf_dir}", "--ks", "4,8", "--sigmas", "0.01", "--dims", "1,2",
-                          "--mc-samples", "4", "--no-validity", "--seq-len", "12", "--out", str(tmp_path / "hf"),
-                          "--threads", "1"]
+        commands["hf"] = ["probe", "--model", f"hf:{hf_dir}", "--ks", "4,8", "--sigmas", "0.01",
+                          "--dims", "1,2", "--mc-samples", "4", "--no-validity", "--seq-len", "12",
+                          "--out", str(tmp_path / "hf"), "--threads", "1"]
     except ImportError:  # transformers is an optional extra
         pass
     if spectrum_ok:
@@ -248,7 +248,8 @@ def test_bad_inputs_one_line_exit_2(env, user_files, finished_run, tmp_path):
                               ("unknown estimator 'magic'", "direct_mc")),
         "sigma <= 0": (["probe", *SMALL_NO_THREADS, "--sigmas", "0.01,-1"], ("'sigmas'", "> 0")),
         "k beyond data": (["probe", *module, "--ks", "4,64"], ("k = 64", "larger than the data", "40")),
-        "checkpoint mismatch": (["probe", *module, "--ks", "4,8", "--checkpoint", str(user_files["mismatch"])],
+        "checkpoint mismatch": (["probe", *module, "--ks", "4,8", "--checkpoint",
+                                 str(user_files["mismatch"])],
                                 ("does not match the model", "shape mismatch")),
         "not a checkpoint": (["probe", *module, "--ks", "4,8", "--checkpoint", str(user_files["text"])],
                              ("is not a PyTorch checkpoint",)),
@@ -256,7 +257,8 @@ def test_bad_inputs_one_line_exit_2(env, user_files, finished_run, tmp_path):
                            str(user_files["data"]), "--ks", "4,8", "--sigmas", "0.01"],
                           ("training mode", "Dropout", "eval()")),
     }
-    commands = {name: args + ["--out", str(_out(d, name)), "--threads", "1"] for name, (args, _) in cases.items()}
+    commands = {name: [*args, "--out", str(_out(d, name)), "--threads", "1"]
+                for name, (args, _) in cases.items()}
     reference = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file()}
     commands["resume with other config"] = ["probe", *SMALL, "--sigmas", "0.01,0.2", "--resume",
                                             "--out", str(finished_run)]
@@ -334,7 +336,7 @@ def test_config_file_flags_and_round_trip(tmp_path, monkeypatch):
     assert cfg.differences(cfg.replace(tol=1e-2))[0][0] == "tol"
 
 
-@pytest.mark.parametrize("key, value, needle", [
+@pytest.mark.parametrize(("key", "value", "needle"), [
     ("ks", "10,x", "list of integers"),
     ("ks", "0,5", ">= 1"),
     ("sigmas", "-1e-3", "> 0"),

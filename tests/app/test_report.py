@@ -46,7 +46,7 @@ def test_summary_holds_every_section(run):
     text = summary_markdown(ds, validity=validity, convergence=conv, title="t", notes=["note one"])
     assert text.startswith("# t")
     assert "note one" in text
-    for heading in ("## Fitted slope of each criterion", "## Subspace vs full space", "## GM vs direct Monte Carlo",
-                    "## Stage timings", "## Eigensolver certificates"):
+    for heading in ("## Fitted slope of each criterion", "## Subspace vs full space",
+                    "## GM vs direct Monte Carlo", "## Stage timings", "## Eigensolver certificates"):
         assert heading in text, heading
     assert "validated" in text  # the validity sweep's regime is reported

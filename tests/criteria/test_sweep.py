@@ -52,7 +52,7 @@ def test_estimators_exact_on_quadratics(qp, sigma, subspace):
     v = ds["value"].sel(sigma=sigma)
     se = ds["stderr"].sel(sigma=sigma)
     losses = qp.dense_losses()
-    for j, k in enumerate(ks):
+    for _j, k in enumerate(ks):
         a_exact = (losses[k] - losses[:k].mean()) / (k + 1)
         assert math.isclose(float(v.sel(k=k, dim=1, estimator="delta1")), abs(float(a_exact)),
                             rel_tol=1e-12, abs_tol=1e-15)
@@ -108,7 +108,7 @@ def test_per_k_subspace_on_mlp_and_warm_start():
     assert ((miss > 0) & (miss <= 1)).all()
     # per-k eigenvalues are those of H^(k)
     for k in ks:
-        H = torch.func.hessian(lambda w: problem.chunk_losses(w, 0, k).mean())(problem.params)
+        H = torch.func.hessian(lambda w, k=k: problem.chunk_losses(w, 0, k).mean())(problem.params)
         top = torch.linalg.eigvalsh(H).flip(0)[:3].numpy()
         assert np.allclose(ds["eigenvalues"].sel(k=k).values, top, rtol=0, atol=2e-3 * abs(top[0]))
     # doubling the samples moves the subspace too far to carry the basis; one
@@ -167,7 +167,7 @@ def test_save_load_roundtrip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(("kwargs", "match"), [
     (dict(ks=[5, 3]), "sorted"),
     (dict(ks=[3, 3]), "sorted"),
     (dict(ks=[0, 3]), "ks must hold integers >= 1"),

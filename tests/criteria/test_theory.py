@@ -81,8 +81,9 @@ def test_gm_equals_gauss_hermite_and_diagonalised_moments(quad):
 def test_gm_one_dimensional_numerical_integration():
     for a, c, b, sigma in [(0.7, 1.3, -2.1, 0.4), (-1.0, 0.0, 3.0, 1.5), (0.0, 0.0, 1.0, 0.1)]:
         pdf = stats.norm(scale=sigma).pdf
-        ref, err = integrate.quad(lambda z: (a + c * z + 0.5 * b * z * z) ** 2 * pdf(z),
-                                  -np.inf, np.inf, epsabs=0, epsrel=1e-13)
+        ref, _err = integrate.quad(
+            lambda z, a=a, c=c, b=b, pdf=pdf: (a + c * z + 0.5 * b * z * z) ** 2 * pdf(z),
+            -np.inf, np.inf, epsabs=0, epsrel=1e-13)
         gm = float(theory.gaussian_moment(a, [c], [[b]], sigma))
         assert gm == pytest.approx(ref, rel=1e-10)
 
