@@ -8,21 +8,20 @@ another number (or ``0`` to leave BLAS alone) before importing.
 
 from curvprobe._compat import install_moved_module_finder
 from curvprobe._threads import configure_threads
+from curvprobe._version import __version__
 
 configure_threads()
 install_moved_module_finder()
 
+from curvprobe.core.operators import HessianOperator, LinearOperator, MatrixOperator  # noqa: E402
+from curvprobe.core.problem import Problem  # noqa: E402
 from curvprobe.criteria import ESTIMATORS, stabilization  # noqa: E402
 from curvprobe.criteria.curriculum import CurriculumProbe  # noqa: E402
-from curvprobe.linalg import Eigenspace, top_eigenspace  # noqa: E402
-from curvprobe.core.operators import HessianOperator, LinearOperator, MatrixOperator  # noqa: E402
 from curvprobe.criteria.probes import Dirac, Isotropic, Sphere, Subspace  # noqa: E402
-from curvprobe.core.problem import Problem  # noqa: E402
-from curvprobe.results import load, save  # noqa: E402
 from curvprobe.criteria.surrogate import Estimate, QuadraticSurrogate  # noqa: E402
 from curvprobe.criteria.validity import quadratic_validity  # noqa: E402
-
-__version__ = "0.1.0"
+from curvprobe.linalg import Eigenspace, top_eigenspace  # noqa: E402
+from curvprobe.results import load, save  # noqa: E402
 
 __all__ = [
     "ESTIMATORS",
@@ -30,18 +29,18 @@ __all__ = [
     "Dirac",
     "Eigenspace",
     "Estimate",
+    "HessianOperator",
     "Isotropic",
+    "LinearOperator",
+    "MatrixOperator",
+    "Problem",
     "QuadraticSurrogate",
     "Sphere",
     "Subspace",
+    "__version__",
     "load",
     "quadratic_validity",
     "save",
     "stabilization",
-    "HessianOperator",
-    "LinearOperator",
-    "MatrixOperator",
-    "Problem",
-    "__version__",
     "top_eigenspace",
 ]

@@ -67,7 +67,7 @@ def provenance(problem=None, **extra: Any) -> dict[str, Any]:
         count, the problem's description and ``extra``, as Python values
         (:func:`save` encodes them).
     """
-    from curvprobe import __version__
+    from curvprobe._version import __version__
 
     attrs: dict[str, Any] = {
         "curvprobe_version": __version__,

@@ -311,7 +311,7 @@ def cmd_info(args) -> int:
 
     import torch
 
-    from curvprobe import __version__
+    from curvprobe._version import __version__
     from curvprobe.zoo import models
 
     def version(name: str) -> str:
@@ -410,7 +410,7 @@ def cmd_spectrum(args) -> int:
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``curvprobe`` argument parser: one sub-command per ``cmd_*`` function."""
-    from curvprobe import __version__
+    from curvprobe._version import __version__
 
     parser = _Parser(prog="curvprobe", description="Curvature-aligned probing of loss landscapes.")
     parser.add_argument("--version", action="version", version=f"curvprobe {__version__}")
