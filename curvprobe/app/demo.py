@@ -13,7 +13,7 @@ Stages (each timed, each with a progress bar on a terminal):
    → ``stabilization.nc`` (+ ``config.toml``, ``parts/``, ``timings.json``);
 4. Monte Carlo convergence at one k (S = 4 … S_max, nested draws)
    → ``mc_convergence.nc``;
-5. figures (DESIGN §7 items 1–6) as PNG, and ``summary.md`` (also printed).
+5. figures (those of `docs/estimators.md`) as PNG, and ``summary.md`` (also printed).
 
 :data:`FULL` and :data:`QUICK` hold the settings; the full demo is sized for
 ≤ 15 minutes on 2 CPU cores once the model is cached (measured: ≈ 8 minutes

@@ -15,15 +15,15 @@ Sections (each self-contained; add new ones below, with their own helpers):
   :func:`plot_spectral_transfer` (measured s vs αγ across layers),
   :func:`plot_rank_profile_bic` (rank-profile BIC winners),
   :func:`plot_alpha_by_layer_type` (α by layer type).
-- Stabilization (DESIGN §7 items 1–6) — from :func:`curvprobe.stabilization`,
+- Stabilization (the figures of `docs/estimators.md`) — from :func:`curvprobe.stabilization`,
   :func:`curvprobe.quadratic_validity` and :func:`curvprobe.criteria.convergence.mc_convergence`:
   :func:`plot_criteria_vs_k` (Δ₁, Δ₂, Δ₂^(D) and GM against k, log–log, with
-  fitted slopes; §7.1),
-  :func:`plot_subspace_ratio` (Δ₂^(D)/Δ₂ against k per D and σ; §7.2),
-  :func:`plot_validity` (quadratic-validity relative error against σ; §7.3),
-  :func:`plot_mc_convergence` (direct and quadratic MC against S, with GM; §7.4),
-  :func:`plot_gm_agreement` (|direct − GM| / |direct| over D and σ; §7.5),
-  :func:`plot_stage_timings` (wall time per stage and per estimator; §7.6),
+  fitted slopes),
+  :func:`plot_subspace_ratio` (Δ₂^(D)/Δ₂ against k per D and σ),
+  :func:`plot_validity` (quadratic-validity relative error against σ),
+  :func:`plot_mc_convergence` (direct and quadratic MC against S, with GM),
+  :func:`plot_gm_agreement` (|direct − GM| / |direct| over D and σ),
+  :func:`plot_stage_timings` (wall time per stage and per estimator),
   :func:`stabilization_figures` (all of those that the given Datasets allow).
 """
 
@@ -97,10 +97,14 @@ def plot_alpha_fits(spectra: xr.Dataset, *, layers: Sequence[str] | None = None,
     h > 0); hollow markers show |h| where h ≤ 0 (not fitted). The line is the
     OLS fit of log h on log σ (slope α, from the Dataset's own arrays).
 
-    Args:
-        spectra: a ``layer_spectra`` Dataset.
-        layers: subset of ``spectra.layer`` to draw (default all).
-        ncols: panels per row.
+    Parameters
+    ----------
+    spectra
+        A ``layer_spectra`` Dataset.
+    layers
+        Subset of ``spectra.layer`` to draw (default all).
+    ncols
+        Panels per row.
     """
     from curvprobe.spectral.fits import power_law_fit
 
@@ -142,10 +146,12 @@ def plot_alpha_fits(spectra: xr.Dataset, *, layers: Sequence[str] | None = None,
 def plot_spectral_transfer(spectra: SpectraLike) -> Figure:
     """Measured s against the prediction αγ, one point per layer, with s = αγ.
 
-    Args:
-        spectra: one ``layer_spectra`` Dataset, a list of them, or a mapping
-            ``label -> Dataset`` (one marker per dataset, colour per
-            ``layer_group``). Layers with NaN s or αγ are left out.
+    Parameters
+    ----------
+    spectra
+        One ``layer_spectra`` Dataset, a list of them, or a mapping
+        ``label -> Dataset`` (one marker per dataset, colour per
+        ``layer_group``). Layers with NaN s or αγ are left out.
     """
     fig = _figure(5.0, 4.5)
     ax = fig.subplots()
@@ -220,11 +226,14 @@ def plot_rank_profile_bic(spectra: SpectraLike) -> Figure:
 def plot_alpha_by_layer_type(spectra: SpectraLike, *, by: str = "layer_group") -> Figure:
     """α per layer, grouped by a per-layer coordinate (default ``layer_group``).
 
-    Args:
-        spectra: one Dataset, a list, or a mapping ``label -> Dataset``; points
-            of different datasets get different markers.
-        by: coordinate over ``layer`` to group on ("layer_group",
-            "layer_kind", "module_type", …).
+    Parameters
+    ----------
+    spectra
+        One Dataset, a list, or a mapping ``label -> Dataset``; points
+        of different datasets get different markers.
+    by
+        Coordinate over ``layer`` to group on ("layer_group",
+        "layer_kind", "module_type", …).
 
     Points are jittered horizontally; the bar is the group median. The dashed
     line marks α = 2 (the Kronecker headline with β = 2, φ = 0).
@@ -314,13 +323,18 @@ def _sigma_label(ds: xr.Dataset, sigma: float) -> str:
 def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
                        estimators: Sequence[str] = ("delta1", "full_mc", "direct_mc", "gm"),
                        sigmas: Sequence[float] | None = None) -> Figure:
-    """Criteria against k on log–log axes, one panel per σ, with fitted slopes (§7.1).
+    """Criteria against k on log–log axes, one panel per σ, with fitted slopes.
 
-    Args:
-        ds: a :func:`curvprobe.stabilization` Dataset.
-        dim: D of the subspace criteria (default the largest).
-        estimators: which criteria to draw (those present).
-        sigmas: panels (default every σ).
+    Parameters
+    ----------
+    ds
+        A :func:`curvprobe.stabilization` Dataset.
+    dim
+        D of the subspace criteria (default the largest).
+    estimators
+        Which criteria to draw (those present).
+    sigmas
+        Panels (default every σ).
 
     Each legend entry gives the OLS slope of log value on log k with its 95 %
     confidence interval; error bars are ±1 standard error. The dotted line is
@@ -370,7 +384,7 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
 
 def plot_subspace_ratio(ds: xr.Dataset, *, numerator: str = "direct_mc",
                         denominator: str = "full_mc") -> Figure:
-    """Δ₂^(D)/Δ₂ against k, one line per (D, σ) (§7.2).
+    """Δ₂^(D)/Δ₂ against k, one line per (D, σ).
 
     Colour encodes D, line style and marker encode σ; the grey line is 1.
     """
@@ -402,7 +416,7 @@ def plot_subspace_ratio(ds: xr.Dataset, *, numerator: str = "direct_mc",
 
 
 def plot_validity(validity: xr.Dataset) -> Figure:
-    """Relative error of the quadratic model against σ (§7.3).
+    """Relative error of the quadratic model against σ.
 
     Points: mean over draws with ±1 std (clipped at the axis); grey dots: the
     individual draws; dashed: the threshold; shaded: the validated regime.
@@ -436,7 +450,7 @@ def plot_validity(validity: xr.Dataset) -> Figure:
 
 
 def plot_mc_convergence(conv: xr.Dataset, *, sigmas: Sequence[float] | None = None) -> Figure:
-    """Direct MC and quadratic MC against the number of draws S, with GM (§7.4).
+    """Direct MC and quadratic MC against the number of draws S, with GM.
 
     One panel per (σ, D); running means over nested prefixes of the same draws
     with ±1 standard error.
@@ -478,7 +492,7 @@ def gm_relative_gap(ds: xr.Dataset) -> xr.DataArray:
 
 
 def plot_gm_agreement(ds: xr.Dataset, *, k: int | None = None) -> Figure:
-    """Heat map of |Direct − GM| / |Direct| over D and σ (§7.5).
+    """Heat map of |Direct − GM| / |Direct| over D and σ.
 
     Left: at one k (default the largest); right: the median over all k.
     Columns of σ beyond the validated regime are marked with ``*``.
@@ -526,7 +540,7 @@ _STAGE_LABELS = {
 
 def plot_stage_timings(ds: xr.Dataset, *, convergence: xr.Dataset | None = None,
                        extra: Mapping[str, float] | None = None) -> Figure:
-    """Wall time per stage, and per-estimator evaluation cost (§7.6).
+    """Wall time per stage, and per-estimator evaluation cost.
 
     Left: ``ds.stage_seconds`` (plus ``extra`` stages such as the validity
     sweep), log scale. Right (if ``convergence`` is given): seconds to evaluate

@@ -1,4 +1,4 @@
-"""Probing laws ``q`` around the trained point ``w*`` (DESIGN.md §2).
+"""Probing laws ``q`` around the trained point ``w*`` (``docs/concepts.md``).
 
 A probe maps standard-normal noise to perturbations ``w − w*``:
 

@@ -1,4 +1,4 @@
-"""Quadratic-model theory of loss-landscape stabilization (DESIGN.md §2).
+"""Quadratic-model theory of loss-landscape stabilization (``docs/concepts.md``).
 
 Notation (Kiselev & Grabovoy). At the trained point ``w*``, probing inside the
 top-D eigenspace ``w = w* + U_D z`` with ``z ~ N(0, σ² I_D)``, the increment
@@ -327,7 +327,7 @@ def empirical_slope(k: ArrayLike | Tensor, values: ArrayLike | Tensor, *,
     ``log k``; the interval is ``slope ± t · stderr`` with the Student-t
     quantile at ``(1 + level)/2`` and ``n − 2`` degrees of freedom. The rate
     bound predicts a slope of at most −2 for the squared criteria; the measured
-    slope depends on the data and the point (DESIGN §2), so this reports it and
+    slope depends on the data and the point (``docs/concepts.md``), so this reports it and
     asserts nothing.
 
     Parameters
