@@ -58,9 +58,9 @@ import torch
 from torch import Tensor
 
 from curvprobe.core.operators import LinearOperator
-from curvprobe.linalg._krylov import random_unit
+from curvprobe.linalg._krylov import KrylovRun, random_unit
 from curvprobe.linalg.davidson import block_davidson
-from curvprobe.linalg.guard import missed_eigenvalue_guard
+from curvprobe.linalg.guard import GuardResult, missed_eigenvalue_guard
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 from curvprobe.linalg.power import deflated_power_iteration
 from curvprobe.linalg.result import Eigenspace
@@ -79,7 +79,8 @@ def _warm_start(op: LinearOperator, init: Tensor | Eigenspace, D: int,
     costs: a sample set that grew by more than ``D / size(basis)`` moved the
     subspace too far for the basis to pay), else the previous subspace's
     vectors (completed with random ones up to ``D``) and None."""
-    if isinstance(init, Eigenspace) and init.basis is not None and init.basis.shape[1] >= D:
+    if (isinstance(init, Eigenspace) and init.basis is not None and init.basis.shape[1] >= D
+            and init.operator is not None and init.basis_image is not None):
         image = op.carry(init.operator, init.basis, init.basis_image, budget=D)
         if image is not None:
             return init.basis, image
@@ -98,12 +99,57 @@ def _init_block(init: Tensor | Eigenspace, n: int, D: int, generator: torch.Gene
     return torch.cat([U, *(x[:, None] for x in extra)], dim=1)
 
 
-def _check_args(op: LinearOperator, D: int, tol: float) -> None:
+def _check_args(op: LinearOperator, D: int, tol: float, method: str,
+                max_miss_probability: float | None) -> None:
     n = op.shape[0]
     if not isinstance(D, int) or not 1 <= D < n:
         raise ValueError(f"D must be an integer with 1 <= D < N = {n}, got {D!r}")
     if not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if max_miss_probability is not None and not 0 < max_miss_probability < 1:
+        raise ValueError(f"max_miss_probability must lie in (0, 1), got {max_miss_probability!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def _krylov_solve(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *, tol: float,
+                  basis_size: int, budget: int, generator: torch.Generator,
+                  keep_basis: bool) -> KrylovRun:
+    """The Ritz pairs before the guard: Lanczos from a random vector (cold),
+    or Davidson from ``init`` (warm), continued by Lanczos from the sum of its
+    Ritz vectors when a residual is still above ``tol`` and budget is left."""
+    start = op.num_matvecs
+    if init is None:
+        return thick_restart_lanczos(op, D, random_unit(op.shape[0], generator, op.device)[:, None],
+                                     tol=tol, basis_size=basis_size, max_matvecs=budget,
+                                     generator=generator, keep_basis=keep_basis)
+    U0, image = _warm_start(op, init, D, generator)
+    run = block_davidson(op, D, U0, image=image, max_matvecs=budget, reach=_DAVIDSON_REACH, tol=tol,
+                         basis_size=basis_size, generator=generator, keep_basis=keep_basis)
+    spent = op.num_matvecs - start
+    if bool((run.residuals > tol * float(run.values.abs().max())).any()) and spent < budget:
+        # the subspace moved far: Lanczos from the sum of its Ritz vectors
+        run = thick_restart_lanczos(op, D, run.vectors.sum(dim=1, keepdim=True), tol=tol,
+                                    basis_size=basis_size, max_matvecs=budget - spent,
+                                    generator=generator, keep_basis=keep_basis)
+    return run
+
+
+def _certified(op: LinearOperator, run: KrylovRun, checked: GuardResult, D: int, tol: float,
+               start: int, start_cost: float) -> Eigenspace:
+    """The top ``D`` pairs of the guarded run, sorted, with relative residuals
+    and the work spent since ``start`` / ``start_cost``."""
+    values, vectors, residuals = checked.values, checked.vectors, checked.residuals
+    # pairs merged by a repair lie outside the run's basis: it cannot be kept
+    basis, image = (None, None) if checked.repaired else (run.basis, run.image)
+    order = values.argsort(descending=True)[:D]
+    scale = float(values[order].abs().max())
+    rel = residuals[order] / scale if scale > 0 else residuals[order]
+    converged = (rel <= tol) & checked.certified
+    return Eigenspace(values[order].clone(), vectors[:, order].contiguous(), rel,
+                      op.num_matvecs - start, converged, tol, "lanczos", checked.guard_value,
+                      checked.miss_probability, op.cost - start_cost, basis, image,
+                      op if basis is not None else None)
 
 
 def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str = "lanczos",
@@ -158,45 +204,19 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     -------
     Eigenspace
     """
-    _check_args(op, D, tol)
-    if max_miss_probability is not None and not 0 < max_miss_probability < 1:
-        raise ValueError(f"max_miss_probability must lie in (0, 1), got {max_miss_probability!r}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    _check_args(op, D, tol, method, max_miss_probability)
     generator = torch.Generator().manual_seed(int(seed))
-    n = op.shape[0]
     budget = int(max_matvecs) if max_matvecs is not None else max(40 * D, 400)
     start, start_cost = op.num_matvecs, op.cost
     if method == "power":
         return deflated_power_iteration(op, D, tol=tol, generator=generator, budget=budget,
                                         iters=power_iters, change_tol=power_tol, start=start)
     m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
-    solve = {"tol": tol, "basis_size": m, "generator": generator, "keep_basis": keep_basis}
-    if init is None:
-        run = thick_restart_lanczos(op, D, random_unit(n, generator, op.device)[:, None],
-                                    max_matvecs=budget, **solve)
-    else:
-        U0, image = _warm_start(op, init, D, generator)
-        run = block_davidson(op, D, U0, image=image, max_matvecs=budget, reach=_DAVIDSON_REACH,
-                             **solve)
-        spent = op.num_matvecs - start
-        if bool((run.residuals > tol * float(run.values.abs().max())).any()) and spent < budget:
-            # the subspace moved far: Lanczos from the sum of its Ritz vectors
-            run = thick_restart_lanczos(op, D, run.vectors.sum(dim=1, keepdim=True),
-                                        max_matvecs=budget - spent, **solve)
+    run = _krylov_solve(op, D, init, tol=tol, basis_size=m, budget=budget, generator=generator,
+                        keep_basis=keep_basis)
     checked = missed_eigenvalue_guard(op, run, D, tol=tol, steps=guard_steps,
                                       max_rounds=max_guard_rounds,
                                       max_miss_probability=max_miss_probability, basis_size=m,
                                       max_matvecs=budget - (op.num_matvecs - start),
                                       generator=generator)
-    values, vectors, residuals = checked.values, checked.vectors, checked.residuals
-    # pairs merged by a repair lie outside the run's basis: it cannot be kept
-    basis, image = (None, None) if checked.repaired else (run.basis, run.image)
-    order = values.argsort(descending=True)[:D]
-    scale = float(values[order].abs().max())
-    rel = residuals[order] / scale if scale > 0 else residuals[order]
-    converged = (rel <= tol) & checked.certified
-    return Eigenspace(values[order].clone(), vectors[:, order].contiguous(), rel,
-                      op.num_matvecs - start, converged, tol, "lanczos", checked.guard_value,
-                      checked.miss_probability, op.cost - start_cost, basis, image,
-                      op if basis is not None else None)
+    return _certified(op, run, checked, D, tol, start, start_cost)

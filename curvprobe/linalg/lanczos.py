@@ -88,50 +88,82 @@ def thick_restart_lanczos(op: LinearOperator, nev: int, X0: Tensor, *, tol: floa
         the budget is spent.
     """
     n = op.shape[0]
-    b = X0.shape[1]
-    m = min(max(basis_size, nev + 2 * b), n)
+    m = min(max(basis_size, nev + 2 * X0.shape[1]), n)
     # the basis, preallocated with one Krylov vector per row: the projections
     # Qᵀ W and Q C then read contiguous memory (docs/performance.md)
-    rows = torch.empty(m + b, n, dtype=torch.float64, device=op.device)
-    size = 0
+    rows = torch.empty(m + X0.shape[1], n, dtype=torch.float64, device=op.device)
+    size = used = 0
     X = next_block(X0, rows[:0].T, generator, 0.0)
     T = torch.zeros(0, 0, dtype=torch.float64, device=op.device)
-    used = 0
     while True:
         b = min(X.shape[1], n - size)
         X = X[:, :b]
-        W = op.matmat(X)
+        W, T = _expand(op, X, rows, size, T)
         used += b
-        rows[size : size + b] = X.T
         size += b
         Q = rows[:size].T
-        W, H = project_out(W, Q)
-        T_new = torch.zeros(size, size, dtype=torch.float64, device=op.device)
-        T_new[: size - b, : size - b] = T
-        T_new[:, size - b :] = H
-        T_new[size - b :, :] = H.T
-        T = 0.5 * (T_new + T_new.T)
-        theta, S = torch.linalg.eigh(T)
-        theta, S = theta.flip(0), S.flip(1)
+        theta, S = _descending_eigh(T)
         wanted = min(nev, size)
         top_scale = scale if scale is not None else float(theta[:wanted].abs().max())
-        S_last = S[size - b :, :]
-        res = torch.einsum("ij,ik,kj->j", S_last, W.T @ W, S_last).clamp_min(0).sqrt()  # ‖W s_last‖
+        res = _residual_norms(S[size - b :, :], W)
         done = size >= nev and bool((res[:nev] <= tol * top_scale).all())
         if until is not None:
             done = done or until(T, float(theta[0]))
         if done or used >= max_matvecs or size >= n:
-            basis = image = None
-            if keep_basis:
-                basis, image = Q.clone(), Q @ T
-                image[:, size - b :] += W
-            return KrylovRun(theta[:wanted], Q @ S[:, :wanted], res[:wanted], W,
-                             S_last[:, :wanted].T.contiguous(), T, basis, image)
+            return _lanczos_run(Q, T, W, theta, S, res, wanted, keep_basis)
         if size + b > m:
             # thick restart: keep the best p Ritz vectors; A Z = Z Θ + W S_lastᵀ
-            p = max(nev, min(m - b, nev + (m - nev) // 2))
-            rows[:p] = S[:, :p].T @ rows[:size]
-            size = p
+            size = _thick_restart(rows, S, size, nev, m, b)
             Q = rows[:size].T
-            T = torch.diag(theta[:p])
+            T = torch.diag(theta[:size])
         X = next_block(W, Q, generator, 1e-14 * max(top_scale, 1e-300))
+
+
+def _expand(op: LinearOperator, X: Tensor, rows: Tensor, size: int, T: Tensor) -> tuple[Tensor, Tensor]:
+    """One block step: append ``X`` (N, b) to the basis ``rows[:size]`` and
+    return ``W`` (N, b), the part of ``A X`` orthogonal to the extended basis,
+    and the projected matrix (size + b, size + b): ``T`` bordered by the
+    block's Gram–Schmidt coefficients, symmetrised."""
+    b = X.shape[1]
+    W = op.matmat(X)
+    rows[size : size + b] = X.T
+    W, H = project_out(W, rows[: size + b].T)
+    new = size + b
+    T_new = torch.zeros(new, new, dtype=torch.float64, device=op.device)
+    T_new[:size, :size] = T
+    T_new[:, size:] = H
+    T_new[size:, :] = H.T
+    return W, 0.5 * (T_new + T_new.T)
+
+
+def _descending_eigh(T: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenpairs of the symmetric ``T``, eigenvalues decreasing."""
+    theta, S = torch.linalg.eigh(T)
+    return theta.flip(0), S.flip(1)
+
+
+def _residual_norms(S_last: Tensor, W: Tensor) -> Tensor:
+    """``‖W s_last‖`` for every column ``s_last`` of ``S_last`` (b, size): the
+    residual norms of all Ritz pairs, from the Gram matrix ``Wᵀ W``."""
+    return torch.einsum("ij,ik,kj->j", S_last, W.T @ W, S_last).clamp_min(0).sqrt()
+
+
+def _thick_restart(rows: Tensor, S: Tensor, size: int, nev: int, m: int, b: int) -> int:
+    """Overwrite the leading basis rows with the best ``p`` Ritz vectors
+    ``Z = Q S_p`` and return ``p = max(nev, min(m − b, nev + ⌊(m − nev)/2⌋))``."""
+    p = max(nev, min(m - b, nev + (m - nev) // 2))
+    rows[:p] = S[:, :p].T @ rows[:size]
+    return p
+
+
+def _lanczos_run(Q: Tensor, T: Tensor, W: Tensor, theta: Tensor, S: Tensor, res: Tensor,
+                 wanted: int, keep_basis: bool) -> KrylovRun:
+    """The run's ``wanted`` Ritz pairs and residual factor; with ``keep_basis``
+    also ``Q`` and ``A Q = Q T + W E_lastᵀ``."""
+    size, b = Q.shape[1], W.shape[1]
+    S_last = S[size - b :, :wanted].T.contiguous()
+    basis = image = None
+    if keep_basis:
+        basis, image = Q.clone(), Q @ T
+        image[:, size - b :] += W
+    return KrylovRun(theta[:wanted], Q @ S[:, :wanted], res[:wanted], W, S_last, T, basis, image)

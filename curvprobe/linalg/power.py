@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from curvprobe.core.operators import LinearOperator
 from curvprobe.linalg._krylov import orthonormalize_against, random_unit
@@ -62,7 +63,9 @@ def deflated_power_iteration(op: LinearOperator, D: int, *, tol: float,
         and ``miss_probability`` NaN).
     """
     n = op.shape[0]
-    values, vectors, residuals = [], [], []
+    values: list[float] = []
+    vectors: list[Tensor] = []
+    residuals: list[float] = []
     for _ in range(D):
         found = torch.stack(vectors, dim=1) if vectors else None
         v = random_unit(n, generator, op.device, found)
