@@ -3,22 +3,39 @@
 :class:`LinearOperator` holds what every operator shares (shape checks, the
 matvec counter, the scipy adapter); a subclass implements ``_matmat`` only.
 :class:`HessianOperator` is ``H^(k)(w) = ∇²L_k(w)`` through exact HVPs of a
-:class:`~curvprobe.core.problem.Problem`; :class:`MatrixOperator` wraps a dense
+:class:`~curvprobe.core.problem.Problem` (typed by :class:`HessianSource`, the
+part of it the operator calls, so that this module does not import
+``problem``, which imports it); :class:`MatrixOperator` wraps a dense
 symmetric matrix (ground truth in tests and synthetic problems);
 :class:`DeflatedOperator` is ``P A P`` with ``P = I − V Vᵀ``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse.linalg as spla
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from curvprobe.core.problem import Problem
+
+class HessianSource(Protocol):
+    """What :class:`HessianOperator` calls on its problem: the methods of
+    :class:`~curvprobe.core.problem.Problem` it needs (that class satisfies it)."""
+
+    @property
+    def num_params(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def sample_range(self, k: int | None, start: int = 0) -> tuple[int, int]: ...
+
+    def point(self, w: Tensor | None) -> Tensor: ...
+
+    def hvp(self, v: Tensor, k: int | None = None, w: Tensor | None = None, *,
+            start: int = 0, mode: str | None = None) -> Tensor: ...
 
 
 class LinearOperator:
@@ -85,7 +102,7 @@ class HessianOperator(LinearOperator):
     """``H v`` with ``H = ∇²L(w)``, the Hessian of the mean loss over samples
     ``[start, k)`` of ``problem`` at ``w`` (default ``w*``)."""
 
-    def __init__(self, problem: Problem, k: int | None = None, w: Tensor | None = None,
+    def __init__(self, problem: HessianSource, k: int | None = None, w: Tensor | None = None,
                  *, start: int = 0) -> None:
         super().__init__(problem.num_params, problem.device)
         start, stop = problem.sample_range(k, start)

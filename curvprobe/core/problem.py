@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-if TYPE_CHECKING:
-    from curvprobe.core.operators import HessianOperator
+from curvprobe.core.operators import HessianOperator
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
 
@@ -331,8 +329,6 @@ class Problem:
     def hessian_operator(self, k: int | None = None, w: Tensor | None = None, *,
                          start: int = 0) -> HessianOperator:
         """The Hessian of the mean loss over ``[start, k)`` at ``w`` as an operator."""
-        from curvprobe.core.operators import HessianOperator
-
         return HessianOperator(self, k=k, w=w, start=start)
 
     def __repr__(self) -> str:
