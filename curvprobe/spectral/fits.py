@@ -280,32 +280,9 @@ def alpha_gamma_s(singular_values: ArrayLike, h: ArrayLike) -> TriangleFit:
     top_k = int(values.size)
     ranks = np.arange(1, top_k + 1, dtype=np.float64)
     reasons: list[str] = []
-
-    gamma = r2_gamma = _NAN
-    if top_k >= MIN_POINTS:
-        fit = power_law_fit(ranks, values)
-        gamma, r2_gamma = -fit.slope, fit.r2
-    else:
-        reasons.append(f"gamma needs at least {MIN_POINTS} singular values, got K={top_k}")
-
-    positive = h > 0
-    n_pos = int(positive.sum())
-    alpha = r2_alpha = s_hessian = r2_s_hessian = _NAN
-    if n_pos >= MIN_POINTS:
-        if np.ptp(values[positive]) == 0.0:
-            reasons.append("the singular values are constant over the k with h_k > 0; "
-                           "alpha is undefined")
-        else:
-            fit = power_law_fit(values[positive], h[positive])
-            alpha, r2_alpha = fit.slope, fit.r2
-        h_sorted = np.sort(h[positive])[::-1]
-        fit = power_law_fit(ranks[:n_pos], h_sorted)
-        s_hessian, r2_s_hessian = -fit.slope, fit.r2
-    else:
-        reasons.append(
-            f"fewer than {MIN_POINTS} positive h values ({n_pos} of K={top_k}); "
-            "alpha, s_hessian and the triangle are undefined"
-        )
+    gamma, r2_gamma = _gamma_fit(values, ranks, reasons)
+    n_pos = int((h > 0).sum())
+    alpha, r2_alpha, s_hessian, r2_s_hessian = _alpha_s_fits(values, h, ranks, reasons)
 
     predicted_s = alpha * gamma
     triangle_error = abs(s_hessian - predicted_s)
@@ -331,6 +308,41 @@ def alpha_gamma_s(singular_values: ArrayLike, h: ArrayLike) -> TriangleFit:
         n_s=n_pos,
         reason="; ".join(reasons),
     )
+
+
+def _gamma_fit(values: np.ndarray, ranks: np.ndarray, reasons: list[str]) -> tuple[float, float]:
+    """γ = −slope of log σ_k on log k and its R² (NaN, and a reason appended to
+    ``reasons``, below :data:`MIN_POINTS` singular values)."""
+    if values.size >= MIN_POINTS:
+        fit = power_law_fit(ranks, values)
+        return -fit.slope, fit.r2
+    reasons.append(f"gamma needs at least {MIN_POINTS} singular values, got K={values.size}")
+    return _NAN, _NAN
+
+
+def _alpha_s_fits(values: np.ndarray, h: np.ndarray, ranks: np.ndarray,
+                  reasons: list[str]) -> tuple[float, float, float, float]:
+    """``(α, R²_α, s, R²_s)`` over the ranks with ``h_k > 0``: NaN, and a
+    reason appended to ``reasons``, where fewer than :data:`MIN_POINTS` are
+    positive (both) or σ is constant over them (α)."""
+    positive = h > 0
+    n_pos = int(positive.sum())
+    if n_pos < MIN_POINTS:
+        reasons.append(
+            f"fewer than {MIN_POINTS} positive h values ({n_pos} of K={values.size}); "
+            "alpha, s_hessian and the triangle are undefined"
+        )
+        return _NAN, _NAN, _NAN, _NAN
+    alpha = r2_alpha = _NAN
+    if np.ptp(values[positive]) == 0.0:
+        reasons.append("the singular values are constant over the k with h_k > 0; "
+                       "alpha is undefined")
+    else:
+        fit = power_law_fit(values[positive], h[positive])
+        alpha, r2_alpha = fit.slope, fit.r2
+    h_sorted = np.sort(h[positive])[::-1]
+    fit = power_law_fit(ranks[:n_pos], h_sorted)
+    return alpha, r2_alpha, -fit.slope, fit.r2
 
 
 # --------------------------------------------------------------------------- #

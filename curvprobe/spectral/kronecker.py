@@ -59,10 +59,12 @@ Alignment (Calvo)
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -161,19 +163,17 @@ def _check_supported(layer: Layer, max_factor_size: int) -> None:
         )
 
 
-def _conv_rows(module: nn.Module, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
+def _conv_rows(module: nn.Conv1d | nn.Conv2d, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
     """Unfolded input patches (rows × c_in·k…) and output gradients (rows × m) of a conv."""
-    if module.kernel_size.__len__() == 1:  # Conv1d as a 1 × L image
+    kernel: tuple[int, ...] = module.kernel_size
+    stride, dilation, padding = module.stride, module.dilation, module.padding
+    if len(kernel) == 1:  # Conv1d as a 1 × L image
         x, dz = x.unsqueeze(-2), dz.unsqueeze(-2)
-        kernel, stride = (1, *module.kernel_size), (1, *module.stride)
-        dilation = (1, *module.dilation)
-        padding = module.padding if isinstance(module.padding, str) else (0, *module.padding)
-    else:
-        kernel, stride, dilation, padding = (module.kernel_size, module.stride, module.dilation,
-                                             module.padding)
+        kernel, stride, dilation = (1, *kernel), (1, *stride), (1, *dilation)
+        padding = padding if isinstance(padding, str) else (0, *padding)
     if isinstance(padding, str):  # "valid" or "same"
         if padding == "same":
-            pads = []
+            pads: list[int] = []
             for size, dil in zip(reversed(kernel), reversed(dilation)):
                 total = dil * (size - 1)
                 pads += [total // 2, total - total // 2]
@@ -190,8 +190,8 @@ def _conv_rows(module: nn.Module, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor
 def _rows(layer: Layer, x: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
     """(A (rows, n), δ (rows, m)) in float64 for one call of the layer's module."""
     m, n = layer.matrix_shape
-    if layer.kind in ("conv1d", "conv2d"):
-        A, delta = _conv_rows(layer.module, x, dz)
+    if layer.kind in ("conv1d", "conv2d"):  # the kinds of nn.Conv1d / nn.Conv2d weights
+        A, delta = _conv_rows(cast("nn.Conv1d | nn.Conv2d", layer.module), x, dz)
     elif layer.kind == "embedding":
         A = F.one_hot(x.reshape(-1), n)
         delta = dz.reshape(-1, m)
@@ -242,55 +242,82 @@ def kronecker_factors(problem: Problem, *, layers: str | Iterable[str] | None = 
     return _factors(problem, chosen, k)
 
 
+@dataclass
+class _FactorSums:
+    """Running sums over one layer's rows: ``δᵀδ``, ``AᵀA``, ``δᵀA`` (float64, CPU)
+    and the row count B."""
+
+    delta_delta: Tensor
+    a_a: Tensor
+    delta_a: Tensor
+    rows: int = 0
+
+    @classmethod
+    def zeros(cls, layer: Layer) -> _FactorSums:
+        m, n = layer.matrix_shape
+        return cls(torch.zeros(m, m, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64),
+                   torch.zeros(layer.matrix_shape, dtype=torch.float64))
+
+    def add(self, A: Tensor, delta: Tensor) -> None:
+        self.delta_delta += (delta.T @ delta).cpu()
+        self.a_a += (A.T @ A).cpu()
+        self.delta_a += (delta.T @ A).cpu()
+        self.rows += A.shape[0]
+
+    def factors(self, name: str, k: int) -> KroneckerFactors:
+        return KroneckerFactors(layer=name, c_delta=self.delta_delta / self.rows, c_a=self.a_a / self.rows,
+                                rows=int(self.rows), num_samples=k, gradient=self.delta_a / k)
+
+
+_Calls = dict[str, list[tuple[Tensor, Tensor]]]
+
+
+def _capture(captured: _Calls, name: str) -> Callable[..., None]:
+    """A forward hook (``with_kwargs=True``) appending ``(input, output)`` of
+    each call to ``captured[name]``."""
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
+        x = args[0] if args else next(iter(kwargs.values()))
+        captured[name].append((x.detach(), output))
+    return hook
+
+
+def _accumulate_chunk(problem: Problem, chosen: Sequence[Layer], captured: _Calls, w: Tensor,
+                      a: int, b: int, sums: dict[str, _FactorSums]) -> None:
+    """Forward samples ``[a, b)`` with the hooks on, back-propagate the sum of
+    their losses to the hooked outputs and add each call's rows to ``sums``."""
+    for calls in captured.values():
+        calls.clear()
+    wr = w.detach().requires_grad_(True)
+    losses = problem.chunk_losses(wr, a, b)
+    outputs = [z for layer in chosen for _, z in captured[layer.name]]
+    if any(not captured[layer.name] for layer in chosen):
+        missing = [layer.name for layer in chosen if not captured[layer.name]]
+        raise ValueError(f"the forward pass never called the module(s) of {missing}")
+    grads = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True))
+    for layer in chosen:
+        for x, z in captured[layer.name]:
+            dz = next(grads)
+            dz = dz if dz is not None else torch.zeros_like(z)
+            sums[layer.name].add(*_rows(layer, x, dz.detach()))
+
+
 def _factors(problem: Problem, chosen: Sequence[Layer], k: int) -> dict[str, KroneckerFactors]:
-    captured: dict[str, list[tuple[Tensor, Tensor]]] = {layer.name: [] for layer in chosen}
-
-    def make_hook(name: str):
-        def hook(module, args, kwargs, output):
-            x = args[0] if args else next(iter(kwargs.values()))
-            captured[name].append((x.detach(), output))
-        return hook
-
-    acc = {layer.name: [torch.zeros(layer.matrix_shape[0], layer.matrix_shape[0], dtype=torch.float64),
-                        torch.zeros(layer.matrix_shape[1], layer.matrix_shape[1], dtype=torch.float64),
-                        torch.zeros(layer.matrix_shape, dtype=torch.float64), 0] for layer in chosen}
+    captured: _Calls = {layer.name: [] for layer in chosen}
+    sums = {layer.name: _FactorSums.zeros(layer) for layer in chosen}
     handles = []
     try:
         for layer in chosen:
-            handles.append(layer.module.register_forward_hook(make_hook(layer.name), with_kwargs=True))
+            handles.append(layer.module.register_forward_hook(_capture(captured, layer.name),
+                                                              with_kwargs=True))
         w = problem.params
         for a, b in problem.chunks(0, k):
-            for calls in captured.values():
-                calls.clear()
-            wr = w.detach().requires_grad_(True)
-            losses = problem.chunk_losses(wr, a, b)
-            outputs = [z for layer in chosen for _, z in captured[layer.name]]
-            if any(not captured[layer.name] for layer in chosen):
-                missing = [layer.name for layer in chosen if not captured[layer.name]]
-                raise ValueError(f"the forward pass never called the module(s) of {missing}")
-            grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
-            i = 0
-            for layer in chosen:
-                acc_l = acc[layer.name]
-                for x, z in captured[layer.name]:
-                    dz = grads[i] if grads[i] is not None else torch.zeros_like(z)
-                    i += 1
-                    A, delta = _rows(layer, x, dz.detach())
-                    acc_l[0] += (delta.T @ delta).cpu()
-                    acc_l[1] += (A.T @ A).cpu()
-                    acc_l[2] += (delta.T @ A).cpu()
-                    acc_l[3] += A.shape[0]
+            _accumulate_chunk(problem, chosen, captured, w, a, b, sums)
     finally:
         for handle in handles:
             handle.remove()
         for calls in captured.values():
             calls.clear()
-    out = {}
-    for layer in chosen:
-        c_delta, c_a, gsum, rows = acc[layer.name]
-        out[layer.name] = KroneckerFactors(layer=layer.name, c_delta=c_delta / rows, c_a=c_a / rows,
-                                           rows=int(rows), num_samples=k, gradient=gsum / k)
-    return out
+    return {layer.name: sums[layer.name].factors(layer.name, k) for layer in chosen}
 
 
 # --------------------------------------------------------------------------- #
@@ -308,9 +335,9 @@ def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def _alignment_fits(singular_values: np.ndarray, h: np.ndarray, h_kron: np.ndarray, Phi: np.ndarray,
-                    Lam: np.ndarray, rank: int) -> dict:
+                    Lam: np.ndarray, rank: int) -> dict[str, Any]:
     names = ("alpha", "beta", "phi", "alpha_kron", "chi_slope")
-    out = dict.fromkeys(names, _NAN) | {f"r2_{n}": _NAN for n in names}
+    out: dict[str, Any] = dict.fromkeys(names, _NAN) | {f"r2_{n}": _NAN for n in names}
     K = singular_values.size
     valid = np.arange(K) < min(rank, K)
     use = valid & (h > 0) & (h_kron > 0) & (Phi > 0) & (Lam > 0)
@@ -400,86 +427,26 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
     k = resolve_k(problem, k)
     t0 = time.perf_counter()
     factors = _factors(problem, chosen, k)
-    gradient = problem.gradient(k=k)
     tol = 1e3 * torch.finfo(problem.dtype).eps
-    K, L = top_k, len(chosen)
-    per_rank = {name: np.empty((L, K)) for name in
-                ("singular_value", "h", "lambda_delta", "lambda_a", "u_c_delta_u", "v_c_a_v")}
-    ranks = np.empty(L, dtype=np.int64)
-    grad_err = np.empty(L)
-    fits = []
-    for i, layer in enumerate(chosen):
-        f = factors[layer.name]
-        singular_values, U, Vh, ranks[i] = gradient_svd(layer, gradient, K, precision=problem.dtype)
-        G = layer.matrix(gradient)
-        grad_err[i] = float((f.gradient - G).norm() / G.norm()) if float(G.norm()) > 0 else _NAN
-        if np.isfinite(grad_err[i]) and grad_err[i] > tol:
-            warnings.warn(
-                f"layer {layer.name!r}: the hooked rows do not reproduce the gradient "
-                f"(relative error {grad_err[i]:.2e} > {tol:.1e}); its Kronecker factors do not "
-                "describe this parameter (is the weight also used outside the module's forward?)",
-                RuntimeWarning, stacklevel=2,
-            )
-        h, _ = directional_curvature(problem, layer, U, Vh, k, method=method, hvp_mode=hvp_mode)
-        per_rank["singular_value"][i] = singular_values.numpy()
-        per_rank["h"][i] = h.numpy()
-        per_rank["lambda_delta"][i] = _descending_eigvals(f.c_delta, K).numpy()
-        per_rank["lambda_a"][i] = _descending_eigvals(f.c_a, K).numpy()
-        per_rank["u_c_delta_u"][i] = torch.einsum("mk,mp,pk->k", U, f.c_delta, U).numpy()
-        per_rank["v_c_a_v"][i] = torch.einsum("kn,np,kp->k", Vh, f.c_a, Vh).numpy()
+    per_rank, ranks, grad_err = _rank_measurements(problem, chosen, factors, top_k, k, tol,
+                                                   method=method, hvp_mode=hvp_mode)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rho_delta = per_rank["u_c_delta_u"] / per_rank["lambda_delta"]
-        rho_a = per_rank["v_c_a_v"] / per_rank["lambda_a"]
-        Phi = rho_delta * rho_a
-        Lam = per_rank["lambda_delta"] * per_rank["lambda_a"]
-        h_kron = per_rank["u_c_delta_u"] * per_rank["v_c_a_v"]
-        chi = np.where(h_kron != 0, per_rank["h"] / np.where(h_kron != 0, h_kron, 1.0), np.nan)
-        for i in range(L):
-            fits.append(_alignment_fits(per_rank["singular_value"][i], per_rank["h"][i], h_kron[i],
-                                        Phi[i], Lam[i], int(ranks[i])))
+        per_rank |= _alignment_ratios(per_rank)
+        fits = [_alignment_fits(per_rank["singular_value"][i], per_rank["h"][i], per_rank["h_kron"][i],
+                                per_rank["Phi"][i], per_rank["Lambda"][i], int(ranks[i]))
+                for i in range(len(chosen))]
     rows = np.array([factors[layer.name].rows for layer in chosen], dtype=np.int64)
-    per = lambda key, dtype=np.float64: np.array([f[key] for f in fits], dtype=dtype)  # noqa: E731
-    one, pair = ("layer",), ("layer", "rank")
-    data = {
-        "singular_value": data_var(pair, per_rank["singular_value"],
-                                   "singular value of the layer gradient G = dL_k/dW (decreasing in rank)",
-                                   "loss/param"),
-        "h": data_var(pair, per_rank["h"], "exact directional curvature along u_k v_k^T", "loss/param^2"),
-        "lambda_delta": data_var(pair, per_rank["lambda_delta"], "eigenvalues of C_delta (decreasing)",
-                             "loss^2/output^2"),
-        "lambda_a": data_var(pair, per_rank["lambda_a"], "eigenvalues of C_A (decreasing)", "input^2"),
-        "u_c_delta_u": data_var(pair, per_rank["u_c_delta_u"], "u_k^T C_delta u_k", "loss^2/output^2"),
-        "v_c_a_v": data_var(pair, per_rank["v_c_a_v"], "v_k^T C_A v_k", "input^2"),
-        "rho_delta": data_var(pair, rho_delta, "u_k^T C_delta u_k / [Lambda_delta]_kk", "1"),
-        "rho_a": data_var(pair, rho_a, "v_k^T C_A v_k / [Lambda_A]_kk", "1"),
-        "Phi": data_var(pair, Phi, "alignment rho_delta * rho_a", "1"),
-        "Lambda": data_var(pair, Lam, "[Lambda_delta]_kk [Lambda_A]_kk", "loss^2/param^2"),
-        "h_kron": data_var(pair, h_kron, "(u^T C_delta u)(v^T C_A v)", "loss^2/param^2"),
-        "chi": data_var(pair, chi, "h / h_kron (includes the constant rows_per_sample)", "1/loss"),
-    }
-    for name, long_name in (("alpha", "slope of log h on log singular_value"),
-                            ("beta", "slope of log Lambda on log singular_value"),
-                            ("phi", "slope of log Phi on log singular_value"),
-                            ("alpha_kron", "slope of log h_kron on log singular_value (= beta + phi)"),
-                            ("chi_slope", "slope of log chi on log singular_value (= alpha - beta - phi)")):
-        data[name] = data_var(one, per(name), long_name, "1")
-        data[f"r2_{name}"] = data_var(one, per(f"r2_{name}"), f"R^2 of the {name} fit", "1")
-    data.update({
-        "alpha_pred_beta_phi": data_var(one, per("alpha_pred_beta_phi"), "Kronecker prediction beta + phi",
-                                    "1"),
-        "alpha_pred_2_phi": data_var(one, per("alpha_pred_2_phi"), "headline prediction 2 + phi", "1"),
-        "alpha_error_beta_phi": data_var(one, per("alpha_error_beta_phi"), "alpha - (beta + phi)", "1"),
-        "alpha_error_2_phi": data_var(one, per("alpha_error_2_phi"), "alpha - (2 + phi)", "1"),
-        "chi_median": data_var(one, per("chi_median"), "median of chi over ranks above tolerance", "1/loss"),
-        "rows": data_var(one, rows, "rows B (samples x tokens / positions)", "1"),
-        "rows_per_sample": data_var(one, rows / k, "B / k", "1"),
-        "hook_gradient_error": data_var(one, grad_err, "||delta^T A / k - G|| / ||G||", "1"),
-        "numerical_rank": data_var(one, ranks, "numerical rank of G", "1"),
-        "n_fit": data_var(one, per("n_fit", np.int64), "ranks used by every slope", "1"),
-        "num_hvps": data_var(one, np.full(L, K, dtype=np.int64), "HVP vectors used", "1"),
-        "fit_reason": data_var(one, per("reason", str), "why slopes are NaN", "1"),
-    })
-    coords, attrs = layer_rank_frame(problem, chosen, k, K, layers, measurement="kronecker_alignment",
+    data = _alignment_variables(per_rank, fits, rows, k, grad_err, ranks)
+    coords, attrs = _alignment_frame(problem, chosen, k, top_k, layers, method, tol)
+    attrs["seconds"] = float(time.perf_counter() - t0)
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _alignment_frame(problem: Problem, chosen: Sequence[Layer], k: int, K: int,
+                     requested: str | Iterable[str] | None, method: str,
+                     tol: float) -> tuple[dict, dict[str, Any]]:
+    """Coordinates and attrs (all but ``seconds``) of :func:`kronecker_alignment`'s Dataset."""
+    coords, attrs = layer_rank_frame(problem, chosen, k, K, requested, measurement="kronecker_alignment",
                                       title="curvprobe Kronecker alignment (Calvo alpha = beta + phi)")
     attrs.update(
         factors="C_delta = delta^T delta / B, C_A = A^T A / B; delta_r = d(loss of the row's "
@@ -488,7 +455,122 @@ def kronecker_alignment(problem: Problem, *, layers: str | Iterable[str] | None 
         kfac_model="H_WW ~ (B/k) C_A (x) C_delta; chi absorbs B/k",
         hook_gradient_tolerance=float(tol),
         h_method=curvature_path(problem, method),
-        num_hvps_total=int(K * L),
-        seconds=float(time.perf_counter() - t0),
+        num_hvps_total=int(K * len(chosen)),
     )
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    return coords, attrs
+
+
+def _hook_gradient_error(layer: Layer, factors: KroneckerFactors, G: Tensor, tol: float) -> float:
+    """``‖δᵀA/k − G‖ / ‖G‖`` (NaN for G = 0), with a warning (pointing at the
+    caller of :func:`kronecker_alignment`) when it exceeds ``tol``."""
+    err = float((factors.gradient - G).norm() / G.norm()) if float(G.norm()) > 0 else _NAN
+    if math.isfinite(err) and err > tol:
+        warnings.warn(
+            f"layer {layer.name!r}: the hooked rows do not reproduce the gradient "
+            f"(relative error {err:.2e} > {tol:.1e}); its Kronecker factors do not "
+            "describe this parameter (is the weight also used outside the module's forward?)",
+            RuntimeWarning, stacklevel=4,
+        )
+    return err
+
+
+def _rank_measurements(problem: Problem, chosen: Sequence[Layer], factors: dict[str, KroneckerFactors],
+                       K: int, k: int, tol: float, *, method: str,
+                       hvp_mode: str | None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Per layer and rank (L, K): ``singular_value``, ``h``, ``lambda_delta``,
+    ``lambda_a``, ``u_c_delta_u``, ``v_c_a_v``; per layer: the numerical rank
+    of G and the hook gradient error (:func:`_hook_gradient_error`)."""
+    gradient = problem.gradient(k=k)
+    L = len(chosen)
+    per_rank = {name: np.empty((L, K)) for name in
+                ("singular_value", "h", "lambda_delta", "lambda_a", "u_c_delta_u", "v_c_a_v")}
+    ranks = np.empty(L, dtype=np.int64)
+    grad_err = np.empty(L)
+    for i, layer in enumerate(chosen):
+        f = factors[layer.name]
+        singular_values, U, Vh, ranks[i] = gradient_svd(layer, gradient, K, precision=problem.dtype)
+        grad_err[i] = _hook_gradient_error(layer, f, layer.matrix(gradient), tol)
+        h, _ = directional_curvature(problem, layer, U, Vh, k, method=method, hvp_mode=hvp_mode)
+        per_rank["singular_value"][i] = singular_values.numpy()
+        per_rank["h"][i] = h.numpy()
+        per_rank["lambda_delta"][i] = _descending_eigvals(f.c_delta, K).numpy()
+        per_rank["lambda_a"][i] = _descending_eigvals(f.c_a, K).numpy()
+        per_rank["u_c_delta_u"][i] = torch.einsum("mk,mp,pk->k", U, f.c_delta, U).numpy()
+        per_rank["v_c_a_v"][i] = torch.einsum("kn,np,kp->k", Vh, f.c_a, Vh).numpy()
+    return per_rank, ranks, grad_err
+
+
+def _alignment_ratios(per_rank: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ρ^(δ), ρ^(A), Φ, Λ, h^Kron and χ (L, K) from the measured quantities
+    (call under ``np.errstate(divide="ignore", invalid="ignore")``)."""
+    rho_delta = per_rank["u_c_delta_u"] / per_rank["lambda_delta"]
+    rho_a = per_rank["v_c_a_v"] / per_rank["lambda_a"]
+    h_kron = per_rank["u_c_delta_u"] * per_rank["v_c_a_v"]
+    return {
+        "rho_delta": rho_delta,
+        "rho_a": rho_a,
+        "Phi": rho_delta * rho_a,
+        "Lambda": per_rank["lambda_delta"] * per_rank["lambda_a"],
+        "h_kron": h_kron,
+        "chi": np.where(h_kron != 0, per_rank["h"] / np.where(h_kron != 0, h_kron, 1.0), np.nan),
+    }
+
+
+_RANK_VARIABLES = (  # (name, long_name, units) of the (layer, rank) variables
+    ("singular_value", "singular value of the layer gradient G = dL_k/dW (decreasing in rank)",
+     "loss/param"),
+    ("h", "exact directional curvature along u_k v_k^T", "loss/param^2"),
+    ("lambda_delta", "eigenvalues of C_delta (decreasing)", "loss^2/output^2"),
+    ("lambda_a", "eigenvalues of C_A (decreasing)", "input^2"),
+    ("u_c_delta_u", "u_k^T C_delta u_k", "loss^2/output^2"),
+    ("v_c_a_v", "v_k^T C_A v_k", "input^2"),
+    ("rho_delta", "u_k^T C_delta u_k / [Lambda_delta]_kk", "1"),
+    ("rho_a", "v_k^T C_A v_k / [Lambda_A]_kk", "1"),
+    ("Phi", "alignment rho_delta * rho_a", "1"),
+    ("Lambda", "[Lambda_delta]_kk [Lambda_A]_kk", "loss^2/param^2"),
+    ("h_kron", "(u^T C_delta u)(v^T C_A v)", "loss^2/param^2"),
+    ("chi", "h / h_kron (includes the constant rows_per_sample)", "1/loss"),
+)
+
+_SLOPES = (  # (name, long_name) of the per-layer slopes, each followed by its r2_<name>
+    ("alpha", "slope of log h on log singular_value"),
+    ("beta", "slope of log Lambda on log singular_value"),
+    ("phi", "slope of log Phi on log singular_value"),
+    ("alpha_kron", "slope of log h_kron on log singular_value (= beta + phi)"),
+    ("chi_slope", "slope of log chi on log singular_value (= alpha - beta - phi)"),
+)
+
+_PREDICTIONS = (  # (name, long_name, units) of the other per-layer fit results
+    ("alpha_pred_beta_phi", "Kronecker prediction beta + phi", "1"),
+    ("alpha_pred_2_phi", "headline prediction 2 + phi", "1"),
+    ("alpha_error_beta_phi", "alpha - (beta + phi)", "1"),
+    ("alpha_error_2_phi", "alpha - (2 + phi)", "1"),
+    ("chi_median", "median of chi over ranks above tolerance", "1/loss"),
+)
+
+
+def _alignment_variables(per_rank: dict[str, np.ndarray], fits: Sequence[dict[str, Any]],
+                         rows: np.ndarray, k: int, grad_err: np.ndarray,
+                         ranks: np.ndarray) -> dict[str, tuple]:
+    """The data variables of :func:`kronecker_alignment`'s Dataset, in order."""
+    def per(key: str, dtype: Any = np.float64) -> np.ndarray:
+        return np.array([f[key] for f in fits], dtype=dtype)
+
+    one, pair = ("layer",), ("layer", "rank")
+    L, K = per_rank["h"].shape
+    data = {name: data_var(pair, per_rank[name], long_name, units)
+            for name, long_name, units in _RANK_VARIABLES}
+    for name, long_name in _SLOPES:
+        data[name] = data_var(one, per(name), long_name, "1")
+        data[f"r2_{name}"] = data_var(one, per(f"r2_{name}"), f"R^2 of the {name} fit", "1")
+    data |= {name: data_var(one, per(name), long_name, units) for name, long_name, units in _PREDICTIONS}
+    data.update({
+        "rows": data_var(one, rows, "rows B (samples x tokens / positions)", "1"),
+        "rows_per_sample": data_var(one, rows / k, "B / k", "1"),
+        "hook_gradient_error": data_var(one, grad_err, "||delta^T A / k - G|| / ||G||", "1"),
+        "numerical_rank": data_var(one, ranks, "numerical rank of G", "1"),
+        "n_fit": data_var(one, per("n_fit", np.int64), "ranks used by every slope", "1"),
+        "num_hvps": data_var(one, np.full(L, K, dtype=np.int64), "HVP vectors used", "1"),
+        "fit_reason": data_var(one, per("reason", str), "why slopes are NaN", "1"),
+    })
+    return data

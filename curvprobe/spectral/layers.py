@@ -67,8 +67,9 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from curvprobe.core.problem import Problem
+from curvprobe.core.problem import Problem, hvp_kernel, math_attention
 from curvprobe.results import provenance
 from curvprobe.spectral.fits import (
     RANK_MODELS,
@@ -235,12 +236,12 @@ def _candidates(problem: Problem) -> tuple[dict[str, Layer], dict[str, tuple[int
         if kind is None:
             others[name] = tuple(shape)
             continue
-        shape = tuple(shape)
+        dims = tuple(shape)
         transposed = kind in ("hf_conv1d", "embedding")
-        matrix_shape = (shape[1], shape[0]) if transposed else (shape[0], math.prod(shape[1:]))
+        matrix_shape = (dims[1], dims[0]) if transposed else (dims[0], math.prod(dims[1:]))
         layers[name] = Layer(
             name=name, module_name=module_name, module=module, kind=kind,
-            group=layer_group(name, kind), param_shape=shape, matrix_shape=matrix_shape,
+            group=layer_group(name, kind), param_shape=dims, matrix_shape=matrix_shape,
             transposed=transposed, flat=slices[name], shared=owners.get(id(params[name]), 1) > 1,
         )
     return layers, others
@@ -447,10 +448,6 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     ValueError
         The problem overrides ``chunk_losses`` (use ``method="full"``).
     """
-    from torch.func import functional_call
-
-    from curvprobe.core.problem import hvp_kernel, math_attention
-
     if not _block_path_available(problem):
         raise ValueError(f"{type(problem).__name__} overrides chunk_losses; use method='full'")
     chunk_hvp, size = hvp_kernel(mode or problem.hvp_mode, V.shape[1], problem.batch_size)
@@ -721,8 +718,22 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
     t0 = time.perf_counter()
     gradient = problem.gradient(k=k)
     t_grad = time.perf_counter() - t0
+    m, fits = _measure_layers(problem, chosen, gradient, top_k, k, method=method,
+                              directions_per_call=directions_per_call, hvp_mode=hvp_mode)
+    used = curvature_path(problem, method)
+    return _spectra_dataset(problem, chosen, k, top_k, m["singular_value"], m["h"], m["weight_sigma"],
+                            m["numerical_rank"], m["hvp_calls"], m["seconds"], fits, t_grad,
+                            time.perf_counter() - t0, layers, used)
+
+
+def _measure_layers(problem: Problem, chosen: Sequence[Layer], gradient: Tensor, K: int, k: int, *,
+                    method: str, directions_per_call: int | None,
+                    hvp_mode: str | None) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Per layer: ``singular_value``, ``h``, ``weight_sigma`` (L, K),
+    ``numerical_rank``, ``hvp_calls`` and ``seconds`` (L,), and the fits
+    (:func:`_layer_fits`)."""
     w_star = problem.params
-    K, L = top_k, len(chosen)
+    L = len(chosen)
     singular_values = np.empty((L, K))
     h = np.empty((L, K))
     weight_sigma = np.empty((L, K))
@@ -742,9 +753,8 @@ def layer_spectra(problem: Problem, *, layers: str | Iterable[str] | None = None
         singular_values[i], h[i] = s.cpu().numpy(), hj.numpy()
         weight_sigma[i] = torch.linalg.svdvals(layer.matrix(w_star).double())[:K].cpu().numpy()
         fits.append(_layer_fits(singular_values[i], h[i], weight_sigma[i], int(ranks[i])))
-    used = curvature_path(problem, method)
-    return _spectra_dataset(problem, chosen, k, K, singular_values, h, weight_sigma, ranks, calls, seconds,
-                            fits, t_grad, time.perf_counter() - t0, layers, used)
+    return {"singular_value": singular_values, "h": h, "weight_sigma": weight_sigma,
+            "numerical_rank": ranks, "hvp_calls": calls, "seconds": seconds}, fits
 
 
 def _spectra_dataset(problem, chosen, k, K, singular_values, h, weight_sigma, ranks, calls, seconds, fits,
