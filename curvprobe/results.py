@@ -29,17 +29,20 @@ Atomic writes
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
 import xarray as xr
+
+from curvprobe._version import __version__
 
 __all__ = ["JSON_PREFIX", "atomic_write", "decode", "encode", "load", "provenance", "save"]
 
@@ -67,8 +70,6 @@ def provenance(problem=None, **extra: Any) -> dict[str, Any]:
         count, the problem's description and ``extra``, as Python values
         (:func:`save` encodes them).
     """
-    from curvprobe._version import __version__
-
     attrs: dict[str, Any] = {
         "curvprobe_version": __version__,
         "torch_version": str(torch.__version__),
@@ -249,7 +250,9 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     encoded = encode(ds)
-    return atomic_write(path, lambda handle: encoded.to_netcdf(handle, engine="scipy"))
+    # the handle is the io.BufferedWriter of os.fdopen(fd, "wb"): an io.IOBase, which
+    # xarray's to_netcdf accepts; typeshed's IO protocol is not one
+    return atomic_write(path, lambda handle: encoded.to_netcdf(cast(io.IOBase, handle), engine="scipy"))
 
 
 def load(path: str | os.PathLike) -> xr.Dataset:
