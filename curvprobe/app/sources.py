@@ -309,90 +309,121 @@ def _builtin_lm_ids(config: ProbeConfig, n: int) -> Tensor:
     return torch.cat([inputs, targets[:, -1:]], dim=1)
 
 
+@dataclass
+class _Samples:
+    """The sample tensors a problem is built on, described, and the loss their
+    layout implies (``config.loss = "auto"``)."""
+
+    tensors: dict[str, Tensor]
+    description: str
+    default_loss: str
+
+
 def build_problem(config: ProbeConfig, *, progress: bool = False, check_ks: bool = True) -> LoadedSource:
     """Model + data + loss of ``config`` as a :class:`Problem` (float dtype and
     device of the config), after checking that ``max(ks) + 1`` samples exist
     and that the model evaluates the first sample."""
-    from curvprobe.zoo import models
-
     model, builtin_cfg = load_model(config, progress=progress)
-    kind, target = config.model_kind, config.model_target
-    dtype, device = config.torch_dtype, config.device
+    device = config.device
     if device != "cpu" and device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device' = {device} but CUDA is not available (torch "
                           f"{torch.__version__}); use device = \"cpu\"")
     digests = {}
     if config.checkpoint:
         digests["checkpoint"] = file_digest(config.checkpoint)
-    need = config.max_k + 1 if check_ks else 2
-    cfg = config if check_ks else config.replace(ks=[1])
+    samples = _samples(config, builtin_cfg, digests, check_ks)
+    loss_name = samples.default_loss if config.loss == "auto" else config.loss
+    problem, loss_name = _make_problem(config, model, samples.tensors, loss_name)
+    _check_problem(config, problem, loss_name)
+    return LoadedSource(problem, config.model, loss_name, samples.description, digests)
 
-    # ---- data
-    file_data = None
+
+def _samples(config: ProbeConfig, builtin_cfg: Any, digests: dict[str, str], check_ks: bool) -> _Samples:
+    """The first ``n`` rows of the config's data (a file, recorded in
+    ``digests``, or the built-in samples), checked to cover ``max(ks) + 1``
+    samples (2 without ``check_ks``)."""
+    cfg = config if check_ks else config.replace(ks=[1])
     if config.data != "builtin":
-        file_data = load_data(config)
+        tensors = load_data(config)
         digests["data"] = file_digest(config.data)
-    if kind == "builtin" and file_data is None:
+        rows = (tensors["ids"] if "ids" in tensors else tensors["inputs"]).shape[0]
+        n = _num_rows(cfg, rows)
+        found = _Samples(tensors, f"{config.data} (first {n} of {rows} rows)",
+                         "token_cross_entropy" if "ids" in tensors else "cross_entropy")
+    else:
+        n = config.num_data or (config.max_k + 1 if check_ks else 2)
+        _num_rows(cfg, n)
+        found = _builtin_samples(config, builtin_cfg, n)
+    return _Samples({k: _take(v, n) for k, v in found.tensors.items()}, found.description,
+                    found.default_loss)
+
+
+def _builtin_samples(config: ProbeConfig, builtin_cfg: Any, n: int) -> _Samples:
+    """``n`` built-in samples: a built-in model's held-out probe samples, or
+    windows of the standard-library byte corpus for a module or ``hf:`` model."""
+    target = config.model_target
+    if config.model_kind == "builtin":
         from curvprobe.zoo.builtin import builtin_data
 
-        n = config.num_data or need
-        _num_rows(cfg, n)
         try:
             inputs, targets = builtin_data(target, n, builtin_cfg)
         except ValueError as exc:
             raise ConfigError(f"config key 'num_data': {_first_line(exc)}") from None
-        description = f"built-in held-out samples of {target} (n={n})"
-        file_data = {"inputs": inputs, "targets": targets}
-        default_loss = "token_cross_entropy" if target == "tiny-gpt" else "cross_entropy"
-    elif file_data is None:  # module / hf with built-in text
-        from curvprobe.zoo import data as cp_data
+        return _Samples({"inputs": inputs, "targets": targets},
+                        f"built-in held-out samples of {target} (n={n})",
+                        "token_cross_entropy" if target == "tiny-gpt" else "cross_entropy")
+    from curvprobe.zoo import data as cp_data
 
-        n = config.num_data or need
-        _num_rows(cfg, n)
-        try:
-            file_data = {"ids": _builtin_lm_ids(config, n)}
-        except ValueError as exc:
-            raise ConfigError(f"config key 'num_data': {_first_line(exc)}") from None
-        description = (f"standard-library byte corpus, {n} windows of {config.seq_len + 1} tokens "
-                       f"(vocabulary {cp_data.ByteTokenizer().vocab_size})")
-        default_loss = "token_cross_entropy"
-    else:
-        rows = (file_data["ids"] if "ids" in file_data else file_data["inputs"]).shape[0]
-        n = _num_rows(cfg, rows)
-        description = f"{config.data} (first {n} of {rows} rows)"
-        default_loss = "token_cross_entropy" if "ids" in file_data else "cross_entropy"
-    file_data = {k: _take(v, n) for k, v in file_data.items()}
-
-    # ---- problem
-    loss_name = default_loss if config.loss == "auto" else config.loss
     try:
-        if kind == "hf":
+        ids = _builtin_lm_ids(config, n)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'num_data': {_first_line(exc)}") from None
+    return _Samples({"ids": ids},
+                    f"standard-library byte corpus, {n} windows of {config.seq_len + 1} tokens "
+                    f"(vocabulary {cp_data.ByteTokenizer().vocab_size})",
+                    "token_cross_entropy")
+
+
+def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tensor],
+                  loss_name: str) -> tuple[Problem, str]:
+    """The :class:`Problem` on ``tensors`` and the name of its loss (an ``hf:``
+    model's own next-token loss, else ``loss_name``); a failure to build it is
+    a :class:`ConfigError`."""
+    from curvprobe.zoo import models
+
+    dtype, device = config.torch_dtype, config.device
+    try:
+        if config.model_kind == "hf":
             from curvprobe.zoo.adapters import causal_lm
 
-            ids = file_data.get("ids")
+            ids = tensors.get("ids")
             if ids is None:
-                ids = file_data["inputs"]
+                ids = tensors["inputs"]
             _check_vocab(model, ids)
-            problem = causal_lm(model, ids, attention_mask=file_data.get("attention_mask"),
-                                batch_size=config.batch_size, dtype=dtype, device=device)
-            loss_name = "next-token cross-entropy (hf)"
+            return causal_lm(model, ids, attention_mask=tensors.get("attention_mask"),
+                             batch_size=config.batch_size, dtype=dtype,
+                             device=device), "next-token cross-entropy (hf)"
+        loss_fn = {"cross_entropy": models.sample_cross_entropy,
+                   "token_cross_entropy": models.token_cross_entropy,
+                   "mse": mse_loss}[loss_name]
+        if "ids" in tensors:
+            _check_vocab(model, tensors["ids"])
+            inputs, targets = tensors["ids"][:, :-1], tensors["ids"][:, 1:]
         else:
-            loss_fn = {"cross_entropy": models.sample_cross_entropy,
-                       "token_cross_entropy": models.token_cross_entropy,
-                       "mse": mse_loss}[loss_name]
-            if "ids" in file_data:
-                _check_vocab(model, file_data["ids"])
-                inputs, targets = file_data["ids"][:, :-1], file_data["ids"][:, 1:]
-            else:
-                inputs, targets = file_data["inputs"], file_data["targets"]
-            problem = Problem(model, loss_fn, inputs, targets, batch_size=config.batch_size,
-                              dtype=dtype, device=device)
+            inputs, targets = tensors["inputs"], tensors["targets"]
+        return Problem(model, loss_fn, inputs, targets, batch_size=config.batch_size,
+                       dtype=dtype, device=device), loss_name
     except ConfigError:
         raise
     except ImportError as exc:
         raise ConfigError(f"cannot build the problem: {_first_line(exc)}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(_first_line(exc)) from None
+
+
+def _check_problem(config: ProbeConfig, problem: Problem, loss_name: str) -> None:
+    """The model evaluates the first sample, and every ``D`` of ``config.dims``
+    is below the parameter count N."""
     try:
         problem.per_sample_losses(stop=1)
     except Exception as exc:
@@ -402,7 +433,6 @@ def build_problem(config: ProbeConfig, *, progress: bool = False, check_ks: bool
     if bad_dims:
         raise ConfigError(f"config key 'dims': D = {bad_dims[0]} must be < N = {problem.num_params} "
                           "(the number of parameters)")
-    return LoadedSource(problem, config.model, loss_name, description, digests)
 
 
 def _check_vocab(model: nn.Module, ids: Tensor) -> None:
