@@ -36,13 +36,27 @@ D, TOL = 20, 1e-3
 TARGET = 1e-2  # miss bound of the "lanczos, bound ≤ 1e-2" variant
 
 
-def timed(fn, repeat: int = 3):
+def timed(fn, *args, repeat: int = 3, **kwargs):
+    """Best wall time of ``repeat`` calls ``fn(*args, **kwargs)``, and the last result."""
     best, out = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args, **kwargs)
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def eigsh_top(op, v0: np.ndarray):
+    """scipy's ``eigsh`` for the top ``D`` eigenpairs of ``op`` at the relative tolerance."""
+    return eigsh(op.to_scipy(), k=D, which="LA", tol=TOL, v0=v0)
+
+
+def median_ratio(rows: list[dict], name: str, a: str, b: str, key: str) -> float:
+    """Median over seeds of ``key`` of method ``a`` over ``key`` of method ``b`` on model ``name``."""
+    def get(method: str) -> list[dict]:
+        return [r for r in rows if r["model"] == name and r["method"] == method]
+
+    return statistics.median(x[key] / y[key] for x, y in zip(get(a), get(b)))
 
 
 def solver_rows(name: str, problem, seeds: list[int]) -> list[dict]:
@@ -54,10 +68,9 @@ def solver_rows(name: str, problem, seeds: list[int]) -> list[dict]:
         t, t_s = float("inf"), float("inf")
         for _ in range(2):
             op = problem.hessian_operator()
-            t_run, es = timed(lambda: top_eigenspace(op, D, tol=TOL, seed=seed), repeat=1)
+            t_run, es = timed(top_eigenspace, op, D, tol=TOL, seed=seed, repeat=1)
             op_s = problem.hessian_operator()
-            t_run_s, (vals, vecs_s) = timed(lambda: eigsh(op_s.to_scipy(), k=D, which="LA", tol=TOL, v0=v0),
-                                       repeat=1)
+            t_run_s, (vals, vecs_s) = timed(eigsh_top, op_s, v0, repeat=1)
             t, t_s = min(t, t_run), min(t_s, t_run_s)
         order = np.argsort(vals)[::-1]
         ref, vecs = vals[order], torch.as_tensor(vecs_s[:, order].copy())
@@ -65,13 +78,12 @@ def solver_rows(name: str, problem, seeds: list[int]) -> list[dict]:
         eigsh_resid = float(((problem.hvp(vecs) - vecs * torch.as_tensor(ref.copy())).norm(dim=0)
                              / scale).max())
         op_p = problem.hessian_operator()
-        t_p, pw = timed(lambda: top_eigenspace(op_p, D, tol=TOL, seed=seed, method="power",
-                                               max_matvecs=100 * D), repeat=1)
-        t_0, bare = timed(lambda: top_eigenspace(problem.hessian_operator(), D, tol=TOL, seed=seed,
-                                                 guard_steps=0), repeat=1)
-        t_b, bound = timed(lambda: top_eigenspace(problem.hessian_operator(), D, tol=TOL, seed=seed,
-                                                  guard_steps=100, max_miss_probability=TARGET),
-                           repeat=1)
+        t_p, pw = timed(top_eigenspace, op_p, D, tol=TOL, seed=seed, method="power",
+                        max_matvecs=100 * D, repeat=1)
+        t_0, bare = timed(top_eigenspace, problem.hessian_operator(), D, tol=TOL, seed=seed,
+                          guard_steps=0, repeat=1)
+        t_b, bound = timed(top_eigenspace, problem.hessian_operator(), D, tol=TOL, seed=seed,
+                           guard_steps=100, max_miss_probability=TARGET, repeat=1)
         for label, res, hvps, secs in (("lanczos", es, es.num_matvecs, t),
                                        ("lanczos, no guard", bare, bare.num_matvecs, t_0),
                                        (f"lanczos, bound ≤ {TARGET:g}", bound, bound.num_matvecs, t_b),
@@ -91,14 +103,14 @@ def solver_rows(name: str, problem, seeds: list[int]) -> list[dict]:
 def hvp_ratios(problem) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     V = torch.randn(problem.num_params, 8, generator=gen, dtype=torch.float64)
-    t_g, _ = timed(lambda: problem.gradient())
+    t_g, _ = timed(problem.gradient)
     out = {}
     for mode in ("double_backward", "forward_over_reverse"):
-        t1, _ = timed(lambda: problem.hvp(V[:, 0], mode=mode))
-        t8, _ = timed(lambda: problem.hvp(V, mode=mode))
+        t1, _ = timed(problem.hvp, V[:, 0], mode=mode)
+        t8, _ = timed(problem.hvp, V, mode=mode)
         out[f"{mode} (1 vector)"] = t1 / t_g
         out[f"{mode} (8 vectors, per vector)"] = t8 / 8 / t_g
-    t_auto, _ = timed(lambda: problem.hvp(V))
+    t_auto, _ = timed(problem.hvp, V)
     out["auto (8 vectors, per vector)"] = t_auto / 8 / t_g
     return out
 
@@ -172,16 +184,15 @@ def main() -> None:
         print(f"| {r['model']} | {r['seed']} | {r['method']} | {r['hvps']} | {r['seconds']:.2f} | "
               f"{r['converged']} | {r['max_resid']:.2e} | {miss} | {r['max_dev_vs_eigsh']:.1e} |")
     bounded = f"lanczos, bound ≤ {TARGET:g}"
-    print(f"\n| model | HVPs lanczos/eigsh (median) | HVPs lanczos/power (median) | wall lanczos/eigsh (median) "
-          f"| HVPs no guard/eigsh | HVPs bound ≤ {TARGET:g}/eigsh |")
+    print("\n| model | HVPs lanczos/eigsh (median) | HVPs lanczos/power (median) "
+          f"| wall lanczos/eigsh (median) | HVPs no guard/eigsh | HVPs bound ≤ {TARGET:g}/eigsh |")
     print("|---|---|---|---|---|---|")
     for name in problems:
-        get = {m: [r for r in rows if r["model"] == name and r["method"] == m]
-               for m in ("lanczos", "lanczos, no guard", bounded, "eigsh", "power")}
-        ratio = lambda a, b, key: statistics.median(x[key] / y[key] for x, y in zip(get[a], get[b]))  # noqa: E731
-        print(f"| {name} | {ratio('lanczos', 'eigsh', 'hvps'):.2f} | {ratio('lanczos', 'power', 'hvps'):.3f} | "
-              f"{ratio('lanczos', 'eigsh', 'seconds'):.2f} | {ratio('lanczos, no guard', 'eigsh', 'hvps'):.2f} | "
-              f"{ratio(bounded, 'eigsh', 'hvps'):.2f} |")
+        cells = [f"{median_ratio(rows, name, a, b, key):{fmt}}" for a, b, key, fmt in (
+            ("lanczos", "eigsh", "hvps", ".2f"), ("lanczos", "power", "hvps", ".3f"),
+            ("lanczos", "eigsh", "seconds", ".2f"), ("lanczos, no guard", "eigsh", "hvps", ".2f"),
+            (bounded, "eigsh", "hvps", ".2f"))]
+        print(f"| {name} | {' | '.join(cells)} |")
     print("\n| HVP path (tiny-gpt) | t(HVP)/t(gradient) |")
     print("|---|---|")
     for label, value in hvp_ratios(problems["tiny-gpt"]).items():
@@ -189,7 +200,8 @@ def main() -> None:
     chunk, total = (64, 1000) if args.quick else (64, 10_000)
     ratio, mem = memory_ratio(chunk, total)
     print(f"\nPeak memory of an HVP over {total:,} samples / over one chunk of {chunk}: {ratio:.2f} "
-          f"(+{mem['all_kib'] / 1024:.1f} MiB vs +{mem['one_kib'] / 1024:.1f} MiB resident above the loaded problem)")
+          f"(+{mem['all_kib'] / 1024:.1f} MiB vs +{mem['one_kib'] / 1024:.1f} MiB resident "
+          "above the loaded problem)")
 
 
 if __name__ == "__main__":
