@@ -29,14 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curvprobe.criteria.spec import DEFAULT_ESTIMATORS, ESTIMATORS, SUBSPACE_MODES, StabilizationSpec
+from curvprobe.criteria.spec import (
+    DEFAULT_ESTIMATORS,
+    ESTIMATORS,
+    SUBSPACE_MODES,
+    StabilizationSpec,
+    default_estimators,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["FIELDS", "ConfigError", "Field", "ProbeConfig", "load_config", "parse_value"]
+__all__ = ["FIELDS", "ConfigError", "Field", "ProbeConfig", "describe", "load_config", "parse_value",
+           "toml_value"]
 
 ESTIMATOR_NAMES = tuple(ESTIMATORS)
 LOSSES = ("auto", "cross_entropy", "token_cross_entropy", "mse")
@@ -120,7 +127,8 @@ FIELD_BY_NAME = {f.name: f for f in FIELDS}
 NON_NUMERIC_KEYS = ("out",)
 
 
-def _describe(field: Field) -> str:
+def describe(field: Field) -> str:
+    """What a key accepts, in words (for errors and the docs' key table)."""
     if field.choices and field.kind == "str_list":
         return f"a list of names from {', '.join(field.choices)} (or 'all')"
     if field.choices:
@@ -139,7 +147,7 @@ def _describe(field: Field) -> str:
 def _bad(field: Field, value: Any, why: str = "") -> ConfigError:
     shown = repr(value) if not isinstance(value, str) else f"'{value}'"
     extra = f" ({why})" if why else ""
-    return ConfigError(f"config key '{field.name}' must be {_describe(field)}; got {shown}{extra}")
+    return ConfigError(f"config key '{field.name}' must be {describe(field)}; got {shown}{extra}")
 
 
 def _split(value: str) -> list[str]:
@@ -409,7 +417,7 @@ class ProbeConfig:
         """The config as a TOML document (every key, in :data:`FIELDS` order)."""
         lines = [f"# {line}" for line in header.splitlines()] if header else []
         for key, value in self.as_dict().items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{key} = {toml_value(value)}")
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | os.PathLike, *, header: str = "") -> Path:
@@ -420,7 +428,8 @@ class ProbeConfig:
         return atomic_write(path, lambda handle: handle.write(text))
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A Python value (bool, int, float, str or list of them) as TOML source text."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -432,7 +441,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -499,8 +508,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
     for key in required:
         if key not in values:
             field = FIELD_BY_NAME[key]
-            raise ConfigError(f"config key '{key}' is missing: it must be {_describe(field)} "
+            raise ConfigError(f"config key '{key}' is missing: it must be {describe(field)} "
                               f"(in the config file, or {field.flag} on the command line)")
+    if "estimators" not in values:  # the registry's default at the config's order p
+        values["estimators"] = default_estimators(values.get("p", 2.0))
     values.setdefault("ks", (1,))
     values.setdefault("sigmas", (1e-3,))
     if "model" not in values:

@@ -16,9 +16,8 @@ Stages (each timed, each with a progress bar on a terminal):
 5. figures (those of `docs/estimators.md`) as PNG, and ``summary.md`` (also printed).
 
 :data:`FULL` and :data:`QUICK` hold the settings; the full demo is sized for
-≤ 15 minutes on 2 CPU cores once the model is cached (measured: ≈ 8 minutes
-on one thread of a busy 2-core machine), ``--quick`` for ≤ 2 minutes
-(≈ 45 s).
+≤ 15 minutes on 2 CPU cores once the model is cached, ``--quick`` for ≤ 2
+minutes (measured times: ``docs/performance.md``).
 """
 
 from __future__ import annotations

@@ -226,6 +226,9 @@ def plot_rank_profile_bic(spectra: SpectraLike) -> Figure:
 def plot_alpha_by_layer_type(spectra: SpectraLike, *, by: str = "layer_group") -> Figure:
     """α per layer, grouped by a per-layer coordinate (default ``layer_group``).
 
+    Points are jittered horizontally; the bar is the group median. The dashed
+    line marks α = 2 (the Kronecker headline with β = 2, φ = 0).
+
     Parameters
     ----------
     spectra
@@ -234,9 +237,6 @@ def plot_alpha_by_layer_type(spectra: SpectraLike, *, by: str = "layer_group") -
     by
         Coordinate over ``layer`` to group on ("layer_group",
         "layer_kind", "module_type", …).
-
-    Points are jittered horizontally; the bar is the group median. The dashed
-    line marks α = 2 (the Kronecker headline with β = 2, φ = 0).
     """
     labelled = _labelled(spectra)
     groups = sorted({str(g) for _, ds in labelled for g in ds[by].values})
@@ -325,6 +325,10 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
                        sigmas: Sequence[float] | None = None) -> Figure:
     """Criteria against k on log–log axes, one panel per σ, with fitted slopes.
 
+    Each legend entry gives the OLS slope of log value on log k with its 95 %
+    confidence interval; error bars are ±1 standard error. The dotted line is
+    k⁻² through the first Δ₂^(D) point (the rate bound's order).
+
     Parameters
     ----------
     ds
@@ -335,10 +339,6 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
         Which criteria to draw (those present).
     sigmas
         Panels (default every σ).
-
-    Each legend entry gives the OLS slope of log value on log k with its 95 %
-    confidence interval; error bars are ±1 standard error. The dotted line is
-    k⁻² through the first Δ₂^(D) point (the rate bound's order).
     """
     dim = int(ds["dim"].values.max()) if dim is None else int(dim)
     sigmas = list(ds["sigma"].values) if sigmas is None else list(sigmas)

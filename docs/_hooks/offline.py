@@ -117,11 +117,11 @@ def _default_text(field) -> str:
 
 
 def _config_table() -> str:
-    from curvprobe.app.config import FIELDS, _describe
+    from curvprobe.app.config import FIELDS, describe
 
     rows = ["| key | flag | value | default | meaning |", "|---|---|---|---|---|"]
     for f in FIELDS:
-        rows.append(f"| `{f.name}` | `{f.flag}` | {_md_cell(_describe(f))} | {_default_text(f)} | "
+        rows.append(f"| `{f.name}` | `{f.flag}` | {_md_cell(describe(f))} | {_default_text(f)} | "
                     f"{_md_cell(f.help)}{' (a path)' if f.path else ''} |")
     return "\n".join(rows)
 
@@ -164,7 +164,7 @@ def _help_sections() -> str:
 
 
 def _toml_example(root: Path) -> str:
-    from curvprobe.app.config import FIELDS, _toml_value, load_config
+    from curvprobe.app.config import FIELDS, load_config, toml_value
 
     example = root / "examples" / "probe.toml"
     if example.is_file():
@@ -178,7 +178,7 @@ def _toml_example(root: Path) -> str:
                 raise PluginError(f"docs hook: no example value for the required config key '{f.name}'")
             value = EXAMPLE_VALUES[f.name] if f.required else f.default
             lines.append(f"\n# {f.help}")
-            lines.append(f"{f.name} = {_toml_value(list(value) if isinstance(value, tuple) else value)}")
+            lines.append(f"{f.name} = {toml_value(list(value) if isinstance(value, tuple) else value)}")
         text = "\n".join(lines) + "\n"
         source = "generated from curvprobe.app.config.FIELDS"
     import tomllib

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from curvprobe.app.config import ConfigError, load_config, parse_value
-from curvprobe.criteria.spec import DEFAULT_ESTIMATORS
+from curvprobe.criteria.spec import DEFAULT_ESTIMATORS, ESTIMATORS, default_estimators
 from curvprobe.results import load
 
 SMALL = ["--model", "builtin:mlp", "--ks", "4,8,16,32", "--sigmas", "0.01,0.1", "--dims", "1,2",
@@ -328,7 +328,7 @@ def test_config_file_flags_and_round_trip(tmp_path, monkeypatch):
     assert cfg.mc_samples == 12 and cfg.validity is False and cfg.seed == 0
     assert cfg.data == str(tmp_path / "cfg" / "tokens.npy")  # inputs: beside the config
     assert cfg.out == str(tmp_path / "runs" / "x")  # outputs: under the working directory
-    assert len(cfg.estimators) == 7
+    assert cfg.estimators == tuple(ESTIMATORS)  # 'all'
     written = tmp_path / "resolved.toml"
     cfg.write(written)
     assert load_config(written) == cfg
@@ -362,7 +362,8 @@ def test_config_cross_key_checks():
     with pytest.raises(ConfigError, match="larger than the data"):
         load_config(None, {"model": "builtin:mlp", "ks": "10,100", "sigmas": "0.1", "num_data": "50"})
     with pytest.raises(ConfigError, match="p = 2"):
-        load_config(None, {"model": "builtin:mlp", "ks": "10", "sigmas": "0.1", "p": "1"})
+        load_config(None, {"model": "builtin:mlp", "ks": "10", "sigmas": "0.1", "p": "1",
+                           "estimators": "delta1,cv_mc"})
     with pytest.raises(ConfigError, match="'model' is missing"):
         load_config(None, {"ks": "10", "sigmas": "0.1"})
 
@@ -401,3 +402,11 @@ def test_demo_quick(tmp_path):
     ds = load(out / "stabilization.nc")
     assert ds.sizes["k"] >= 12 and list(ds["dim"].values) == [1, 4, 16]
     assert bool(ds["outside_validated_regime"].any()) and not bool(ds["outside_validated_regime"].all())
+
+
+def test_default_estimators_follow_p():
+    cfg = load_config(None, {"model": "builtin:mlp", "ks": "4,8", "sigmas": "0.01", "p": "3"})
+    assert cfg.estimators == default_estimators(3.0) and "gm" not in cfg.estimators
+    with pytest.raises(ConfigError, match="p = 2 only"):
+        load_config(None, {"model": "builtin:mlp", "ks": "4,8", "sigmas": "0.01", "p": "3",
+                           "estimators": "gm"})
