@@ -63,8 +63,10 @@ __all__ = [
     "Recipe",
     "SmallCNN",
     "TinyGPT",
+    "apply_rotary",
     "cache_directory",
     "pretrained",
+    "rotary_tables",
     "sample_cross_entropy",
     "token_cross_entropy",
     "train",
@@ -147,7 +149,7 @@ class GPTConfig:
         _activation(self.activation)
 
 
-def _rotary_tables(
+def rotary_tables(
     seq_len: int, head_dim: int, base: float, like: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles ``t · base^(-2j/head_dim)``: each (seq_len, head_dim/2)."""
@@ -157,7 +159,7 @@ def _rotary_tables(
     return angles.cos(), angles.sin()
 
 
-def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the two halves of the last dim of x (…, T, head_dim) pairwise by the angles."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
@@ -183,8 +185,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         heads = lambda t: t.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
         q, k, v = heads(self.c_q(x)), heads(self.c_k(x)), heads(self.c_v(x))
-        q = _rms_norm(_apply_rotary(q, cos, sin))
-        k = _rms_norm(_apply_rotary(k, cos, sin))
+        q = _rms_norm(apply_rotary(q, cos, sin))
+        k = _rms_norm(apply_rotary(k, cos, sin))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -248,7 +250,7 @@ class TinyGPT(nn.Module):
         """Token ids (B, T) int64 -> next-token logits (B, T, vocab_size) in the model dtype."""
         x = _rms_norm(self.wte(idx))
         head_dim = self.config.n_embd // self.config.n_head
-        cos, sin = _rotary_tables(idx.shape[-1], head_dim, self.config.rope_base, like=x)
+        cos, sin = rotary_tables(idx.shape[-1], head_dim, self.config.rope_base, like=x)
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.lm_head(_rms_norm(x))

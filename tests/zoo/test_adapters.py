@@ -221,7 +221,7 @@ def test_stabilization_runs_on_padded_sdpa_problem():
         left = i % 3
         ids_pad[i, left:left + 6], mask[i, left:left + 6] = base[i], 1
     problem = causal_lm(gpt2("sdpa", pad_token_id=0), ids_pad, attention_mask=mask)
-    ds = curvprobe.stabilization(problem, [2, 4], sigmas=[1e-3], dims=[1, 2], num_samples=4)
+    ds = curvprobe.stabilization(problem, [2, 4], sigmas=[1e-3], dims=[1, 2], mc_samples=4)
     assert ds["value"].shape == (2, 1, 2, ds.sizes["estimator"])
     assert np.isfinite(ds["value"].values).all()
     assert np.isfinite(ds["eigenvalues"].values).all()

@@ -324,12 +324,12 @@ def test_gpt_logits_match_reference_attention():
     model, _, x, _ = _gpt_problem()
     block = model.blocks[0]
     h = F.rms_norm(model.wte(x), (32,))
-    cos, sin = models._rotary_tables(x.shape[1], 8, model.config.rope_base, like=h)
+    cos, sin = models.rotary_tables(x.shape[1], 8, model.config.rope_base, like=h)
     B, T, C = h.shape
     hn = F.rms_norm(h, (C,))
     split = lambda t: t.reshape(B, T, 4, 8).transpose(1, 2)  # noqa: E731
-    q = F.rms_norm(models._apply_rotary(split(block.attn.c_q(hn)), cos, sin), (8,))
-    k = F.rms_norm(models._apply_rotary(split(block.attn.c_k(hn)), cos, sin), (8,))
+    q = F.rms_norm(models.apply_rotary(split(block.attn.c_q(hn)), cos, sin), (8,))
+    k = F.rms_norm(models.apply_rotary(split(block.attn.c_k(hn)), cos, sin), (8,))
     v = split(block.attn.c_v(hn))
     scores = q @ k.transpose(-1, -2) / math.sqrt(8)
     scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
@@ -341,9 +341,9 @@ def test_gpt_logits_match_reference_attention():
 def test_rotary_scores_depend_only_on_relative_position():
     gen = torch.Generator().manual_seed(5)
     q, k = torch.randn(2, 16, generator=gen, dtype=torch.float64)
-    cos, sin = models._rotary_tables(20, 16, 10_000.0, like=q)
-    rq = models._apply_rotary(q.expand(20, 16), cos, sin)
-    rk = models._apply_rotary(k.expand(20, 16), cos, sin)
+    cos, sin = models.rotary_tables(20, 16, 10_000.0, like=q)
+    rq = models.apply_rotary(q.expand(20, 16), cos, sin)
+    rk = models.apply_rotary(k.expand(20, 16), cos, sin)
     scores = rq @ rk.T  # scores[m, n] = <R_m q, R_n k>
     torch.testing.assert_close(scores[3, 1], scores[15, 13])
     torch.testing.assert_close(scores[0, 7], scores[11, 18])
