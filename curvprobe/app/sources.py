@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ from torch import Tensor, nn
 
 from curvprobe.app.config import ConfigError, ProbeConfig
 from curvprobe.core.problem import Problem
+from curvprobe.zoo import data, models
+from curvprobe.zoo.adapters import causal_lm
+from curvprobe.zoo.builtin import builtin_data
 
 __all__ = [
     "LoadedSource",
@@ -204,8 +208,6 @@ def _load_hf(directory: str, dtype: torch.dtype, progress: bool = False) -> nn.M
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
                                                          attn_implementation="eager")
         else:
-            import warnings
-
             warnings.warn(f"{path} holds no weights: probing a randomly initialised model "
                           "built from config.json", stacklevel=2)
             hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -223,8 +225,6 @@ def load_model(config: ProbeConfig, *, progress: bool = False) -> tuple[nn.Modul
     kind, target = config.model_kind, config.model_target
     builtin_cfg = None
     if kind == "builtin":
-        from curvprobe.zoo import models
-
         model, builtin_cfg = models.pretrained(target, progress=progress)
     elif kind == "module":
         factory = _import_factory(target)
@@ -303,8 +303,6 @@ def _num_rows(config: ProbeConfig, available: int) -> int:
 
 
 def _builtin_lm_ids(config: ProbeConfig, n: int) -> Tensor:
-    from curvprobe.zoo import data
-
     inputs, targets = data.token_sequences(n, config.seq_len, split="probe")
     return torch.cat([inputs, targets[:, -1:]], dim=1)
 
@@ -363,8 +361,6 @@ def _builtin_samples(config: ProbeConfig, builtin_cfg: Any, n: int) -> _Samples:
     windows of the standard-library byte corpus for a module or ``hf:`` model."""
     target = config.model_target
     if config.model_kind == "builtin":
-        from curvprobe.zoo.builtin import builtin_data
-
         try:
             inputs, targets = builtin_data(target, n, builtin_cfg)
         except ValueError as exc:
@@ -372,15 +368,13 @@ def _builtin_samples(config: ProbeConfig, builtin_cfg: Any, n: int) -> _Samples:
         return _Samples({"inputs": inputs, "targets": targets},
                         f"built-in held-out samples of {target} (n={n})",
                         "token_cross_entropy" if target == "tiny-gpt" else "cross_entropy")
-    from curvprobe.zoo import data as cp_data
-
     try:
         ids = _builtin_lm_ids(config, n)
     except ValueError as exc:
         raise ConfigError(f"config key 'num_data': {_first_line(exc)}") from None
     return _Samples({"ids": ids},
                     f"standard-library byte corpus, {n} windows of {config.seq_len + 1} tokens "
-                    f"(vocabulary {cp_data.ByteTokenizer().vocab_size})",
+                    f"(vocabulary {data.ByteTokenizer().vocab_size})",
                     "token_cross_entropy")
 
 
@@ -389,13 +383,9 @@ def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tens
     """The :class:`Problem` on ``tensors`` and the name of its loss (an ``hf:``
     model's own next-token loss, else ``loss_name``); a failure to build it is
     a :class:`ConfigError`."""
-    from curvprobe.zoo import models
-
     dtype, device = config.torch_dtype, config.device
     try:
         if config.model_kind == "hf":
-            from curvprobe.zoo.adapters import causal_lm
-
             ids = tensors.get("ids")
             if ids is None:
                 ids = tensors["inputs"]
