@@ -1,7 +1,7 @@
 """Tests of curvprobe.spectral.fits (docs/spectral.md).
 
 1. The paper's published per-layer values are reproduced from its published
-   σ_k and h_k arrays (read from the shared reference folder, never copied here).
+   σ_k and h_k arrays (shipped in tests/data/spectral-alignment with their license).
 2. Properties on synthetic spectra: exact exponent recovery on power laws, BIC
    picking the generating model, the zeta bound, NaN-with-reason, input errors.
 """
@@ -53,11 +53,11 @@ ENV_VAR = "CURVPROBE_REFERENCE_DIR"
 
 
 def _reference_dir() -> Path:
-    """``$CURVPROBE_REFERENCE_DIR``, else ``<repo>/../shared/reference/spectral-alignment``."""
+    """``$CURVPROBE_REFERENCE_DIR``, else the copy shipped in ``tests/data/spectral-alignment``
+    (the published results, MIT-licensed; its LICENSE file is beside them)."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
-    repo = Path(__file__).resolve().parents[1]
-    return repo.parent / "shared" / "reference" / "spectral-alignment"
+    return Path(__file__).resolve().parents[1] / "data" / "spectral-alignment"
 
 
 def _load_reference() -> tuple[dict | None, str]:
