@@ -28,10 +28,13 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from curvprobe.core.distributed import Shard, all_reduce_sum, shard
 from curvprobe.core.operators import HessianOperator
+from curvprobe.core.samples import DatasetSamples, Samples, TensorSamples
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
 
@@ -82,10 +85,13 @@ class Problem:
         ``loss_fn(outputs, targets) -> Tensor (n,)``: one loss per sample
         (reduction ``"none"``; a language model's per-sequence mean token
         cross-entropy, say).
-    inputs : Tensor or tuple of Tensors
-        Indexed on dim 0 by sample, in the order that defines ``k``.
-    targets : Tensor
-        Indexed on dim 0 by sample.
+    inputs : Tensor, tuple of Tensors, or Dataset
+        Indexed on dim 0 by sample, in the order that defines ``k``; or an
+        indexable ``torch.utils.data.Dataset`` of ``(inputs, target)`` items
+        (then ``targets`` is None), kept where it is and moved to the device
+        one chunk at a time (:mod:`curvprobe.core.samples`).
+    targets : Tensor or None
+        Indexed on dim 0 by sample (None with a Dataset).
     batch_size : int
         Samples per chunk; bounds peak memory.
     dtype, device :
@@ -96,11 +102,17 @@ class Problem:
         for :data:`VMAP_MIN_VECTORS` vectors or more when ``batch_size //
         m`` ≥ :data:`VMAP_MIN_CHUNK`, and double backward otherwise (see
         :func:`hvp_kernel`).
+    distributed : bool
+        Data parallel over the default ``torch.distributed`` process group:
+        each rank evaluates every ``W``-th chunk and every sum, per-sample
+        value and product is all-reduced in float64, so every method returns
+        the same value on every rank (:mod:`curvprobe.core.distributed`).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, inputs: Tensor | tuple[Tensor, ...],
-                 targets: Tensor, *, batch_size: int = 256, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, hvp_mode: str = "auto") -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, inputs: Tensor | tuple[Tensor, ...] | Dataset,
+                 targets: Tensor | None = None, *, batch_size: int = 256, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None, hvp_mode: str = "auto",
+                 distributed: bool = False) -> None:
         check_eval_mode(model)
         if hvp_mode not in HVP_MODES:
             raise ValueError(f"unknown hvp_mode {hvp_mode!r}; valid: {', '.join(HVP_MODES)}")
@@ -124,20 +136,46 @@ class Problem:
         self._constants = {n: self._cast(t.detach()) for n, t in
                            list(model.named_parameters()) + list(model.named_buffers())
                            if n not in trainable}
-        inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-        self.inputs = tuple(self._cast(x) for x in inputs)
-        self.targets = self._cast(targets)
-        sizes = {x.shape[0] for x in self.inputs} | {self.targets.shape[0]}
-        if len(sizes) != 1:
-            raise ValueError(f"inputs and targets disagree on the number of samples: {sorted(sizes)}")
-        self._n = sizes.pop()
+        self.samples: Samples
+        if isinstance(inputs, Dataset) and not isinstance(inputs, Tensor):
+            if targets is not None:
+                raise ValueError("with a Dataset of (inputs, target) items, pass targets=None")
+            self.samples = DatasetSamples(inputs, self.device, self.dtype)
+        else:
+            if targets is None:
+                raise ValueError("targets is None: pass targets, or a Dataset of (inputs, target) items")
+            self.samples = TensorSamples(inputs if isinstance(inputs, (tuple, list)) else (inputs,),
+                                         targets, self.device, self.dtype)
+        self._n = len(self.samples)
         if self._n < 1:
             raise ValueError("no samples")
+        self.shard: Shard = shard(distributed)
 
     # ------------------------------------------------------------------ basics
     def _cast(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t)
         return t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        """The input tensors (n, ...) of an in-memory problem (see :meth:`chunk_batch` for any)."""
+        if not isinstance(self.samples, TensorSamples):
+            raise AttributeError("a Problem over a Dataset reads its samples chunk by chunk: use "
+                                 "chunk_batch(a, b) or sample_arguments(indices)")
+        return self.samples.inputs
+
+    @property
+    def targets(self) -> Tensor:
+        """The target tensor (n, ...) of an in-memory problem."""
+        if not isinstance(self.samples, TensorSamples):
+            raise AttributeError("a Problem over a Dataset reads its samples chunk by chunk: use "
+                                 "chunk_batch(a, b) or sample_arguments(indices)")
+        return self.samples.targets
+
+    @property
+    def num_inputs(self) -> int:
+        """Number of input tensors the model is called with."""
+        return self.samples.num_inputs
 
     @property
     def num_samples(self) -> int:
@@ -196,14 +234,29 @@ class Problem:
         for a in range(start, stop, size):
             yield a, min(a + size, stop)
 
+    def local_chunks(self, start: int, stop: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+        """The :meth:`chunks` this rank evaluates (all of them in one process)."""
+        for i, chunk in enumerate(self.chunks(start, stop, size)):
+            if self.shard.owns(i):
+                yield chunk
+
+    def all_reduce(self, x: Tensor) -> Tensor:
+        """``x`` summed over the ranks, in place (identity in one process)."""
+        return all_reduce_sum(x, self.shard)
+
+    def chunk_batch(self, a: int, b: int) -> tuple[tuple[Tensor, ...], Tensor]:
+        """Inputs and targets of samples ``a..b−1`` on the device."""
+        return self.samples.chunk(a, b)
+
     def chunk_losses(self, w: Tensor, a: int, b: int) -> Tensor:
         """Per-sample losses ``ℓ_a..ℓ_{b-1}`` at flat ``w``: (b − a,), problem dtype.
 
         A pure function of ``w``: safe under ``torch.func`` transforms.
         """
+        inputs, targets = self.samples.chunk(a, b)
         with math_attention():
-            out = functional_call(self.model, self.functional_params(w), tuple(x[a:b] for x in self.inputs))
-        losses = self.loss_fn(out, self.targets[a:b])
+            out = functional_call(self.model, self.functional_params(w), inputs)
+        losses = self.loss_fn(out, targets)
         if losses.shape != (b - a,):
             raise ValueError(
                 f"loss_fn must return one loss per sample, shape ({b - a},), got "
@@ -217,8 +270,11 @@ class Problem:
         """Losses ``ℓ_i(w)`` for ``start ≤ i < stop``: float64 tensor (stop − start,)."""
         start, stop = self.sample_range(stop, start)
         w = self.point(w)
+        out = torch.zeros(stop - start, dtype=torch.float64, device=self.device)
         with torch.no_grad():
-            out = torch.cat([self.chunk_losses(w, a, b).double() for a, b in self.chunks(start, stop)])
+            for a, b in self.local_chunks(start, stop):
+                out[a - start:b - start] = self.chunk_losses(w, a, b).double()
+        self.all_reduce(out)  # every sample's loss in place on every rank (the rest are zeros)
         _check_finite(out, "per-sample losses")
         return out
 
@@ -232,13 +288,13 @@ class Problem:
         start, stop = self.sample_range(k, start)
         w = self.point(w)
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.device)
-        for a, b in self.chunks(start, stop):
+        for a, b in self.local_chunks(start, stop):
             wr = w.detach().requires_grad_(True)
             losses = self.chunk_losses(wr, a, b)
             _check_finite(losses.detach(), "per-sample losses")
             (g,) = torch.autograd.grad(losses.sum(), wr)
             total += g.double()
-        return total / (stop - start)
+        return self.all_reduce(total) / (stop - start)
 
     def per_sample_losses_at(self, W: Tensor, *, start: int = 0, stop: int | None = None,
                              point_batch: int = 8) -> Tensor:
@@ -255,14 +311,14 @@ class Problem:
         if W.dim() != 2 or W.shape[1] != self.num_params:
             raise ValueError(f"W must have shape (S, {self.num_params}), got {tuple(W.shape)}")
         W = W.to(self.device, self.dtype)
-        rows = []
+        out = torch.zeros(W.shape[0], stop - start, dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for p0 in range(0, W.shape[0], point_batch):
                 Wp = W[p0:p0 + point_batch]
-                cols = [vmap(lambda w, a=a, b=b: self.chunk_losses(w, a, b))(Wp).double()
-                        for a, b in self.chunks(start, stop, self.batch_size // len(Wp))]
-                rows.append(torch.cat(cols, dim=1))
-        out = torch.cat(rows)
+                for a, b in self.local_chunks(start, stop, self.batch_size // len(Wp)):
+                    losses = vmap(lambda w, a=a, b=b: self.chunk_losses(w, a, b))(Wp)
+                    out[p0:p0 + len(Wp), a - start:b - start] = losses.double()
+        self.all_reduce(out)
         _check_finite(out, "per-sample losses")
         return out
 
@@ -281,8 +337,7 @@ class Problem:
 
     def sample_arguments(self, indices: Tensor) -> tuple[Tensor, ...]:
         """``(targets, *inputs)`` of the 0-based sample ``indices`` (n,) on the device."""
-        sel = indices.to(self.device)
-        return (self.targets[sel], *(x[sel] for x in self.inputs))
+        return self.samples.select(indices)
 
     def hvp(self, v: Tensor, k: int | None = None, w: Tensor | None = None, *,
             start: int = 0, mode: str | None = None) -> Tensor:
@@ -305,13 +360,13 @@ class Problem:
         chunk_hvp, size = hvp_kernel(mode or self.hvp_mode, V.shape[1], self.batch_size)
         total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
         Vd = V.to(self.dtype)
-        for a, b in self.chunks(start, stop, size):
+        for a, b in self.local_chunks(start, stop, size):
 
             def chunk_loss(x: Tensor, a: int = a, b: int = b) -> Tensor:
                 return self.chunk_losses(x, a, b).sum()
 
             total += chunk_hvp(chunk_loss, w, Vd).double()
-        out = total / (stop - start)
+        out = self.all_reduce(total) / (stop - start)
         return out[:, 0] if v.dim() == 1 else out
 
     def _check_vectors(self, v: Tensor) -> Tensor:
@@ -332,8 +387,9 @@ class Problem:
         return HessianOperator(self, k=k, w=w, start=start)
 
     def __repr__(self) -> str:
+        ranks = f", ranks={self.shard.size}" if self.shard.size > 1 else ""
         return (f"Problem({type(self.model).__name__}, N={self.num_params}, n={self._n}, "
-                f"dtype={self.dtype}, device={self.device}, batch_size={self.batch_size})")
+                f"dtype={self.dtype}, device={self.device}, batch_size={self.batch_size}{ranks})")
 
 
 def _check_finite(x: Tensor, what: str) -> None:

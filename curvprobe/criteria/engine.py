@@ -386,20 +386,21 @@ def subspace_derivatives(problem: Problem, U: Tensor, indices: Tensor | list[int
     def f(z: Tensor, target: Tensor, *xs: Tensor) -> Tensor:
         return problem.sample_loss(w0 + Ud @ z, target, *xs)
 
-    in_dims = (None, 0) + (0,) * len(problem.inputs)
+    in_dims = (None, 0) + (0,) * problem.num_inputs
     # jacfwd over grad, not over jacrev: torch 2.13's jacfwd(jacrev(.))
     # gets layer_norm's second derivative wrong (pytorch#196700)
     grad_fn = vmap(grad(f), in_dims=in_dims)
     hess_fn = vmap(jacfwd(grad(f)), in_dims=in_dims)
-    grads, hessians = [], []
-    # D tangents per sample: keep chunk · D per-sample N-vectors ≤ batch_size
-    chunk = max(1, problem.batch_size // D)
-    for a in range(0, idx.numel(), chunk):
-        args = problem.sample_arguments(idx[a:a + chunk])
-        grads.append(grad_fn(z0, *args).double())
-        hessians.append(hess_fn(z0, *args).double())
-    g = torch.cat(grads) if grads else torch.zeros(0, D, dtype=torch.float64)
-    H = torch.cat(hessians) if hessians else torch.zeros(0, D, D, dtype=torch.float64)
+    g = torch.zeros(idx.numel(), D, dtype=torch.float64, device=problem.device)
+    H = torch.zeros(idx.numel(), D, D, dtype=torch.float64, device=problem.device)
+    # D tangents per sample: keep chunk · D per-sample N-vectors ≤ batch_size;
+    # a data-parallel problem computes its chunks and sums the rows in place
+    for a, b in problem.local_chunks(0, idx.numel(), max(1, problem.batch_size // D)):
+        args = problem.sample_arguments(idx[a:b])
+        g[a:b] = grad_fn(z0, *args).double()
+        H[a:b] = hess_fn(z0, *args).double()
+    problem.all_reduce(g)
+    problem.all_reduce(H)
     return g, 0.5 * (H + H.transpose(1, 2))
 
 

@@ -264,6 +264,14 @@ class _FactorSums:
         self.delta_a += (delta.T @ A).cpu()
         self.rows += A.shape[0]
 
+    def all_reduce(self, problem: Problem) -> None:
+        """Sum the running sums over the ranks of a data-parallel problem (in place)."""
+        device = problem.device
+        for name in ("delta_delta", "a_a", "delta_a"):
+            setattr(self, name, problem.all_reduce(getattr(self, name).to(device)).cpu())
+        rows = problem.all_reduce(torch.tensor([float(self.rows)], dtype=torch.float64, device=device))
+        self.rows = int(rows.item())
+
     def factors(self, name: str, k: int) -> KroneckerFactors:
         return KroneckerFactors(layer=name, c_delta=self.delta_delta / self.rows, c_a=self.a_a / self.rows,
                                 rows=int(self.rows), num_samples=k, gradient=self.delta_a / k)
@@ -310,8 +318,10 @@ def _factors(problem: Problem, chosen: Sequence[Layer], k: int) -> dict[str, Kro
             handles.append(layer.module.register_forward_hook(_capture(captured, layer.name),
                                                               with_kwargs=True))
         w = problem.params
-        for a, b in problem.chunks(0, k):
+        for a, b in problem.local_chunks(0, k):
             _accumulate_chunk(problem, chosen, captured, w, a, b, sums)
+        for layer_sums in sums.values():
+            layer_sums.all_reduce(problem)
     finally:
         for handle in handles:
             handle.remove()

@@ -457,9 +457,8 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     x0 = w[layer.flat]
     Vd = V.to(device=problem.device, dtype=problem.dtype)
     total = torch.zeros(V.shape, dtype=torch.float64, device=problem.device)
-    for a, b in problem.chunks(0, stop, size):
-        inputs = tuple(t[a:b] for t in problem.inputs)
-        targets = problem.targets[a:b]
+    for a, b in problem.local_chunks(0, stop, size):
+        inputs, targets = problem.chunk_batch(a, b)
 
         def chunk_loss(x: Tensor, inputs=inputs, targets=targets) -> Tensor:
             params = {**base, layer.name: x.view(layer.param_shape)}
@@ -468,7 +467,7 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
             return problem.loss_fn(out, targets).sum()
 
         total += chunk_hvp(chunk_loss, x0, Vd).double()
-    return total / stop
+    return problem.all_reduce(total) / stop
 
 
 def directional_curvature(problem: Problem, layer: Layer, U: Tensor, Vh: Tensor,
