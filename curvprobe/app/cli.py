@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------- helpers
 def _say(args) -> Callable[[str], None]:
-    if getattr(args, "quiet", False):
+    if getattr(args, "quiet", False) or not _is_writer():
         return lambda message: None
     return lambda message: print(message, file=sys.stderr, flush=True)
 
@@ -83,7 +83,23 @@ def _say_with_hint(args) -> Callable[[str], None]:
 
 
 def _show_progress(args) -> bool:
-    return _progress.enabled(getattr(args, "quiet", False))
+    return _progress.enabled(getattr(args, "quiet", False)) and _is_writer()
+
+
+def _is_writer() -> bool:
+    """Rank 0 of a torchrun launch, or a single process: the one that prints and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _start_ranks(device: str) -> bool:
+    """Under torchrun, join the process group (gloo on CPU, NCCL on CUDA); whether the run is
+    data parallel."""
+    from curvprobe.core.distributed import init_from_environment, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return False
+    init_from_environment(device)
+    return True
 
 
 def _overrides(args) -> dict:
@@ -155,18 +171,22 @@ def cmd_probe(args) -> int:
     """
     from curvprobe.app.report import summary_markdown
     from curvprobe.app.runs import default_out, run_probe
+    from curvprobe.results import atomic_write
 
     config = _probe_config(args)
+    _start_ranks(config.device)
     if not config.out:
         config = config.replace(out=default_out())
     say = _say_with_hint(args)
     outcome = run_probe(config, resume=args.resume, progress=_show_progress(args), log=say)
+    if not _is_writer():
+        return 0
     if outcome.skipped:
         say(f"resumed: kept {len(outcome.skipped)} finished part(s), computed {len(outcome.computed)}")
     summary = summary_markdown(outcome.dataset, title="curvprobe probe summary",
                                notes=[f"run directory: {outcome.directory}",
                                       f"wall time this session: {outcome.seconds:.1f} s"])
-    (outcome.directory / "summary.md").write_text(summary)
+    atomic_write(outcome.directory / "summary.md", lambda handle: handle.write(summary), "w")
     print(summary)
     print(f"results: {outcome.result_path}  (figures: curvprobe plot {outcome.directory})")
     return 0
@@ -195,14 +215,16 @@ def cmd_validity(args) -> int:
     k = int(k)
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
+    distributed = _start_ranks(config.device)
     out = Path(config.out or default_out())
     target = out / "validity.nc"
     _check_fresh(target, args.overwrite)
     config = config.replace(ks=[max(k - 1, 1)], num_data=config.num_data or k)
-    loaded = build_problem(config, progress=_show_progress(args))
+    loaded = build_problem(config, progress=_show_progress(args), distributed=distributed)
     if k > loaded.problem.num_samples:
         raise ConfigError(f"k = {k} is larger than the data ({loaded.problem.num_samples} samples)")
-    _busy_hint(args)
+    if _is_writer():
+        _busy_hint(args)
     _say(args)(f"quadratic validity at k = {k}: {len(config.sigmas)} σ x {config.validity_samples} draws")
     with _progress.bar(len(config.sigmas) * config.validity_samples, "validity sweep",
                        show=_show_progress(args), unit="pt") as pbar, \
@@ -211,6 +233,8 @@ def cmd_validity(args) -> int:
                                 mc_samples=config.validity_samples, seed=config.seed,
                                 threshold=config.validity_threshold, point_batch=config.point_batch)
     ds.attrs["model_source"] = config.model
+    if not _is_writer():
+        return 0
     save(ds, target, overwrite=True)
     save_figure(plot_validity(ds), out / "validity.png")
     rows = [[f"{s:.3g}", f"{m:.3g}", f"{sd:.3g}", "yes" if v else "no"]
@@ -370,6 +394,7 @@ def cmd_spectrum(args) -> int:
     except ImportError as exc:  # pragma: no cover - depends on the spectral package
         raise ConfigError(f"the spectral core is not available: {exc}") from None
     config = load_config(args.config, _overrides(args), required=("model",))
+    distributed = _start_ranks(config.device)
     k = args.k
     out = Path(config.out or default_out())
     for name in ("spectra.nc", "kronecker.nc"):
@@ -377,9 +402,10 @@ def cmd_spectrum(args) -> int:
     n = config.num_data or k or 256
     config = config.replace(ks=[max(n - 1, 1)], num_data=n)
     say = _say(args)
-    loaded = build_problem(config, progress=_show_progress(args))
+    loaded = build_problem(config, progress=_show_progress(args), distributed=distributed)
     problem = loaded.problem
-    _busy_hint(args)
+    if _is_writer():
+        _busy_hint(args)
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
     say(f"layer spectra: top-{args.top_k} gradient singular directions per layer over "
         f"{k or problem.num_samples} samples")
@@ -387,18 +413,23 @@ def cmd_spectrum(args) -> int:
             _progress.counting(problem, on_hvps=pbar.update):
         spectra = spectral.layer_spectra(problem, layers=layers, top_k=args.top_k, k=k)
     spectra.attrs["model_source"] = config.model
-    save(spectra, out / "spectra.nc", overwrite=True)
+    if _is_writer():
+        save(spectra, out / "spectra.nc", overwrite=True)
     rows = []
     for name in spectra["layer"].values:
         row = spectra.sel(layer=name)
         rows.append([str(name)] + [f"{float(row[v]):.3g}" for v in ("alpha", "gamma", "s_hessian",
                                                                       "predicted_s")])
-    print(table(["layer", "α", "γ", "s", "αγ"], rows))
+    if _is_writer():
+        print(table(["layer", "α", "γ", "s", "αγ"], rows))
     if args.kronecker:
         say("Kronecker alignment (α = β + φ)")
         kron = spectral.kronecker_alignment(problem, layers=layers, top_k=args.top_k, k=k)
         kron.attrs["model_source"] = config.model
-        save(kron, out / "kronecker.nc", overwrite=True)
+        if _is_writer():
+            save(kron, out / "kronecker.nc", overwrite=True)
+    if not _is_writer():
+        return 0
     from curvprobe.app import plots
 
     plots.save_figure(plots.plot_alpha_fits(spectra), out / "alpha_fits.png")
@@ -486,12 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, RunError, FileExistsError) as exc:
-        print(f"curvprobe: error: {_line(exc)}", file=sys.stderr)
+        print(f"curvprobe: error{_rank()}: {_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
         if args.debug:
             raise
-        print(f"curvprobe: error: {_line(exc)}", file=sys.stderr)
+        print(f"curvprobe: error{_rank()}: {_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         hint = ("; finished parts are kept: rerun the same command with --resume"
@@ -501,11 +532,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"curvprobe: internal error: {type(exc).__name__}: {_line(exc)} "
+        print(f"curvprobe: internal error{_rank()}: {type(exc).__name__}: {_line(exc)} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
     finally:
         warnings.showwarning = previous
+
+
+def _rank() -> str:
+    """`` (rank r of W)`` inside a torchrun launch of several processes, else empty."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world > 1 else ""
 
 
 def _line(exc: BaseException) -> str:

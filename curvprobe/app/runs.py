@@ -45,6 +45,7 @@ import xarray as xr
 
 from curvprobe.app import _progress
 from curvprobe.app.config import ConfigError, ProbeConfig, load_config
+from curvprobe.core.distributed import Shard, barrier, broadcast_object, world
 from curvprobe.core.problem import Problem
 from curvprobe.criteria.sweep import Part, iter_parts, merge_parts, part_names
 from curvprobe.criteria.validity import quadratic_validity
@@ -83,9 +84,9 @@ class RunOutcome:
 
 
 def default_out(prefix: str = "runs") -> str:
-    """``runs/<UTC timestamp>`` (absolute, under the working directory)."""
+    """``runs/<UTC timestamp>`` (absolute, under the working directory; rank 0's on every rank)."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return str((Path.cwd() / prefix / stamp).resolve())
+    return broadcast_object(str((Path.cwd() / prefix / stamp).resolve()), world())
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -109,15 +110,19 @@ class _RunDirectory:
     """The files of one run directory: parts, the last k's eigenvectors, ``timings.json``.
 
     ``timings.json`` holds the wall time and stage seconds of every part and a
-    summary per session (what it computed and skipped).
+    summary per session (what it computed and skipped). In a data-parallel run
+    every rank computes every part and rank 0 alone writes; each write ends in
+    a barrier, so every rank then reads the same files.
     """
 
-    def __init__(self, out: Path, outcome: RunOutcome) -> None:
-        self.out = out
+    def __init__(self, out: Path, outcome: RunOutcome, group: Shard) -> None:
+        self.out, self.group = out, group
         self.parts = out / PARTS_DIR
-        self.parts.mkdir(parents=True, exist_ok=True)
-        for stale in self.parts.glob(".*.tmp"):  # temporary files of a killed run
-            stale.unlink(missing_ok=True)
+        if group.is_writer:
+            self.parts.mkdir(parents=True, exist_ok=True)
+            for stale in self.parts.glob(".*.tmp"):  # temporary files of a killed run
+                stale.unlink(missing_ok=True)
+        barrier(group)
         self.outcome = outcome
         self.timings_path = out / TIMINGS_FILE
         self.timings = _read_json(self.timings_path) or {"parts": {}, "sessions": []}
@@ -148,19 +153,21 @@ class _RunDirectory:
 
     def store(self, name: str, ds: xr.Dataset, vectors: torch.Tensor | None = None) -> None:
         """Save a finished part (and its eigenvectors, replacing the previous k's)."""
-        if vectors is not None:
-            eig_path = self.parts / f"{name}.eig.pt"
-            atomic_write(eig_path, lambda h: torch.save({"vectors": vectors}, h))
-        save(ds, self.path(name), overwrite=True)
-        if vectors is not None:
-            for stale in self.parts.glob("k_*.eig.pt"):  # only the last finished k's are needed
-                if stale.name != f"{name}.eig.pt":
-                    stale.unlink(missing_ok=True)
+        if self.group.is_writer:
+            if vectors is not None:
+                eig_path = self.parts / f"{name}.eig.pt"
+                atomic_write(eig_path, lambda h: torch.save({"vectors": vectors}, h))
+            save(ds, self.path(name), overwrite=True)
+            if vectors is not None:
+                for stale in self.parts.glob("k_*.eig.pt"):  # only the last finished k's are needed
+                    if stale.name != f"{name}.eig.pt":
+                        stale.unlink(missing_ok=True)
         seconds, self.t0 = time.perf_counter() - self.t0, time.perf_counter()
         self.timings["parts"][name] = {"seconds": round(seconds, 4), "stage_seconds": _stage_dict(ds)}
         self.session["computed"].append(name)
         self.outcome.computed.append(name)
         self.flush()
+        barrier(self.group)
         delay = float(os.environ.get(PART_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
@@ -168,7 +175,8 @@ class _RunDirectory:
     def flush(self, total: float | None = None) -> None:
         if total is not None:
             self.session["seconds"] = round(total, 3)
-        _write_json(self.timings_path, self.timings)
+        if self.group.is_writer:
+            _write_json(self.timings_path, self.timings)
 
 
 def _check_directory(config: ProbeConfig, out: Path, resume: bool) -> bool:
@@ -211,8 +219,9 @@ def _validity(problem: Problem, config: ProbeConfig, run: _RunDirectory, progres
     if not run.finished(["validity"]):
         say(f"quadratic validity at k = {config.max_k} ({config.validity_samples} draws x "
             f"{len(config.sigmas)} σ)")
-        with _progress.bar(config.validity_samples * len(config.sigmas), "validity sweep", show=progress,
-                           unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
+        with _progress.bar(config.validity_samples * len(config.sigmas), "validity sweep",
+                           show=progress and run.group.is_writer, unit="pt") as pbar, \
+                _progress.counting(problem, on_points=pbar.update):
             run.store("validity", quadratic_validity(
                 problem, list(config.sigmas), k=config.max_k, mc_samples=config.validity_samples,
                 seed=config.seed, threshold=config.validity_threshold, point_batch=config.point_batch))
@@ -224,8 +233,8 @@ def _compute_parts(problem: Problem, config: ProbeConfig, run: _RunDirectory, pr
     spec = config.spec()
     names = part_names(spec)
     skip = run.finished(names)
-    with _progress.bar(len(names), "stabilization parts (HVPs, points)", show=progress,
-                       initial=len(skip), unit="part") as bar:
+    with _progress.bar(len(names), "stabilization parts (HVPs, points)",
+                       show=progress and run.group.is_writer, initial=len(skip), unit="part") as bar:
         counts = {"HVPs": 0, "points": 0}
 
         def count(key: str) -> Callable[[int], None]:
@@ -253,18 +262,19 @@ def _open(config: ProbeConfig, problem: Problem | None, resume: bool, progress: 
     if problem is None:
         from curvprobe.app.sources import build_problem
 
-        loaded = build_problem(config, progress=progress)
+        loaded = build_problem(config, progress=progress, distributed=world().size > 1)
         problem, digests = loaded.problem, loaded.digests
     digests = digests or {}
     _check_sources(out, digests, resuming)
     if config.max_k + 1 > problem.num_samples:
         raise RunError(f"k = {config.max_k} is larger than the data: it needs {config.max_k + 1} samples, "
                        f"the problem has {problem.num_samples}")
-    run = _RunDirectory(out, RunOutcome(out, xr.Dataset()))
-    if not resuming:
+    barrier(problem.shard)  # every rank has checked the directory before rank 0 writes to it
+    if not resuming and problem.shard.is_writer:
         config.write(out / CONFIG_FILE, header="curvprobe probe run: resolved config (do not edit; "
                      "--resume compares against it)")
         _write_json(out / SOURCES_FILE, digests)
+    run = _RunDirectory(out, RunOutcome(out, xr.Dataset()), problem.shard)
     return config, problem, run, resuming
 
 
@@ -303,6 +313,8 @@ def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bo
     say = log or (lambda message: None)
     t_start = time.perf_counter()
     config, problem, run, resuming = _open(config, problem, resume, progress, digests)
+    if not problem.shard.is_writer:  # rank 0 speaks for a data-parallel run
+        say = lambda message: None  # noqa: E731
     say(f"{'resuming the' if resuming else 'new'} run in {run.out}")
     if validity is None and config.validity:
         validity = _validity(problem, config, run, progress, say)
@@ -310,8 +322,10 @@ def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bo
     names = _compute_parts(problem, config, run, progress)
     say("merging parts")
     merged = merge_parts([load(run.path(n)) for n in names], config.estimators, validity=validity)
-    merged.attrs.update(run_config=config.numeric_dict(), model_source=config.model)
-    save(merged, run.out / RESULT_FILE, overwrite=True)
+    merged.attrs.update(run_config=config.numeric_dict(), model_source=config.model,
+                        ranks=problem.shard.size)
+    if problem.shard.is_writer:
+        save(merged, run.out / RESULT_FILE, overwrite=True)
     run.outcome.seconds = time.perf_counter() - t_start
     run.flush(total=run.outcome.seconds)
     run.outcome.dataset = merged

@@ -317,10 +317,12 @@ class _Samples:
     default_loss: str
 
 
-def build_problem(config: ProbeConfig, *, progress: bool = False, check_ks: bool = True) -> LoadedSource:
+def build_problem(config: ProbeConfig, *, progress: bool = False, check_ks: bool = True,
+                  distributed: bool = False) -> LoadedSource:
     """Model + data + loss of ``config`` as a :class:`Problem` (float dtype and
     device of the config), after checking that ``max(ks) + 1`` samples exist
-    and that the model evaluates the first sample."""
+    and that the model evaluates the first sample; ``distributed``: data
+    parallel over the running ``torch.distributed`` process group."""
     model, builtin_cfg = load_model(config, progress=progress)
     device = config.device
     if device != "cpu" and device.startswith("cuda") and not torch.cuda.is_available():
@@ -331,7 +333,7 @@ def build_problem(config: ProbeConfig, *, progress: bool = False, check_ks: bool
         digests["checkpoint"] = file_digest(config.checkpoint)
     samples = _samples(config, builtin_cfg, digests, check_ks)
     loss_name = samples.default_loss if config.loss == "auto" else config.loss
-    problem, loss_name = _make_problem(config, model, samples.tensors, loss_name)
+    problem, loss_name = _make_problem(config, model, samples.tensors, loss_name, distributed)
     _check_problem(config, problem, loss_name)
     return LoadedSource(problem, config.model, loss_name, samples.description, digests)
 
@@ -379,7 +381,7 @@ def _builtin_samples(config: ProbeConfig, builtin_cfg: Any, n: int) -> _Samples:
 
 
 def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tensor],
-                  loss_name: str) -> tuple[Problem, str]:
+                  loss_name: str, distributed: bool = False) -> tuple[Problem, str]:
     """The :class:`Problem` on ``tensors`` and the name of its loss (an ``hf:``
     model's own next-token loss, else ``loss_name``); a failure to build it is
     a :class:`ConfigError`."""
@@ -391,8 +393,8 @@ def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tens
                 ids = tensors["inputs"]
             _check_vocab(model, ids)
             return causal_lm(model, ids, attention_mask=tensors.get("attention_mask"),
-                             batch_size=config.batch_size, dtype=dtype,
-                             device=device), "next-token cross-entropy (hf)"
+                             batch_size=config.batch_size, dtype=dtype, device=device,
+                             distributed=distributed), "next-token cross-entropy (hf)"
         loss_fn = {"cross_entropy": models.sample_cross_entropy,
                    "token_cross_entropy": models.token_cross_entropy,
                    "mse": mse_loss}[loss_name]
@@ -402,7 +404,7 @@ def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tens
         else:
             inputs, targets = tensors["inputs"], tensors["targets"]
         return Problem(model, loss_fn, inputs, targets, batch_size=config.batch_size,
-                       dtype=dtype, device=device), loss_name
+                       dtype=dtype, device=device, distributed=distributed), loss_name
     except ConfigError:
         raise
     except ImportError as exc:

@@ -21,16 +21,19 @@ others fail instead of hanging.
 
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DEFAULT_TIMEOUT_S", "Shard", "all_reduce_sum", "barrier", "init_from_environment",
-           "launched_by_torchrun", "shard", "world"]
+__all__ = ["DEFAULT_TIMEOUT_S", "Shard", "all_reduce_sum", "barrier", "broadcast_object",
+           "init_from_environment", "launched_by_torchrun", "shard", "world"]
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 1800.0
 """Seconds a collective waits for the other ranks before failing (``CURVPROBE_DIST_TIMEOUT``)."""
@@ -79,6 +82,15 @@ def all_reduce_sum(x: Tensor, group: Shard) -> Tensor:
     return x
 
 
+def broadcast_object(value: T, group: Shard) -> T:
+    """Rank 0's ``value`` on every rank (a picklable object; the value itself for one rank)."""
+    if group.size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(group: Shard) -> None:
     """Wait for every rank (a no-op for one rank)."""
     if group.size > 1:
@@ -106,5 +118,5 @@ def init_from_environment(device: str | torch.device = "cpu", *, timeout_s: floa
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo",
-                            timeout=datetime.timedelta(seconds=timeout))
+                            timeout=dt.timedelta(seconds=timeout))
     return world()

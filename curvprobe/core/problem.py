@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import Dataset
 
 from curvprobe.core.distributed import Shard, all_reduce_sum, shard
 from curvprobe.core.operators import HessianOperator

@@ -337,7 +337,7 @@ def _check_equivalence(model: nn.Module, wrapper: CausalLMLogits, input_ids: Ten
 # ---------------------------------------------------------------- builders
 def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | None = None,
               batch_size: int = 256, dtype: torch.dtype | None = None,
-              device: torch.device | str | None = None) -> Problem:
+              device: torch.device | str | None = None, distributed: bool = False) -> Problem:
     """Problem whose samples are sequences and whose loss is next-token cross-entropy.
 
     Sample ``i`` is the sequence ``x_i = input_ids[i]`` with ``T_i`` real
@@ -396,7 +396,7 @@ def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | N
     _check_equivalence(model, wrapper, input_ids, attention_mask, packed, lengths)
     dtype = _resolve_dtype(model, dtype)
     return Problem(wrapper, NextTokenCrossEntropy(dtype), packed, _causal_targets(packed, lengths),
-                   batch_size=batch_size, dtype=dtype, device=device)
+                   batch_size=batch_size, dtype=dtype, device=device, distributed=distributed)
 
 
 def classifier(model: nn.Module, input_ids: Tensor, labels: Tensor, *,

@@ -32,18 +32,6 @@ SMALL = ["--model", "builtin:mlp", "--ks", "4,8,16,32", "--sigmas", "0.01,0.1", 
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture(scope="session")
-def env(tmp_path_factory) -> dict[str, str]:
-    """Environment with a session-wide temporary model cache holding the trained mlp."""
-    from curvprobe.zoo import models
-
-    cache = tmp_path_factory.mktemp("curvprobe-cache")
-    models.pretrained("mlp", cache_dir=cache, progress=False)
-    out = dict(os.environ, CURVPROBE_CACHE=str(cache))
-    out.pop("CURVPROBE_PART_DELAY", None)
-    return out
-
-
 def cli(args: list[str], env: dict[str, str], *, timeout: float = 240, **extra_env: str):
     return subprocess.run([sys.executable, "-m", "curvprobe", *args], env={**env, **extra_env},
                           capture_output=True, text=True, timeout=timeout)

@@ -14,12 +14,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest
 
-from conftest import mlp_problem  # noqa: E402
+from curvprobe import stabilization, top_eigenspace
+from curvprobe.core.distributed import init_from_environment
+from curvprobe.criteria.engine import subspace_derivatives
+from curvprobe.results import save
 
-from curvprobe import stabilization, top_eigenspace  # noqa: E402
-from curvprobe.core.distributed import init_from_environment  # noqa: E402
-from curvprobe.criteria.engine import subspace_derivatives  # noqa: E402
-from curvprobe.results import save  # noqa: E402
+from conftest import mlp_problem
 
 
 def results(distributed: bool) -> tuple[dict[str, torch.Tensor], object]:
