@@ -20,9 +20,12 @@ costs D products on the one sample k+1.
 This module holds:
 
 - :func:`noise`: standard-normal draws keyed by ``(seed, stream, draw)``;
+- :func:`orderings`: R permutations of the samples keyed by ``(seed, r)``;
 - :func:`increments`, :func:`all_k_increments`: δ_k for every k of a grid
   from one pass of per-sample losses and a float64 prefix sum (O(S·K) sample
-  forwards instead of O(S·K²));
+  forwards instead of O(S·K²)); :func:`all_k_losses` and
+  :func:`permuted_increments`: the same losses serve every ordering (only the
+  prefix sums change: O(R·S·K) additions, no forward pass);
 - :func:`subspace_derivatives`, :func:`surrogate_terms`,
   :func:`coefficients_per_k`, :func:`coefficients_fixed`: the surrogate
   coefficients (one implementation, shared with
@@ -30,7 +33,15 @@ This module holds:
 - :func:`surrogate_values`: ``q_k`` at many ``z``;
 - the per-estimator functions (:data:`SUBSPACE_CELLS`, :data:`FULL_SPACE_PROBES`),
   registered under the names of :data:`curvprobe.criteria.spec.ESTIMATORS`;
-- :func:`mean_stderr`, :func:`running_mean_stderr`: Monte Carlo mean ± standard error.
+- :func:`mean_stderr`, :func:`running_mean_stderr`: Monte Carlo mean ± standard error;
+  :func:`ordering_mean_stderr`: the mean over orderings and its standard error.
+
+Orderings. Ordering r relabels the first ``M = K + 1`` samples by a
+permutation ``π_r`` (``π_0`` the identity): sample ``i`` of ordering r is
+sample ``π_r(i)`` of the problem, so ``δ_k^(r)(w) = (ℓ_{π_r(k+1)}(w) −
+L_k^(r)(w))/(k+1)`` with ``L_k^(r)`` the mean over ``π_r(1..k)``. At any one
+point the per-sample losses ``ℓ_1..ℓ_M`` are the same for every ordering;
+only their order, hence the prefix sums, changes.
 
 Everything is float64. Units: a in loss, c in loss/param, B in loss/param²,
 σ and z in param.
@@ -49,15 +60,16 @@ from torch.func import grad, jacfwd, vmap
 
 from curvprobe.core.problem import Problem
 from curvprobe.criteria.probes import Isotropic, Sphere, Subspace
-from curvprobe.criteria.spec import ESTIMATORS, FULL_SPACE, SUBSPACE
+from curvprobe.criteria.spec import ESTIMATORS, FULL_SPACE, NOISE_STREAMS, SUBSPACE
 from curvprobe.criteria.theory import gaussian_moment
 from curvprobe.linalg import Eigenspace
 
 __all__ = ["FULL_SPACE_PROBES", "SUBSPACE_CELLS", "SubspaceCoefficients", "SubspaceDraws",
-           "all_k_increments", "coefficients_fixed", "coefficients_per_k", "estimate", "increments",
-           "mean_stderr", "moment", "noise", "per_k_increments", "probe_perturbations",
-           "running_mean_stderr", "subspace_derivatives", "subspace_estimator", "subspace_increments",
-           "surrogate_terms", "surrogate_values"]
+           "all_k_increments", "all_k_losses", "coefficients_fixed", "coefficients_from_samples",
+           "coefficients_per_k", "estimate", "increments", "mean_stderr", "moment", "noise",
+           "ordering_mean_stderr", "orderings", "per_k_increments", "permuted_increments",
+           "probe_perturbations", "running_mean_stderr", "subspace_derivatives", "subspace_estimator",
+           "subspace_increments", "subspace_losses", "surrogate_terms", "surrogate_values"]
 
 
 # ------------------------------------------------------------- draws and moments
@@ -69,9 +81,30 @@ def noise(seed: int, stream: int, index: int, shape: tuple[int, ...],
     a draw does not depend on batching, on other draws or on where a resumed
     run restarts. Streams: :data:`curvprobe.criteria.spec.NOISE_STREAMS`.
     """
+    return torch.randn(shape, generator=_keyed_generator(seed, stream, index),
+                       dtype=torch.float64).to(device)
+
+
+def _keyed_generator(seed: int, stream: int, index: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, stream, index)`` alone."""
     state = np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(2)
-    gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def orderings(count: int, length: int, seed: int = 0) -> Tensor:
+    """R = ``count`` orderings of ``length`` samples: int64 (R, length), 0-based.
+
+    Row 0 is the identity (the given order); row r ≥ 1 is a uniform random
+    permutation drawn from a generator keyed by ``(seed, NOISE_STREAMS
+    ["ordering"], r)``, so ordering r does not depend on R (a run with more
+    orderings extends one with fewer) nor on the probe draws' ``seed``.
+    """
+    if int(count) < 1 or int(length) < 1:
+        raise ValueError(f"need count >= 1 and length >= 1, got {count}, {length}")
+    rows = [torch.arange(length)]
+    rows += [torch.randperm(length, generator=_keyed_generator(seed, NOISE_STREAMS["ordering"], r))
+             for r in range(1, int(count))]
+    return torch.stack(rows)
 
 
 def moment(x: Tensor, p: float) -> Tensor:
@@ -83,6 +116,45 @@ def mean_stderr(x: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
     """Sample mean and standard error ``std(x, ddof=1) / √S`` along ``dim`` (S draws)."""
     S = x.shape[dim]
     return x.mean(dim), x.std(dim=dim, correction=1) / math.sqrt(S)
+
+
+def ordering_mean_stderr(values: Tensor, integrands: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean over R orderings and its standard error, with the Monte Carlo part.
+
+    ``values`` (R, ...) are the per-ordering estimates ``v_r = o_r + (1/S)
+    Σ_s f_rs``; ``integrands`` (R, S, ...) the ``f_rs`` (None for closed
+    forms and exact values). The S draws are common to all orderings (one set
+    of per-sample losses serves every ordering), so ``f_rs`` is a crossed
+    (ordering × draw) design, and the variance of ``v̄ = (1/R) Σ_r v_r`` is
+    estimated as
+
+        se² = s²_R / R + s²_S / S,
+        s²_R = var_r(v_r)  (ddof 1),   s²_S = var_s((1/R) Σ_r f_rs)  (ddof 1):
+
+    the spread of the per-ordering values (ordering effect, plus the
+    interaction of ordering and draw) and the Monte Carlo error of the
+    ordering-averaged integrand (the draw effect every ordering shares,
+    which the spread across orderings cannot see). For the two-way random
+    effects model ``f_rs = μ + α_r + β_s + γ_rs`` its expectation is
+    ``σ²_α/R + σ²_β/S + 2σ²_γ/(RS)``: conservative by the interaction term
+    ``σ²_γ/(RS)``, at most the within-ordering Monte Carlo variance over R.
+
+    Returns
+    -------
+    mean, stderr, mc_stderr : Tensor (...) float64
+        ``v̄``, ``se`` and its Monte Carlo part ``s_S / √S`` (0 without integrands).
+        R = 1 gives ``stderr = mc_stderr`` (no spread to measure).
+    """
+    values = values.double()
+    R = values.shape[0]
+    mean = values.mean(0)
+    between = values.var(0, correction=1) / R if R > 1 else torch.zeros_like(mean)
+    if integrands is None:
+        mc = torch.zeros_like(mean)
+    else:
+        shared = integrands.double().mean(0)
+        mc = shared.var(0, correction=1) / shared.shape[0]
+    return mean, (between + mc).sqrt(), mc.sqrt()
 
 
 def running_mean_stderr(x: Tensor, counts: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -117,6 +189,18 @@ def increments(losses: Tensor, ks: Sequence[int] | Tensor) -> Tensor:
     return (x[..., k] - mean_k) / (k + 1)
 
 
+def permuted_increments(losses: Tensor, perms: Tensor, ks: Sequence[int] | Tensor) -> Tensor:
+    """δ_k of every ordering from one set of per-sample losses: float64 (R, ..., len(ks)).
+
+    ``losses`` (..., M) holds ``ℓ_1..ℓ_M`` in the given order, ``perms``
+    (R, M') the orderings (0-based, ``max(ks) < M' ≤ M``; the first M'
+    samples are reordered). Ordering r is :func:`increments` of
+    ``losses[..., perms[r]]``: R prefix sums, no forward pass.
+    """
+    out = [increments(losses[..., perm], ks) for perm in perms.to(losses.device)]
+    return torch.stack(out)
+
+
 Perturbations = Callable[[int, int], Tensor]
 """``draw(s0, s1)``: the perturbations ``e_s = w_s − w*`` (s1 − s0, N) of points s0..s1−1."""
 
@@ -136,6 +220,22 @@ def all_k_increments(problem: Problem, ks: Sequence[int], perturbations: Perturb
         W = w_star + perturbations(s0, s1)
         losses = problem.per_sample_losses_at(W, stop=K + 1, point_batch=point_batch)
         out.append(increments(losses, ks))
+    return torch.cat(out)
+
+
+def all_k_losses(problem: Problem, perturbations: Perturbations, num_points: int, stop: int, *,
+                 point_batch: int = 8) -> Tensor:
+    """Per-sample losses ``ℓ_i(w* + e_s)`` for ``i < stop``, ``s < num_points``: float64 (S, stop).
+
+    The input of :func:`permuted_increments`: one forward pass per point and
+    sample, whatever the number of orderings.
+    """
+    w_star = problem.params.double()
+    out = []
+    for s0 in range(0, num_points, point_batch):
+        s1 = min(s0 + point_batch, num_points)
+        out.append(problem.per_sample_losses_at(w_star + perturbations(s0, s1), stop=stop,
+                                                point_batch=point_batch))
     return torch.cat(out)
 
 
@@ -192,6 +292,26 @@ def subspace_increments(problem: Problem, U: Tensor, xi: Tensor, sigmas: Sequenc
                 return probe.perturb(xi[s0:s1, :D], U.shape[0])
 
             out[(si, di)] = engine(problem, ks, draw, xi.shape[0], point_batch=point_batch)
+    return out
+
+
+def subspace_losses(problem: Problem, U: Tensor, xi: Tensor, sigmas: Sequence[float],
+                    dims: Sequence[int], stop: int, *,
+                    point_batch: int = 8) -> dict[tuple[int, int], Tensor]:
+    """Per-sample losses at ``w* + σ U_D ξ_s[:D]`` for every (σ index, D index): float64 (S, stop).
+
+    The orderings' version of :func:`subspace_increments`: one forward pass
+    per point and sample, reordered by :func:`permuted_increments`.
+    """
+    out = {}
+    for si, sigma in enumerate(sigmas):
+        for di, D in enumerate(dims):
+            probe = Subspace(U[:, :D], sigma)
+
+            def draw(s0: int, s1: int, probe: Subspace = probe, D: int = D) -> Tensor:
+                return probe.perturb(xi[s0:s1, :D], U.shape[0])
+
+            out[(si, di)] = all_k_losses(problem, draw, xi.shape[0], stop, point_batch=point_batch)
     return out
 
 
@@ -258,6 +378,18 @@ def coefficients_fixed(problem: Problem, ks: Sequence[int], a: Tensor,
     K = max(ks)
     U = es.vectors
     g, H = subspace_derivatives(problem, U, range(K + 1))
+    return coefficients_from_samples(ks, a, g, H, U)
+
+
+def coefficients_from_samples(ks: Sequence[int], a: Tensor, g: Tensor, H: Tensor,
+                              U: Tensor) -> list[SubspaceCoefficients]:
+    """``c_k``, ``B_k`` for every k from per-sample derivatives in one subspace ``U`` (N, D).
+
+    ``g`` (M, D) holds ``U_Dᵀ g_i`` and ``H`` (M, D, D) ``U_Dᵀ H_i U_D`` for
+    the samples in their order (an ordering passes its permuted rows), ``a``
+    (len(ks),) the ``a_k`` of that order; ``T_k = U_Dᵀ H^(k) U_D`` is the
+    prefix mean of ``H``.
+    """
     g_prefix, H_prefix = g.cumsum(0), H.cumsum(0)
     out = []
     for j, k in enumerate(ks):

@@ -30,18 +30,23 @@ __all__ = ["DEFAULT_ESTIMATORS", "ESTIMATORS", "FULL_SPACE", "NOISE_STREAMS", "P
 POINT, FULL_SPACE, SUBSPACE = "point", "full", "subspace"
 """Where an estimator probes: at ``w*``, in the full space, or inside ``span(U_D)``."""
 
-SUBSPACE_MODES = ("per_k", "fixed")
+SUBSPACE_MODES = ("per_k", "fixed", "pooled")
 """``per_k``: ``U_D`` from ``H^(k)`` at every k (warm-started); ``fixed``: one
-``U_D`` from ``H^(K)``, ``K = max(ks)``, for every k."""
+``U_D`` from ``H^(K)``, ``K = max(ks)``, for every k; ``pooled``: one ``U_D``
+from the Hessian of all ``K + 1`` samples the measurement reads, for every k —
+the same set of samples in every ordering, so one eigenspace serves every
+ordering (``orderings > 1`` requires it)."""
 
 NOISE_STREAMS: Mapping[str, int] = MappingProxyType({"subspace": 1, "full_mc": 2, "sphere": 3,
-                                                     "validity": 7})
+                                                     "validity": 7, "ordering": 11})
 """Noise stream of each family of draws (:func:`curvprobe.criteria.engine.noise`).
 
 Draw ``s`` of stream ``t`` under seed ``r`` is a function of ``(r, t, s)``
 only: every subspace estimator shares stream ``subspace`` (common random
 numbers across k, σ and D), each full-space probe has its own, and the
-quadratic-validity sweep has ``validity``."""
+quadratic-validity sweep has ``validity``. Sample orderings
+(:func:`curvprobe.criteria.engine.orderings`) are keyed by
+``(ordering_seed, ordering, r)``."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,12 @@ def _int_grid(name: str, values: Sequence[int], *, sort: bool) -> tuple[int, ...
     return tuple(out)
 
 
+def _orderings(value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"orderings must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
     """Probe scales: a non-empty sequence of positive finite numbers (order kept)."""
     out = tuple(float(s) for s in sigmas)
@@ -197,8 +208,9 @@ class StabilizationSpec:
         Monte Carlo draws S per (σ, D) (≥ 2 when a Monte Carlo estimator runs).
     p : float ≥ 1
         Order of the criterion; ``gm`` and ``cv_mc`` need ``p = 2``.
-    subspace : {"per_k", "fixed"}
-        See :data:`SUBSPACE_MODES`.
+    subspace : {"per_k", "fixed", "pooled"} or None
+        See :data:`SUBSPACE_MODES`. None (default): ``per_k`` with one
+        ordering, ``pooled`` with several.
     seed : int
         Seeds every draw and the eigensolver.
     tol : float > 0
@@ -216,6 +228,17 @@ class StabilizationSpec:
         runner can store and reload, so an interrupted and resumed run gives
         exactly the parts of an uninterrupted one (costs the gradient over
         the first k samples at every k and the carried basis's savings).
+    orderings : int ≥ 1
+        R orderings of the first ``K + 1`` samples: ordering 0 is the given
+        order, orderings 1..R−1 uniform random permutations keyed by
+        ``(ordering_seed, r)``. Every estimate is computed for each ordering
+        from one set of per-sample losses (and, for the subspace estimators,
+        one ``pooled`` eigenspace and one set of per-sample subspace
+        derivatives); ``docs/estimators.md`` has the costs. R = 1 is the
+        single-ordering measurement, unchanged.
+    ordering_seed : int
+        Seeds the permutations (independent of ``seed``, which seeds the
+        probe draws).
 
     Raises
     ------
@@ -229,12 +252,14 @@ class StabilizationSpec:
     estimators: tuple[str, ...] | None = None
     mc_samples: int = 64
     p: float = 2.0
-    subspace: str = "per_k"
+    subspace: str | None = None
     seed: int = 0
     tol: float = 1e-3
     point_batch: int = 8
     eigen_options: Mapping[str, Any] = field(default_factory=dict)
     resumable: bool = False
+    orderings: int = 1
+    ordering_seed: int = 0
 
     def __post_init__(self) -> None:
         p = float(self.p)
@@ -253,8 +278,14 @@ class StabilizationSpec:
         mc = [e for e in est if ESTIMATORS[e].monte_carlo]
         if mc and int(self.mc_samples) < 2:
             raise ValueError(f"mc_samples must be >= 2 for a standard error of {mc}, got {self.mc_samples}")
-        if self.subspace not in SUBSPACE_MODES:
-            raise ValueError(f"unknown subspace mode {self.subspace!r}; valid: {', '.join(SUBSPACE_MODES)}")
+        orderings = _orderings(self.orderings)
+        subspace = self.subspace if self.subspace is not None else ("per_k" if orderings == 1 else "pooled")
+        if subspace not in SUBSPACE_MODES:
+            raise ValueError(f"unknown subspace mode {subspace!r}; valid: {', '.join(SUBSPACE_MODES)}")
+        if orderings > 1 and subspace != "pooled" and any(ESTIMATORS[e].space == SUBSPACE for e in est):
+            raise ValueError(f"orderings = {orderings} needs subspace = 'pooled' (one eigenspace of all "
+                             f"K + 1 samples, the same in every ordering), got {subspace!r}: per-k or "
+                             "fixed eigenspaces would need one eigensolve per ordering")
         if not (math.isfinite(float(self.tol)) and float(self.tol) > 0):
             raise ValueError(f"tol must be a positive number, got {self.tol}")
         if int(self.point_batch) < 1:
@@ -274,6 +305,9 @@ class StabilizationSpec:
             "tol": float(self.tol),
             "point_batch": int(self.point_batch),
             "eigen_options": MappingProxyType(dict(self.eigen_options)),
+            "subspace": subspace,
+            "orderings": orderings,
+            "ordering_seed": int(self.ordering_seed),
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -319,6 +353,12 @@ class StabilizationSpec:
             raise ValueError(f"each D must satisfy 1 <= D < N = {num_params}, got {list(self.dims)}")
 
     def attrs(self) -> dict[str, Any]:
-        """The spec as Dataset attrs (netCDF-safe scalars; the grid is in the coordinates)."""
-        return {"subspace": self.subspace, "seed": self.seed, "p": self.p,
-                "mc_samples": self.mc_samples, "tol": self.tol}
+        """The spec as Dataset attrs (netCDF-safe scalars; the grid is in the coordinates).
+
+        ``orderings`` and ``ordering_seed`` are added only with several orderings,
+        so a single-ordering result keeps the attrs it always had."""
+        out: dict[str, Any] = {"subspace": self.subspace, "seed": self.seed, "p": self.p,
+                               "mc_samples": self.mc_samples, "tol": self.tol}
+        if self.orderings > 1:
+            out.update(orderings=self.orderings, ordering_seed=self.ordering_seed)
+        return out

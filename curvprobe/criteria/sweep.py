@@ -40,6 +40,7 @@ from torch import Tensor
 
 from curvprobe.core.problem import Problem
 from curvprobe.criteria import engine
+from curvprobe.criteria.decomposition import curvature_decomposition
 from curvprobe.criteria.spec import (
     ESTIMATORS,
     NOISE_STREAMS,
@@ -52,7 +53,11 @@ from curvprobe.criteria.validity import quadratic_validity, regime_flags
 from curvprobe.linalg import Eigenspace, top_eigenspace
 from curvprobe.results import provenance
 
-__all__ = ["Part", "iter_parts", "merge_parts", "part_name", "part_names", "stabilization"]
+__all__ = ["ORDERING_VARIABLES", "Part", "iter_parts", "merge_parts", "part_name", "part_names",
+           "stabilization"]
+
+ORDERING_VARIABLES = ("ordering_mean", "ordering_stderr", "ordering_mc_stderr")
+"""The averages over orderings (k, sigma, dim, estimator) of a result with ``orderings > 1``."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class Part:
     Attributes
     ----------
     name : str
-        ``fullspace``, ``subspace_fixed`` or ``k_<k, 6 digits>``.
+        ``fullspace``, ``subspace_fixed``, ``subspace_pooled`` or ``k_<k, 6 digits>``.
     dataset : xarray.Dataset
         The part's values, with the schema of :func:`stabilization`'s result.
     eigenspace : Eigenspace or None
@@ -83,7 +88,8 @@ def part_names(spec: StabilizationSpec) -> list[str]:
     """Every part of ``spec``, in the order :func:`iter_parts` computes them."""
     names = ["fullspace"] if spec.full_space_names else []
     if spec.subspace_names:
-        names += ["subspace_fixed"] if spec.subspace == "fixed" else [part_name(k) for k in spec.ks]
+        per_k = spec.subspace == "per_k"
+        names += [part_name(k) for k in spec.ks] if per_k else [f"subspace_{spec.subspace}"]
     return names
 
 
@@ -105,22 +111,42 @@ class _Stages:
 
 @dataclass
 class _Table:
-    """Value, standard error and draw count over (k, sigma, dim, estimator), plus
-    ``‖c_k‖`` and ``tr B_k`` over (k, dim)."""
+    """Value, standard error and draw count over (k, sigma, dim, estimator[, ordering]), plus
+    ``‖c_k‖`` and ``tr B_k`` over (k, dim[, ordering]); with several orderings also the
+    ordering mean, its standard error and that error's Monte Carlo part."""
 
     shape: tuple[int, int, int, int]
+    orderings: int = 1
     value: np.ndarray = field(init=False)
     stderr: np.ndarray = field(init=False)
     count: np.ndarray = field(init=False)
+    mean: np.ndarray = field(init=False)
+    mean_stderr: np.ndarray = field(init=False)
+    mc_stderr: np.ndarray = field(init=False)
     c_norm: np.ndarray = field(init=False)
     trace_B: np.ndarray = field(init=False)  # noqa: N815 - the paper's B_k
 
     def __post_init__(self) -> None:
-        self.value = np.full(self.shape, np.nan)
-        self.stderr = np.full(self.shape, np.nan)
+        R = self.orderings
+        self.value = np.full((*self.shape, R), np.nan)
+        self.stderr = np.full((*self.shape, R), np.nan)
         self.count = np.zeros(self.shape, dtype=np.int64)
-        self.c_norm = np.full((self.shape[0], self.shape[2]), np.nan)
-        self.trace_B = np.full((self.shape[0], self.shape[2]), np.nan)
+        self.mean = np.full(self.shape, np.nan)
+        self.mean_stderr = np.full(self.shape, np.nan)
+        self.mc_stderr = np.full(self.shape, np.nan)
+        self.c_norm = np.full((self.shape[0], self.shape[2], R), np.nan)
+        self.trace_B = np.full((self.shape[0], self.shape[2], R), np.nan)
+
+    def record(self, cell: tuple[int | slice, ...], values: Tensor, stderrs: Tensor,
+               integrands: Tensor | None, count: int) -> None:
+        """One estimate of every ordering at ``cell`` (k, sigma, dim, estimator indices):
+        ``values``, ``stderrs`` (R,), the integrands (R, S) behind them (None: exact)."""
+        self.value[cell] = values.cpu().numpy()
+        self.stderr[cell] = stderrs.cpu().numpy()
+        self.count[cell] = count
+        if self.orderings > 1:
+            mean, se, mc = engine.ordering_mean_stderr(values, integrands)
+            self.mean[cell], self.mean_stderr[cell], self.mc_stderr[cell] = float(mean), float(se), float(mc)
 
 
 @dataclass
@@ -156,92 +182,122 @@ class _EigenRecord:
 
 
 # ------------------------------------------------------------- the parts
-def _full_space_part(problem: Problem, spec: StabilizationSpec, a: Tensor, stages: _Stages) -> xr.Dataset:
-    """``delta1``, ``full_mc``, ``sphere`` at every k (all-k engine)."""
+def _full_space_part(problem: Problem, spec: StabilizationSpec, a: Tensor, perms: Tensor,
+                     stages: _Stages) -> xr.Dataset:
+    """``delta1``, ``full_mc``, ``sphere`` at every k and ordering (all-k engine; ``a`` is (R, len(ks)))."""
     est = spec.full_space_names
-    table = _Table((len(spec.ks), len(spec.sigmas), len(spec.dims), len(est)))
+    table = _Table((len(spec.ks), len(spec.sigmas), len(spec.dims), len(est)), spec.orderings)
     S = spec.mc_samples
+    every = slice(None)
     for i, name in enumerate(est):
         entry = ESTIMATORS[name]
         if entry.space == POINT:
-            table.value[..., i] = a.abs().cpu().numpy()[:, None, None]
-            table.stderr[..., i] = 0.0
-            table.count[..., i] = 1
+            for j in range(len(spec.ks)):
+                table.record((j, every, every, i), a[:, j].abs(), torch.zeros_like(a[:, j]), None, 1)
             continue
         power = spec.p if entry.moment == "p" else 1.0
         assert entry.stream is not None
         with stages(f"eval_{name}"):
-            for j, sigma in enumerate(spec.sigmas):
+            for si, sigma in enumerate(spec.sigmas):
                 draw = engine.probe_perturbations(engine.FULL_SPACE_PROBES[name](sigma), spec.seed,
                                                   NOISE_STREAMS[entry.stream], problem.num_params,
                                                   problem.device)
-                deltas = engine.all_k_increments(problem, spec.ks, draw, S, point_batch=spec.point_batch)
-                m, se = engine.mean_stderr(engine.moment(deltas, power))
-                table.value[:, j, :, i] = m.cpu().numpy()[:, None]
-                table.stderr[:, j, :, i] = se.cpu().numpy()[:, None]
-                table.count[:, j, :, i] = S
+                losses = engine.all_k_losses(problem, draw, S, spec.max_k + 1, point_batch=spec.point_batch)
+                integrand = engine.moment(engine.permuted_increments(losses, perms, spec.ks), power)
+                per = [engine.mean_stderr(x) for x in integrand]  # per ordering, (len(ks),) each
+                m, se = torch.stack([p[0] for p in per]), torch.stack([p[1] for p in per])
+                for j in range(len(spec.ks)):
+                    table.record((j, si, every, i), m[:, j], se[:, j], integrand[..., j], S)
     return _dataset(problem, spec, spec.ks, est, table, _EigenRecord(len(spec.ks), spec.max_dim), a,
                     stages)
 
 
-def _fill_subspace(table: _Table, j: int, coeff: engine.SubspaceCoefficients, xi: Tensor,
+def _fill_subspace(table: _Table, j: int, coeffs: Sequence[engine.SubspaceCoefficients], xi: Tensor,
                    deltas: dict[tuple[int, int], Tensor], spec: StabilizationSpec) -> None:
-    """Every subspace estimator at k index ``j`` from the coefficients and the draws."""
+    """Every subspace estimator at k index ``j`` from the coefficients of each ordering
+    (``coeffs``, R of them) and the draws; ``deltas[(σ, D)]`` is (R, S)."""
     est = spec.subspace_names
-    a = torch.as_tensor(coeff.a, dtype=torch.float64, device=coeff.c.device)
     for di, D in enumerate(spec.dims):
-        c, B = coeff.terms(D)
-        table.c_norm[j, di], table.trace_B[j, di] = float(c.norm()), float(torch.trace(B))
+        for r, coeff in enumerate(coeffs):
+            c, B = coeff.terms(D)
+            table.c_norm[j, di, r], table.trace_B[j, di, r] = float(c.norm()), float(torch.trace(B))
         for si, sigma in enumerate(spec.sigmas):
             z = sigma * xi[:, :D]
-            draws = engine.SubspaceDraws(a, c, B, sigma, z, engine.surrogate_values(a, c, B, z),
-                                         deltas.get((si, di)), spec.p)
+            terms = [[engine.SUBSPACE_CELLS[name](_draws(coeff, D, sigma, z, deltas.get((si, di)), r, spec.p))
+                      for name in est] for r, coeff in enumerate(coeffs)]
             for i, name in enumerate(est):
-                value, stderr = engine.estimate(engine.SUBSPACE_CELLS[name](draws))
-                table.value[j, si, di, i], table.stderr[j, si, di, i] = value, stderr
-                table.count[j, si, di, i] = 1 if ESTIMATORS[name].method == "closed_form" else len(z)
+                estimates = [engine.estimate(terms[r][i]) for r in range(len(coeffs))]
+                values = torch.tensor([e[0] for e in estimates], dtype=torch.float64)
+                stderrs = torch.tensor([e[1] for e in estimates], dtype=torch.float64)
+                integrands = [terms[r][i][1] for r in range(len(coeffs))]
+                closed = ESTIMATORS[name].method == "closed_form"
+                table.record((j, si, di, i), values, stderrs,
+                             None if integrands[0] is None else torch.stack(integrands),  # type: ignore[arg-type]
+                             1 if closed else len(z))
 
 
-def _fixed_part(problem: Problem, spec: StabilizationSpec, a: Tensor, xi: Tensor,
-                init: Eigenspace | Tensor | None, stages: _Stages) -> xr.Dataset:
-    """The subspace estimators at every k with one ``U_D`` from ``H^(K)``."""
-    table = _Table((len(spec.ks), len(spec.sigmas), len(spec.dims), len(spec.subspace_names)))
+def _draws(coeff: engine.SubspaceCoefficients, D: int, sigma: float, z: Tensor, delta: Tensor | None,
+           r: int, p: float) -> engine.SubspaceDraws:
+    """What the subspace estimators see at one (k, σ, D) in ordering r."""
+    a = torch.as_tensor(coeff.a, dtype=torch.float64, device=coeff.c.device)
+    c, B = coeff.terms(D)
+    return engine.SubspaceDraws(a, c, B, sigma, z, engine.surrogate_values(a, c, B, z),
+                                None if delta is None else delta[r], p)
+
+
+def _one_subspace_part(problem: Problem, spec: StabilizationSpec, a: Tensor, perms: Tensor, xi: Tensor,
+                       init: Eigenspace | Tensor | None, stages: _Stages) -> xr.Dataset:
+    """The subspace estimators at every k (and ordering) inside one ``U_D``: of ``H^(K)``
+    (``fixed``) or of the Hessian of all K+1 samples (``pooled``, ordering-invariant).
+
+    Per-sample ``U_Dᵀ g_i``, ``U_Dᵀ H_i U_D`` (i ≤ K+1) and per-sample losses
+    at the subspace draws are computed once; each ordering permutes them
+    before the prefix sums.
+    """
+    K = spec.max_k
+    table = _Table((len(spec.ks), len(spec.sigmas), len(spec.dims), len(spec.subspace_names)), spec.orderings)
     with stages("subspace"):
-        es = top_eigenspace(problem.hessian_operator(spec.max_k), spec.max_dim, init=init,
+        rows = K + 1 if spec.subspace == "pooled" else K
+        es = top_eigenspace(problem.hessian_operator(rows), spec.max_dim, init=init,
                             tol=spec.tol, seed=spec.seed, **spec.eigen_options)
     with stages("assembly"):
-        coeffs = engine.coefficients_fixed(problem, spec.ks, a, es)
+        g, H = engine.subspace_derivatives(problem, es.vectors, range(K + 1))
+        coeffs = [engine.coefficients_from_samples(spec.ks, a[r], g[perm], H[perm], es.vectors)
+                  for r, perm in enumerate(perms)]
     eig = _EigenRecord(len(spec.ks), spec.max_dim)
     for j in range(len(spec.ks)):
         eig.record(j, es, first=j == 0)
     deltas: dict[tuple[int, int], Tensor] = {}
     if spec.needs_true_increments:
         with stages("eval_direct_mc"):
-            deltas = engine.subspace_increments(problem, es.vectors, xi, spec.sigmas, spec.dims, spec.ks,
-                                                point_batch=spec.point_batch)
+            losses = engine.subspace_losses(problem, es.vectors, xi, spec.sigmas, spec.dims, K + 1,
+                                            point_batch=spec.point_batch)
+            deltas = {key: engine.permuted_increments(v, perms, spec.ks) for key, v in losses.items()}
     with stages("eval_surrogate"):
-        for j, coeff in enumerate(coeffs):
-            _fill_subspace(table, j, coeff, xi, {key: v[:, j] for key, v in deltas.items()}, spec)
+        for j in range(len(spec.ks)):
+            _fill_subspace(table, j, [c[j] for c in coeffs], xi,
+                           {key: v[..., j] for key, v in deltas.items()}, spec)
     return _dataset(problem, spec, spec.ks, spec.subspace_names, table, eig, a, stages)
 
 
 def _per_k_part(problem: Problem, spec: StabilizationSpec, j: int, a: Tensor, xi: Tensor,
                 grad_sum: Tensor, es: Eigenspace, stages: _Stages) -> xr.Dataset:
-    """The subspace estimators at ``k = ks[j]`` inside the eigenspace ``es`` of ``H^(k)``."""
+    """The subspace estimators at ``k = ks[j]`` inside the eigenspace ``es`` of ``H^(k)``
+    (one ordering: ``a`` is (1, len(ks)))."""
     k = spec.ks[j]
     table = _Table((1, len(spec.sigmas), len(spec.dims), len(spec.subspace_names)))
     eig = _EigenRecord(1, spec.max_dim)
     eig.record(0, es)
     with stages("assembly"):
-        coeff = engine.coefficients_per_k(problem, k, float(a[j]), es, grad_sum)
+        coeff = engine.coefficients_per_k(problem, k, float(a[0, j]), es, grad_sum)
     deltas: dict[tuple[int, int], Tensor] = {}
     if spec.needs_true_increments:
         with stages("eval_direct_mc"):
-            deltas = {key: v[:, 0] for key, v in engine.subspace_increments(
+            deltas = {key: v[:, 0][None] for key, v in engine.subspace_increments(
                 problem, es.vectors, xi, spec.sigmas, spec.dims, [k], point_batch=spec.point_batch).items()}
     with stages("eval_surrogate"):
-        _fill_subspace(table, 0, coeff, xi, deltas, spec)
-    return _dataset(problem, spec, [k], spec.subspace_names, table, eig, a[j:j + 1], stages)
+        _fill_subspace(table, 0, [coeff], xi, deltas, spec)
+    return _dataset(problem, spec, [k], spec.subspace_names, table, eig, a[:, j:j + 1], stages)
 
 
 def iter_parts(problem: Problem, spec: StabilizationSpec, *, skip: Collection[str] = (),
@@ -259,7 +315,7 @@ def iter_parts(problem: Problem, spec: StabilizationSpec, *, skip: Collection[st
     init : Eigenspace or Tensor (N, p), optional
         Warm start of the first eigenspace computed (``per_k``: of the first k
         not skipped — a resumed run passes the eigenvectors of the k before;
-        ``fixed``: of ``H^(K)``).
+        ``fixed``: of ``H^(K)``; ``pooled``: of the Hessian of the K+1 samples).
 
     Yields
     ------
@@ -271,9 +327,10 @@ def iter_parts(problem: Problem, spec: StabilizationSpec, *, skip: Collection[st
         give identical parts.
     """
     spec.check_problem(problem.num_samples, problem.num_params)
+    perms = engine.orderings(spec.orderings, spec.max_k + 1, spec.ordering_seed)
     first = _Stages()  # the first part computed carries the time of a
-    with first("losses_at_w_star"):
-        a = engine.increments(problem.per_sample_losses(stop=spec.max_k + 1), spec.ks)
+    with first("losses_at_w_star"):  # a (R, len(ks)): a_k of every ordering
+        a = engine.permuted_increments(problem.per_sample_losses(stop=spec.max_k + 1), perms, spec.ks)
 
     pending: list[_Stages] = [first]
 
@@ -281,14 +338,15 @@ def iter_parts(problem: Problem, spec: StabilizationSpec, *, skip: Collection[st
         return pending.pop() if pending else _Stages()
 
     if spec.full_space_names and "fullspace" not in skip:
-        yield Part("fullspace", _full_space_part(problem, spec, a, stages()))
+        yield Part("fullspace", _full_space_part(problem, spec, a, perms, stages()))
     if not spec.subspace_names:
         return
     xi = engine.noise(spec.seed, NOISE_STREAMS["subspace"], 0, (spec.mc_samples, spec.max_dim),
                       problem.device)
-    if spec.subspace == "fixed":
-        if "subspace_fixed" not in skip:
-            yield Part("subspace_fixed", _fixed_part(problem, spec, a, xi, init, stages()))
+    if spec.subspace != "per_k":
+        name = f"subspace_{spec.subspace}"
+        if name not in skip:
+            yield Part(name, _one_subspace_part(problem, spec, a, perms, xi, init, stages()))
         return
     grad_sum = torch.zeros(problem.num_params, dtype=torch.float64, device=problem.device)
     done, previous = 0, init
@@ -314,14 +372,23 @@ def iter_parts(problem: Problem, spec: StabilizationSpec, *, skip: Collection[st
 def _variables(spec: StabilizationSpec, est: Sequence[str], table: _Table, eig: _EigenRecord,
                a: Tensor, stages: _Stages) -> dict[str, Any]:
     dims4 = ("k", "sigma", "dim", "estimator")
+    several = spec.orderings > 1
+    per = ("ordering",) if several else ()
+
+    def one(x: np.ndarray) -> np.ndarray:  # one ordering: no ordering dimension
+        return x if several else x[..., 0]
+
+    value_name = "criterion estimate of each ordering" if several else "criterion estimate"
     return {
-        "value": (dims4, table.value, {"long_name": "criterion estimate (units per estimator: "
-                                                    "the estimator_units coordinate)"}),
-        "stderr": (dims4, table.stderr, {"long_name": "Monte Carlo standard error (units of value)"}),
+        "value": (dims4 + per, one(table.value),
+                  {"long_name": f"{value_name} (units per estimator: the estimator_units coordinate)"}),
+        "stderr": (dims4 + per, one(table.stderr),
+                   {"long_name": "Monte Carlo standard error (units of value)"}),
         "mc_samples": (dims4, table.count, {"long_name": "Monte Carlo draws S", "units": "1"}),
-        "a": (("k",), a.cpu().numpy(), {"long_name": "a_k = δ_k(w*)", "units": "loss"}),
-        "c_norm": (("k", "dim"), table.c_norm, {"long_name": "‖c_k‖", "units": "loss/param"}),
-        "trace_B": (("k", "dim"), table.trace_B, {"long_name": "tr B_k", "units": "loss/param²"}),
+        **(_ordering_variables(spec, table) if several else {}),
+        "a": (("k", *per), one(a.T.cpu().numpy()), {"long_name": "a_k = δ_k(w*)", "units": "loss"}),
+        "c_norm": (("k", "dim", *per), one(table.c_norm), {"long_name": "‖c_k‖", "units": "loss/param"}),
+        "trace_B": (("k", "dim", *per), one(table.trace_B), {"long_name": "tr B_k", "units": "loss/param²"}),
         "eigenvalues": (("k", "rank"), eig.values, {"long_name": "top eigenvalues of H^(k)",
                                                      "units": "loss/param²"}),
         "residuals": (("k", "rank"), eig.residuals,
@@ -341,6 +408,25 @@ def _variables(spec: StabilizationSpec, est: Sequence[str], table: _Table, eig: 
     }
 
 
+def _ordering_variables(spec: StabilizationSpec, table: _Table) -> dict[str, Any]:
+    """The averages over orderings and the orderings themselves (R > 1)."""
+    dims4 = ("k", "sigma", "dim", "estimator")
+    perms = engine.orderings(spec.orderings, spec.max_k + 1, spec.ordering_seed).numpy()
+    return {
+        "ordering_mean": (dims4, table.mean, {"long_name": "mean of value over the orderings "
+                                                            "(units of value)"}),
+        "ordering_stderr": (dims4, table.mean_stderr, {
+            "long_name": "standard error of ordering_mean: sqrt(var over orderings / R + "
+                         "ordering_mc_stderr²) (units of value)"}),
+        "ordering_mc_stderr": (dims4, table.mc_stderr, {
+            "long_name": "Monte Carlo part of ordering_stderr: standard error over the draws of "
+                         "the ordering-averaged integrand (units of value)"}),
+        "permutation": (("ordering", "position"), perms, {
+            "long_name": "0-based index of the problem's sample at each position of ordering r "
+                         "(ordering 0: the given order)", "units": "1"}),
+    }
+
+
 def _dataset(problem: Problem, spec: StabilizationSpec, ks: Sequence[int], est: Sequence[str],
              table: _Table, eig: _EigenRecord, a: Tensor, stages: _Stages) -> xr.Dataset:
     """One part as a Dataset (the schema of :func:`stabilization`'s result)."""
@@ -355,8 +441,14 @@ def _dataset(problem: Problem, spec: StabilizationSpec, ks: Sequence[int], est: 
         "rank": ("rank", np.arange(1, eig.D + 1, dtype=np.int64)),
         "stage": ("stage", np.asarray(list(stages.seconds), dtype=str)),
     }
-    note = ("one U_D from H^(K) for all k (fixed)" if spec.subspace == "fixed"
-            else "U_D from H^(k) for each k, warm-started")
+    if spec.orderings > 1:
+        coords["ordering"] = ("ordering", np.arange(spec.orderings, dtype=np.int64),
+                              {"long_name": "sample ordering (0: the given order)"})
+        coords["position"] = ("position", np.arange(1, spec.max_k + 2, dtype=np.int64),
+                              {"long_name": "position i of a sample in an ordering (1-based)"})
+    note = {"fixed": "one U_D from H^(K) for all k (fixed)",
+            "pooled": "one U_D from the Hessian of all K+1 samples for all k and orderings (pooled)",
+            }.get(str(spec.subspace), "U_D from H^(k) for each k, warm-started")
     return xr.Dataset(_variables(spec, est, table, eig, a, stages), coords=coords,
                       attrs={**provenance(problem), "measurement": "stabilization", **spec.attrs(),
                              "subspace_note": note})
@@ -381,7 +473,9 @@ def merge_parts(parts: Sequence[xr.Dataset], estimators: Sequence[str] | None = 
     ``estimators``, default that of the parts). Eigensolver diagnostics and
     surrogate coefficients come from the subspace parts, ``a`` from the
     full-space part when there is one (computed once for every k);
-    ``stage_seconds`` is summed per stage over all parts. ``validity`` (a
+    ``stage_seconds`` is summed per stage over all parts; at p = 2 the
+    curvature part and the captured fraction are added
+    (:func:`~curvprobe.criteria.decomposition.curvature_decomposition`). ``validity`` (a
     :func:`~curvprobe.criteria.validity.quadratic_validity` Dataset) adds the
     regime flags. Warns once if a subspace estimate rests on an uncertified
     eigenpair.
@@ -399,6 +493,7 @@ def merge_parts(parts: Sequence[xr.Dataset], estimators: Sequence[str] | None = 
     if subs:
         sub = subs[0] if len(subs) == 1 else xr.concat(subs, dim="k", combine_attrs="override")
     per_estimator = ["value", "stderr", "mc_samples", "estimator_units"]
+    per_estimator += [v for v in ORDERING_VARIABLES if v in subs[0]] if subs else []
     if full and sub is not None:
         values = xr.concat([full[0][per_estimator], sub[per_estimator]], dim="estimator")
         merged = sub.drop_vars(per_estimator).drop_vars("estimator").assign(a=full[0]["a"])
@@ -417,26 +512,29 @@ def merge_parts(parts: Sequence[xr.Dataset], estimators: Sequence[str] | None = 
                                            "units": "s"}))
     if sub is not None and not bool(merged["converged"].all()):
         warnings.warn("some eigenpairs are not certified (see the 'converged' variable)", stacklevel=2)
+    merged = curvature_decomposition(merged)
     return regime_flags(merged, validity) if validity is not None else merged
 
 
 def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float],
                   dims: Sequence[int] = (1, 4, 16), estimators: Sequence[str] | None = None,
-                  mc_samples: int = 64, subspace: str = "per_k", seed: int = 0, tol: float = 1e-3,
+                  mc_samples: int = 64, subspace: str | None = None, seed: int = 0, tol: float = 1e-3,
                   p: float = 2, validity: xr.Dataset | bool | None = None, point_batch: int = 8,
                   eigen_kwargs: dict | None = None, progress: bool = False,
                   init: Eigenspace | Tensor | None = None,
                   on_k: Callable[[int, int, Eigenspace], None] | None = None,
-                  num_samples: int | None = None) -> xr.Dataset:
+                  num_samples: int | None = None, orderings: int = 1,
+                  ordering_seed: int = 0) -> xr.Dataset:
     """Stabilization criteria over a k grid: the merge of every part of one spec.
 
     Parameters
     ----------
     problem : Problem
         Ordered samples; needs ``max(ks) + 1`` of them.
-    ks, sigmas, dims, estimators, mc_samples, subspace, seed, tol, p, point_batch
+    ks, sigmas, dims, estimators, mc_samples, subspace, seed, tol, p, point_batch, orderings, ordering_seed
         The fields of :class:`~curvprobe.criteria.spec.StabilizationSpec`
-        (``estimators`` None: every default estimator defined at ``p``).
+        (``estimators`` None: every default estimator defined at ``p``;
+        ``subspace`` None: ``per_k`` with one ordering, ``pooled`` with several).
     validity : Dataset, True or None
         A :func:`curvprobe.quadratic_validity` result, True to compute one at
         ``k = max(ks)``, or None. σ beyond the validated regime get
@@ -465,13 +563,21 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
         ``residuals``, ``converged``; ``hvps``, ``hvp_cost``,
         ``miss_probability`` (k); the surrogate coefficients ``a`` (k),
         ``c_norm`` and ``trace_B`` (k, dim); ``stage_seconds`` over ``stage``;
-        the spec and provenance as attrs.
+        the spec and provenance as attrs. At p = 2 also the curvature part
+        (:func:`~curvprobe.criteria.decomposition.curvature_decomposition`).
+        With ``orderings = R > 1``: ``value``, ``stderr``, ``a``, ``c_norm``
+        and ``trace_B`` gain an ``ordering`` dimension (ordering 0 is the
+        given order), and ``ordering_mean``, ``ordering_stderr``,
+        ``ordering_mc_stderr`` (k, sigma, dim, estimator) hold the average over
+        the orderings (:func:`curvprobe.criteria.engine.ordering_mean_stderr`),
+        ``permutation`` (ordering, position) the orderings themselves.
     """
     mc_samples = mc_samples_argument(mc_samples, num_samples, "stabilization")
     spec = StabilizationSpec(ks=tuple(ks), sigmas=tuple(sigmas), dims=tuple(dims),
                              estimators=None if estimators is None else tuple(estimators),
                              mc_samples=mc_samples, p=p, subspace=subspace, seed=seed, tol=tol,
-                             point_batch=point_batch, eigen_options=eigen_kwargs or {})
+                             point_batch=point_batch, eigen_options=eigen_kwargs or {},
+                             orderings=orderings, ordering_seed=ordering_seed)
     spec.check_problem(problem.num_samples, problem.num_params)
     if validity is True:
         validity = quadratic_validity(problem, spec.sigmas, k=spec.max_k, seed=seed)
