@@ -24,7 +24,13 @@ Sections (each self-contained; add new ones below, with their own helpers):
   :func:`plot_mc_convergence` (direct and quadratic MC against S, with GM),
   :func:`plot_gm_agreement` (|direct − GM| / |direct| over D and σ),
   :func:`plot_stage_timings` (wall time per stage and per estimator),
+  :func:`plot_captured_fraction` (the share of Δ₂ − Δ₁² inside the subspace
+  against k),
   :func:`stabilization_figures` (all of those that the given Datasets allow).
+  A result over several orderings is drawn through its ordering averages
+  (:func:`curvprobe.criteria.decomposition.estimates`).
+- Curriculum (:mod:`curvprobe.app.curriculum_run`): :func:`plot_curriculum`
+  (criteria against k, mean ± std across seeds, validation loss on a second axis).
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+from curvprobe.criteria.decomposition import estimates
 from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
 __all__ = [
     "CRITERION_LABELS",
     "plot_alpha_by_layer_type",
     "plot_alpha_fits",
+    "plot_captured_fraction",
     "plot_criteria_vs_k",
     "plot_gm_agreement",
     "plot_mc_convergence",
@@ -327,7 +335,8 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
 
     Each legend entry gives the OLS slope of log value on log k with its 95 %
     confidence interval; error bars are ±1 standard error. The dotted line is
-    k⁻² through the first Δ₂^(D) point (the rate bound's order).
+    k⁻² through the first Δ₂^(D) point (the rate bound's order). A result over
+    several orderings shows the ordering averages and their standard errors.
 
     Parameters
     ----------
@@ -346,12 +355,13 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
     fig = _figure(4.6 * ncols, 4.0)
     axes = np.atleast_1d(fig.subplots(1, ncols, squeeze=False)).ravel()
     k = ds["k"].values.astype(float)
+    value, stderr = estimates(ds)
     for ax, sigma in zip(axes, sigmas):
         for est in estimators:
             if not _has(ds, est):
                 continue
-            cell = ds.sel(sigma=sigma, dim=dim, estimator=est)
-            y, se = cell["value"].values, cell["stderr"].values
+            cell = dict(sigma=sigma, dim=dim, estimator=est)
+            y, se = value.sel(**cell).values, stderr.sel(**cell).values
             fit = slope_or_none(k, y)
             label = CRITERION_LABELS.get(est, est)
             if ESTIMATORS[est].space == SUBSPACE:
@@ -366,7 +376,7 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
                 ax.errorbar(k[ok], y[ok], yerr=np.where(np.isfinite(se[ok]), se[ok], 0), fmt="o-",
                             capsize=2, **style)
         if _has(ds, "direct_mc"):
-            y0 = ds["value"].sel(sigma=sigma, dim=dim, estimator="direct_mc").values
+            y0 = value.sel(sigma=sigma, dim=dim, estimator="direct_mc").values
             ok = np.isfinite(y0) & (y0 > 0)
             if ok.any():
                 k0, v0 = k[ok][0], y0[ok][0]
@@ -394,12 +404,13 @@ def plot_subspace_ratio(ds: xr.Dataset, *, numerator: str = "direct_mc",
         ax.text(0.5, 0.5, f"needs {numerator} and {denominator}", ha="center", transform=ax.transAxes)
         return fig
     k = ds["k"].values.astype(float)
+    value, _ = estimates(ds)
     styles = ["-", "--", ":", "-."]
     markers = "osD^v"
     for si, sigma in enumerate(ds["sigma"].values):
         for di, D in enumerate(ds["dim"].values):
-            num = ds["value"].sel(sigma=sigma, dim=D, estimator=numerator).values
-            den = ds["value"].sel(sigma=sigma, dim=D, estimator=denominator).values
+            num = value.sel(sigma=sigma, dim=D, estimator=numerator).values
+            den = value.sel(sigma=sigma, dim=D, estimator=denominator).values
             ratio = num / den
             ok = np.isfinite(ratio) & (ratio > 0)
             ax.plot(k[ok], ratio[ok], styles[si % 4], marker=markers[si % 5], ms=3.5, color=f"C{di}",
@@ -485,9 +496,10 @@ def plot_mc_convergence(conv: xr.Dataset, *, sigmas: Sequence[float] | None = No
 
 
 def gm_relative_gap(ds: xr.Dataset) -> xr.DataArray:
-    """``|direct_mc − gm| / |direct_mc|`` over (k, sigma, dim)."""
-    direct = ds["value"].sel(estimator="direct_mc")
-    gm = ds["value"].sel(estimator="gm")
+    """``|direct_mc − gm| / |direct_mc|`` over (k, sigma, dim) (ordering averages if any)."""
+    value, _ = estimates(ds)
+    direct = value.sel(estimator="direct_mc")
+    gm = value.sel(estimator="gm")
     return abs(direct - gm) / abs(direct)
 
 
@@ -585,6 +597,64 @@ def plot_stage_timings(ds: xr.Dataset, *, convergence: xr.Dataset | None = None,
     return fig
 
 
+def plot_captured_fraction(ds: xr.Dataset, *, estimator: str | None = None) -> Figure:
+    """The captured fraction (Δ₂^(D) − Δ₁²)/(Δ₂ − Δ₁²) against k, one panel per σ.
+
+    One line per D with ±1 standard error; hollow markers where the
+    full-space curvature part Δ₂ − Δ₁² is within two standard errors of 0
+    (the fraction is noise there). The dotted line is the plain ratio
+    Δ₂^(D)/Δ₂ at the largest D, which stays near 1 whenever Δ₁² dominates
+    both criteria; the grey band is Δ₁²/Δ₂ (right axis).
+
+    Parameters
+    ----------
+    ds
+        A :func:`curvprobe.stabilization` Dataset at p = 2 with ``full_mc``
+        and a subspace estimator.
+    estimator
+        The subspace estimator (default cv_mc, else direct_mc, gm, quad_mc).
+    """
+    names = [estimator] if estimator else ["cv_mc", "direct_mc", "gm", "quad_mc"]
+    name = next((n for n in names if _has(ds, n)), None)
+    sigmas = list(ds["sigma"].values)
+    fig = _figure(4.6 * len(sigmas), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(sigmas), squeeze=False)).ravel()
+    if name is None or "captured_fraction" not in ds:
+        axes[0].text(0.5, 0.5, "needs p = 2, full_mc and a subspace estimator", ha="center",
+                     transform=axes[0].transAxes)
+        return fig
+    k = ds["k"].values.astype(float)
+    value, _ = estimates(ds)
+    dims = list(ds["dim"].values)
+    for ax, sigma in zip(axes, sigmas):
+        resolved = ds["curvature_resolved"].sel(sigma=sigma).values.astype(bool)
+        for di, D in enumerate(dims):
+            cell = dict(sigma=sigma, dim=D, estimator=name)
+            y = ds["captured_fraction"].sel(**cell).values
+            se = ds["captured_fraction_stderr"].sel(**cell).values
+            ax.errorbar(k * (1 + 0.03 * (di - 1)), y, yerr=se, fmt="-", color=f"C{di}", lw=1.2,
+                        capsize=2, label=f"D = {int(D)}")
+            ax.plot(k[resolved], y[resolved], "o", color=f"C{di}", ms=4)
+            ax.plot(k[~resolved], y[~resolved], "o", mfc="none", color=f"C{di}", ms=4)
+        ratio = (value.sel(sigma=sigma, dim=dims[-1], estimator=name)
+                 / value.sel(sigma=sigma, dim=dims[-1], estimator="full_mc")).values
+        ax.plot(k, ratio, ":", color="0.3", label=f"plain ratio Δ₂^(D)/Δ₂, D = {int(dims[-1])}")
+        ax.axhline(1.0, color="0.5", lw=0.8)
+        ax.axhline(0.0, color="0.5", lw=0.8)
+        share = ax.twinx()
+        share.fill_between(k, 0, ds["delta1_share"].sel(sigma=sigma).values, color="0.5", alpha=0.12)
+        share.set_ylim(0, 1.05)
+        share.set_ylabel("Δ₁²/Δ₂ (band)", fontsize=8, color="0.4")
+        _k_axis(ax)
+        ax.set_xlabel("k (samples)")
+        ax.set_ylabel(f"(Δ₂^(D) − Δ₁²)/(Δ₂ − Δ₁²)  [{name}]")
+        ax.set_title(_sigma_label(ds, sigma) + "  (hollow: Δ₂ − Δ₁² unresolved)", fontsize=8.5)
+        ax.legend(fontsize=6.5, loc="best")
+        ax.grid(True, which="major", alpha=0.3)
+    fig.suptitle("Share of the curvature-driven change Δ₂ − Δ₁² inside span(U_D)", fontsize=11)
+    return fig
+
+
 def stabilization_figures(ds: xr.Dataset | None = None, *, validity: xr.Dataset | None = None,
                           convergence: xr.Dataset | None = None,
                           extra_timings: Mapping[str, float] | None = None) -> dict[str, Figure]:
@@ -596,6 +666,8 @@ def stabilization_figures(ds: xr.Dataset | None = None, *, validity: xr.Dataset 
             figures["subspace_ratio"] = plot_subspace_ratio(ds)
         if _has(ds, "direct_mc") and _has(ds, "gm"):
             figures["gm_agreement"] = plot_gm_agreement(ds)
+        if "captured_fraction" in ds:
+            figures["captured_fraction"] = plot_captured_fraction(ds)
         figures["stage_timings"] = plot_stage_timings(ds, convergence=convergence, extra=extra_timings)
     if validity is not None:
         figures["validity"] = plot_validity(validity)

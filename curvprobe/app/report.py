@@ -2,8 +2,10 @@
 
 :func:`summary_markdown` reads result Datasets only: the fitted slope of each
 criterion in k with its confidence interval (:func:`curvprobe.criteria.theory.empirical_slope`),
-Δ₂^(D)/Δ₂ at the largest k per D and σ, GM against direct Monte Carlo, stage
-timings and the eigensolver certificates.
+Δ₂^(D)/Δ₂ at the largest k per D and σ, the curvature part Δ₂ − Δ₁² and the
+fraction of it the subspace captures, GM against direct Monte Carlo, stage
+timings and the eigensolver certificates. A result over several orderings is
+read through its ordering averages (:func:`curvprobe.criteria.decomposition.estimates`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import numpy as np
 import xarray as xr
 
 from curvprobe.app.plots import slope_or_none
+from curvprobe.criteria.decomposition import estimates
 from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
-__all__ = ["summary_markdown", "table"]
-
+__all__ = ["curvature_table", "summary_markdown", "table"]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -52,6 +54,7 @@ def slope_table(ds: xr.Dataset) -> str:
     """Fitted slope of log criterion on log k, ``slope [95 % CI]``, rows criterion@D, columns σ."""
     k = ds["k"].values.astype(float)
     dims = [int(d) for d in ds["dim"].values]
+    value, _ = estimates(ds)
     rows = []
     order = [("delta1", [dims[-1]]), ("full_mc", [dims[-1]]), ("sphere", [dims[-1]]),
              ("direct_mc", dims), ("gm", dims), ("cv_mc", [dims[-1]]), ("quad_mc", [dims[-1]])]
@@ -63,7 +66,7 @@ def slope_table(ds: xr.Dataset) -> str:
             name = entry.label + (f", D={D}" if entry.space == SUBSPACE else "")
             cells = []
             for s in ds["sigma"].values:
-                fit = slope_or_none(k, ds["value"].sel(estimator=est, sigma=s, dim=D).values)
+                fit = slope_or_none(k, value.sel(estimator=est, sigma=s, dim=D).values)
                 cells.append("–" if fit is None else
                              f"{fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]")
             if est == "delta1":
@@ -75,12 +78,13 @@ def slope_table(ds: xr.Dataset) -> str:
 def ratio_table(ds: xr.Dataset, k: int | None = None) -> str:
     """Δ₂^(D)/Δ₂ (direct_mc / full_mc) at k (default the largest), rows D, columns σ."""
     k = int(ds["k"].values.max()) if k is None else k
+    value, _ = estimates(ds)
     rows = []
     for D in ds["dim"].values:
         cells = []
         for s in ds["sigma"].values:
-            num = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
-            den = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="full_mc"))
+            num = float(value.sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
+            den = float(value.sel(k=k, sigma=s, dim=D, estimator="full_mc"))
             cells.append(_fmt(num / den if den else math.nan))
         rows.append([f"D={int(D)}", *cells])
     return table([f"Δ₂^(D)/Δ₂ at k={k}", *_sigma_head(ds)], rows)
@@ -89,18 +93,62 @@ def ratio_table(ds: xr.Dataset, k: int | None = None) -> str:
 def gm_table(ds: xr.Dataset, k: int | None = None) -> str:
     """|direct − GM|/|direct| at k with the gap in direct-MC standard errors."""
     k = int(ds["k"].values.max()) if k is None else k
+    value, stderr = estimates(ds)
     rows = []
     for D in ds["dim"].values:
         cells = []
         for s in ds["sigma"].values:
-            direct = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
-            se = float(ds["stderr"].sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
-            gm = float(ds["value"].sel(k=k, sigma=s, dim=D, estimator="gm"))
+            direct = float(value.sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
+            se = float(stderr.sel(k=k, sigma=s, dim=D, estimator="direct_mc"))
+            gm = float(value.sel(k=k, sigma=s, dim=D, estimator="gm"))
             rel = abs(direct - gm) / abs(direct) if direct else math.nan
             z = abs(direct - gm) / se if se > 0 else math.nan
             cells.append(f"{_fmt(rel, 2)} ({_fmt(z, 2)} se)")
         rows.append([f"D={int(D)}", *cells])
     return table([f"|direct−GM|/|direct| at k={k}", *_sigma_head(ds)], rows)
+
+
+def _fraction_estimator(ds: xr.Dataset) -> str | None:
+    """The subspace estimator whose captured fraction a table or figure shows: the true
+    criterion (cv_mc, else direct_mc) before the surrogate (gm, quad_mc)."""
+    for name in ("cv_mc", "direct_mc", "gm", "quad_mc"):
+        if _has(ds, name) and "captured_fraction" in ds:
+            return name
+    return None
+
+
+def _pm(x: float, se: float, digits: int = 2) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.{digits}g} ± {_fmt(se, 1)}"
+
+
+def curvature_table(ds: xr.Dataset, k: int | None = None) -> str:
+    """The curvature part at k (default the largest), columns σ.
+
+    Rows: Δ₁²/Δ₂ (the pointwise share of the full-space criterion), the
+    full-space curvature part Δ₂ − Δ₁² ± se, and per D the captured fraction
+    (Δ₂^(D) − Δ₁²)/(Δ₂ − Δ₁²) ± se of the true subspace criterion (cv_mc or
+    direct_mc; gm when neither ran). A σ where Δ₂ − Δ₁² is within two
+    standard errors of 0 is marked "(unresolved)": its fraction is noise.
+    """
+    k = int(ds["k"].values.max()) if k is None else k
+    name = _fraction_estimator(ds)
+    cell = dict(k=k, estimator="full_mc")
+    rows = [["Δ₁²/Δ₂", *[_fmt(float(ds["delta1_share"].sel(k=k, sigma=s)), 3) for s in ds["sigma"].values]]]
+    full = []
+    for s in ds["sigma"].values:
+        resolved = bool(ds["curvature_resolved"].sel(k=k, sigma=s))
+        part = float(ds["curvature_part"].sel(sigma=s, **cell).isel(dim=0))
+        se = float(ds["curvature_part_stderr"].sel(sigma=s, **cell).isel(dim=0))
+        full.append(f"{part:.3g} ± {se:.2g}" + ("" if resolved else " (unresolved)"))
+    rows.append(["Δ₂ − Δ₁² (full space)", *full])
+    if name is not None:
+        label = ESTIMATORS[name].label
+        for D in ds["dim"].values:
+            cells = [_pm(float(ds["captured_fraction"].sel(k=k, sigma=s, dim=D, estimator=name)),
+                         float(ds["captured_fraction_stderr"].sel(k=k, sigma=s, dim=D, estimator=name)))
+                     for s in ds["sigma"].values]
+            rows.append([f"captured fraction, D={int(D)} ({label})", *cells])
+    return table([f"curvature part at k={k}", *_sigma_head(ds)], rows)
 
 
 def convergence_table(conv: xr.Dataset) -> str:
@@ -166,8 +214,14 @@ def summary_markdown(ds: xr.Dataset, *, validity: xr.Dataset | None = None,
     lines.append(f"- k grid: {len(ks)} values from {int(ks.min())} to {int(ks.max())}; "
                  f"D ∈ {{{', '.join(str(int(d)) for d in ds['dim'].values)}}}; "
                  f"σ ∈ {{{', '.join(f'{s:.3g}' for s in ds['sigma'].values)}}}; "
-                 f"S = {a.get('num_samples', '?')} Monte Carlo draws; seed {a.get('seed', '?')}")
+                 f"S = {a.get('mc_samples', a.get('num_samples', '?'))} Monte Carlo draws; "
+                 f"seed {a.get('seed', '?')}")
     lines.append(f"- subspace: {a.get('subspace_note', a.get('subspace', '?'))}")
+    if "ordering" in ds.dims:
+        lines.append(f"- orderings: {ds.sizes['ordering']} orderings of the first {int(ks.max()) + 1} "
+                     "samples (ordering 0 the given order); every value below is the average over "
+                     "orderings and its standard error combines their spread with the Monte Carlo error "
+                     "(docs/estimators.md)")
     regime = a.get("validated_sigma_max")
     if regime is not None:
         lines.append(f"- validated quadratic regime: σ ≤ {_fmt(float(regime))} (mean relative error ≤ "
@@ -177,6 +231,9 @@ def summary_markdown(ds: xr.Dataset, *, validity: xr.Dataset | None = None,
     lines += ["", "## Fitted slope of each criterion in k (log–log OLS, 95 % CI)", "", slope_table(ds)]
     if _has(ds, "direct_mc") and _has(ds, "full_mc"):
         lines += ["", "## Subspace vs full space at the largest k", "", ratio_table(ds)]
+    if "curvature_part" in ds and "delta1_share" in ds:
+        lines += ["", "## Curvature part Δ₂ − Δ₁² and the fraction the subspace captures (largest k)", "",
+                  curvature_table(ds)]
     if _has(ds, "direct_mc") and _has(ds, "gm"):
         lines += ["", "## GM vs direct Monte Carlo at the largest k", "", gm_table(ds)]
     if convergence is not None:

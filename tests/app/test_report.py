@@ -5,13 +5,23 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 
 from curvprobe import quadratic_validity, stabilization
 from curvprobe.app.report import slope_table, summary_markdown, table
+from curvprobe.core.problem import Problem
 from curvprobe.criteria.convergence import mc_convergence
 from curvprobe.criteria.spec import ESTIMATORS
+from curvprobe.zoo.models import MLP, MLPConfig, sample_cross_entropy
 
-from conftest import mlp_problem
+
+def mlp_problem(n: int = 24, seed: int = 0, batch_size: int = 7) -> Problem:
+    """tests/conftest.py's mlp problem (tests/app/conftest.py shadows the module name here)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = MLP(MLPConfig(widths=(5, 8, 3)), seed=seed).double().eval()
+    X = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return Problem(model, sample_cross_entropy, X, y, batch_size=batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +60,23 @@ def test_summary_holds_every_section(run):
                     "## GM vs direct Monte Carlo", "## Stage timings", "## Eigensolver certificates"):
         assert heading in text, heading
     assert "validated" in text  # the validity sweep's regime is reported
+
+
+def test_summary_and_figures_of_a_run_over_orderings():
+    from curvprobe.app.plots import slope_or_none, stabilization_figures
+
+    problem = mlp_problem(n=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = stabilization(problem, [4, 8, 16, 32], sigmas=[1e-2, 1e-1], dims=[1, 3], mc_samples=8,
+                           estimators=["delta1", "full_mc", "direct_mc", "gm", "cv_mc"], orderings=6)
+    text = summary_markdown(ds, title="t")
+    assert "orderings: 6 orderings of the first 33 samples" in text
+    assert "## Curvature part Δ₂ − Δ₁²" in text
+    assert "captured fraction, D=3 (control variate)" in text and "Δ₁²/Δ₂" in text
+    # slopes are fitted to the ordering averages
+    mean = ds["ordering_mean"].sel(estimator="full_mc", sigma=1e-2, dim=3).values
+    fit = slope_or_none(ds["k"].values, mean)
+    assert f"{fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]" in slope_table(ds)
+    figures = stabilization_figures(ds)
+    assert {"criteria_vs_k", "subspace_ratio", "gm_agreement", "captured_fraction"} <= set(figures)
