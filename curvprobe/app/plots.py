@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -360,8 +360,8 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
         for est in estimators:
             if not _has(ds, est):
                 continue
-            cell = dict(sigma=sigma, dim=dim, estimator=est)
-            y, se = value.sel(**cell).values, stderr.sel(**cell).values
+            cell: dict[str, Any] = {"sigma": sigma, "dim": dim, "estimator": est}
+            y, se = value.sel(cell).values, stderr.sel(cell).values
             fit = slope_or_none(k, y)
             label = CRITERION_LABELS.get(est, est)
             if ESTIMATORS[est].space == SUBSPACE:
@@ -629,9 +629,9 @@ def plot_captured_fraction(ds: xr.Dataset, *, estimator: str | None = None) -> F
     for ax, sigma in zip(axes, sigmas):
         resolved = ds["curvature_resolved"].sel(sigma=sigma).values.astype(bool)
         for di, D in enumerate(dims):
-            cell = dict(sigma=sigma, dim=D, estimator=name)
-            y = ds["captured_fraction"].sel(**cell).values
-            se = ds["captured_fraction_stderr"].sel(**cell).values
+            cell = {"sigma": sigma, "dim": D, "estimator": name}
+            y = ds["captured_fraction"].sel(cell).values
+            se = ds["captured_fraction_stderr"].sel(cell).values
             ax.errorbar(k * (1 + 0.03 * (di - 1)), y, yerr=se, fmt="-", color=f"C{di}", lw=1.2,
                         capsize=2, label=f"D = {int(D)}")
             ax.plot(k[resolved], y[resolved], "o", color=f"C{di}", ms=4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -132,7 +133,7 @@ def curvature_table(ds: xr.Dataset, k: int | None = None) -> str:
     """
     k = int(ds["k"].values.max()) if k is None else k
     name = _fraction_estimator(ds)
-    cell = dict(k=k, estimator="full_mc")
+    cell: dict[str, Any] = {"k": k, "estimator": "full_mc"}
     rows = [["Δ₁²/Δ₂", *[_fmt(float(ds["delta1_share"].sel(k=k, sigma=s)), 3) for s in ds["sigma"].values]]]
     full = []
     for s in ds["sigma"].values:
