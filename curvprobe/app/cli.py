@@ -369,6 +369,7 @@ def cmd_info(args) -> int:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append("mps")
     print(f"devices: {', '.join(devices)}")
+    print(f"process group: {_process_group()}")
     cache = models.cache_directory()
     source = "CURVPROBE_CACHE" if os.environ.get("CURVPROBE_CACHE") else "default"
     files = sorted(cache.glob("*.pt")) if cache.is_dir() else []
@@ -376,6 +377,20 @@ def cmd_info(args) -> int:
     for f in files:
         print(f"  {f.name} ({f.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _process_group() -> str:
+    """The torch.distributed launch this process belongs to, in words."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return "torch.distributed not available in this build"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return (f"rank {os.environ.get('RANK', '?')} of {world} (torchrun; backends: gloo"
+                f"{', nccl' if dist.is_nccl_available() else ''})")
+    return (f"single process (launch data-parallel runs with torchrun --nproc-per-node N -m curvprobe; "
+            f"backends available: gloo{', nccl' if dist.is_nccl_available() else ''})")
 
 
 def cmd_spectrum(args) -> int:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from curvprobe.app.config import ConfigError, ProbeConfig
 from curvprobe.core.problem import Problem
+from curvprobe.core.samples import TokenRows
 from curvprobe.zoo import data, models
 from curvprobe.zoo.adapters import causal_lm
 from curvprobe.zoo.builtin import builtin_data
@@ -255,17 +256,22 @@ def _as_long_ids(x: Any, path: Path) -> Tensor:
     return t.long()
 
 
-def load_data(config: ProbeConfig) -> dict[str, Tensor]:
-    """The data file's contents: ``{"ids": (n, T+1)}`` or ``{"inputs", "targets"[, "attention_mask"]}``."""
+def load_data(config: ProbeConfig) -> dict[str, Any]:
+    """The data file's contents: ``{"ids": (n, T+1)}`` (a memory-mapped :class:`TokenRows` for
+    ``.npy``, a tensor for ``.pt``) or ``{"inputs", "targets"[, "attention_mask"]}``."""
     path = Path(config.data)
     if not path.is_file():
         raise ConfigError(f"config key 'data': file {path} does not exist (use 'builtin' or a .pt/.npy file)")
-    if path.suffix == ".npy":
+    if path.suffix == ".npy":  # memory-mapped: rows are read one chunk at a time
         try:
-            array = np.load(path, allow_pickle=False)
+            rows = TokenRows(np.load(path, mmap_mode="r", allow_pickle=False))
+        except ValueError as exc:
+            raise ConfigError(f"data file {path}: {_first_line(exc)}") from None
         except Exception as exc:
             raise ConfigError(f"data file {path} is not a .npy array: {_first_line(exc)}") from None
-        return {"ids": _as_long_ids(array, path)}
+        if len(rows) and rows.min_max()[0] < 0:
+            raise ConfigError(f"data file {path}: token ids must be >= 0")
+        return {"ids": rows}
     if path.suffix != ".pt":
         raise ConfigError(f"config key 'data': {path} must end in .pt or .npy")
     obj = _load_weights_only(path, f"data file {path} is not a torch tensor file")
@@ -287,8 +293,8 @@ def load_data(config: ProbeConfig) -> dict[str, Tensor]:
                       f"'inputs' and 'targets'; got {type(obj).__name__}")
 
 
-def _take(t: Tensor, n: int) -> Tensor:
-    return t[:n].contiguous()
+def _take(t: Tensor | TokenRows, n: int) -> Tensor | TokenRows:
+    return t.head(n) if isinstance(t, TokenRows) else t[:n].contiguous()
 
 
 def _num_rows(config: ProbeConfig, available: int) -> int:
@@ -312,7 +318,7 @@ class _Samples:
     """The sample tensors a problem is built on, described, and the loss their
     layout implies (``config.loss = "auto"``)."""
 
-    tensors: dict[str, Tensor]
+    tensors: dict[str, Any]
     description: str
     default_loss: str
 
@@ -346,7 +352,7 @@ def _samples(config: ProbeConfig, builtin_cfg: Any, digests: dict[str, str], che
     if config.data != "builtin":
         tensors = load_data(config)
         digests["data"] = file_digest(config.data)
-        rows = (tensors["ids"] if "ids" in tensors else tensors["inputs"]).shape[0]
+        rows = len(tensors["ids"]) if "ids" in tensors else tensors["inputs"].shape[0]
         n = _num_rows(cfg, rows)
         found = _Samples(tensors, f"{config.data} (first {n} of {rows} rows)",
                          "token_cross_entropy" if "ids" in tensors else "cross_entropy")
@@ -380,7 +386,7 @@ def _builtin_samples(config: ProbeConfig, builtin_cfg: Any, n: int) -> _Samples:
                     "token_cross_entropy")
 
 
-def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tensor],
+def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Any],
                   loss_name: str, distributed: bool = False) -> tuple[Problem, str]:
     """The :class:`Problem` on ``tensors`` and the name of its loss (an ``hf:``
     model's own next-token loss, else ``loss_name``); a failure to build it is
@@ -391,6 +397,8 @@ def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tens
             ids = tensors.get("ids")
             if ids is None:
                 ids = tensors["inputs"]
+            if isinstance(ids, TokenRows):  # the adapter packs padded rows: it needs them in memory
+                ids = ids.tensor()
             _check_vocab(model, ids)
             return causal_lm(model, ids, attention_mask=tensors.get("attention_mask"),
                              batch_size=config.batch_size, dtype=dtype, device=device,
@@ -398,6 +406,10 @@ def _make_problem(config: ProbeConfig, model: nn.Module, tensors: dict[str, Tens
         loss_fn = {"cross_entropy": models.sample_cross_entropy,
                    "token_cross_entropy": models.token_cross_entropy,
                    "mse": mse_loss}[loss_name]
+        if isinstance(tensors.get("ids"), TokenRows):
+            _check_vocab(model, tensors["ids"])
+            return Problem(model, loss_fn, tensors["ids"], batch_size=config.batch_size, dtype=dtype,
+                           device=device, distributed=distributed), loss_name
         if "ids" in tensors:
             _check_vocab(model, tensors["ids"])
             inputs, targets = tensors["ids"][:, :-1], tensors["ids"][:, 1:]
@@ -427,7 +439,7 @@ def _check_problem(config: ProbeConfig, problem: Problem, loss_name: str) -> Non
                           "(the number of parameters)")
 
 
-def _check_vocab(model: nn.Module, ids: Tensor) -> None:
+def _check_vocab(model: nn.Module, ids: Tensor | TokenRows) -> None:
     vocab = None
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "vocab_size", None):
@@ -436,5 +448,6 @@ def _check_vocab(model: nn.Module, ids: Tensor) -> None:
         embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
         if embeddings:
             vocab = embeddings[0].num_embeddings
-    if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
-        raise ConfigError(f"token id {int(ids.max())} is outside the model's vocabulary of {vocab} ids")
+    largest = ids.min_max()[1] if isinstance(ids, TokenRows) else (int(ids.max()) if ids.numel() else -1)
+    if vocab is not None and largest >= vocab:
+        raise ConfigError(f"token id {largest} is outside the model's vocabulary of {vocab} ids")

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["DatasetSamples", "Samples", "TensorSamples", "cast"]
+__all__ = ["DatasetSamples", "Samples", "TensorSamples", "TokenRows", "cast"]
 
 
 def cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -106,3 +107,43 @@ class DatasetSamples:
         """``(targets, *inputs)`` of the 0-based ``indices``."""
         inputs, targets = self._collate(indices.tolist())
         return (targets, *inputs)
+
+
+class TokenRows(Dataset):
+    """Rows of a token-id array ``ids`` (n, T+1) as next-token samples ``(ids[i, :-1], ids[i, 1:])``.
+
+    ``ids`` may be a memory-mapped ``.npy`` file (``numpy.load(path,
+    mmap_mode="r")``): a row is read and converted to a LongTensor only when a
+    chunk asks for it, so neither host nor device memory holds the whole file.
+    """
+
+    def __init__(self, ids: np.ndarray) -> None:
+        if ids.ndim != 2 or ids.shape[1] < 2:
+            raise ValueError(f"token ids must have shape (n, T+1) with T >= 1, got {tuple(ids.shape)}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        row = torch.from_numpy(np.array(self.ids[i], dtype=np.int64))
+        return row[:-1], row[1:]
+
+    def head(self, n: int) -> TokenRows:
+        """The first ``n`` rows (a view: nothing is read)."""
+        return TokenRows(self.ids[:n])
+
+    def min_max(self, rows_per_block: int = 4096) -> tuple[int, int]:
+        """Smallest and largest token id, read block by block."""
+        lo, hi = None, None
+        for a in range(0, len(self), rows_per_block):
+            block = np.asarray(self.ids[a:a + rows_per_block])
+            lo = int(block.min()) if lo is None else min(lo, int(block.min()))
+            hi = int(block.max()) if hi is None else max(hi, int(block.max()))
+        return int(lo or 0), int(hi or 0)
+
+    def tensor(self) -> Tensor:
+        """All rows as one LongTensor (n, T+1), for consumers that need the ids in memory."""
+        return torch.from_numpy(np.array(self.ids, dtype=np.int64))

@@ -34,15 +34,17 @@ def builtin_data(name: str, num_samples: int, config) -> tuple[torch.Tensor, tor
 
 def builtin_problem(name: str = "tiny-gpt", *, num_samples: int = 1024, batch_size: int = 256,
                     dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                    cache_dir=None, progress: bool = True) -> Problem:
+                    cache_dir=None, progress: bool = True, distributed: bool = False) -> Problem:
     """The trained built-in model ``name`` on ``num_samples`` held-out samples.
 
     Trains and caches the model on first use (:func:`curvprobe.zoo.models.pretrained`).
-    ``dtype`` defaults to the model's float32.
+    ``dtype`` defaults to the model's float32; ``distributed``: data parallel over the
+    running ``torch.distributed`` process group.
     """
     if name not in BUILTIN:
         raise ValueError(f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN)}")
     model, config = models.pretrained(name, cache_dir=cache_dir, progress=progress)
     inputs, targets = builtin_data(name, num_samples, config)
     loss_fn = models.token_cross_entropy if name == "tiny-gpt" else models.sample_cross_entropy
-    return Problem(model, loss_fn, inputs, targets, batch_size=batch_size, dtype=dtype, device=device)
+    return Problem(model, loss_fn, inputs, targets, batch_size=batch_size, dtype=dtype, device=device,
+                   distributed=distributed)

@@ -365,7 +365,14 @@ def test_data_files(tmp_path):
     np.save(tmp_path / "ids.npy", ids)
     cfg = load_config(None, {"model": "builtin:tiny-gpt", "ks": "2", "sigmas": "0.1",
                              "data": str(tmp_path / "ids.npy")})
-    assert torch.equal(load_data(cfg)["ids"], torch.as_tensor(ids))
+    rows = load_data(cfg)["ids"]  # memory-mapped, read row by row
+    assert isinstance(rows.ids, np.memmap)
+    assert torch.equal(rows.tensor(), torch.as_tensor(ids))
+    x, y = rows[2]
+    assert torch.equal(x, torch.as_tensor(ids[2, :-1])) and torch.equal(y, torch.as_tensor(ids[2, 1:]))
+    np.save(tmp_path / "negative.npy", ids - 3)
+    with pytest.raises(ConfigError, match=">= 0"):
+        load_data(cfg.replace(data=str(tmp_path / "negative.npy")))
     np.save(tmp_path / "floats.npy", ids.astype(float))
     with pytest.raises(ConfigError, match="integers"):
         load_data(cfg.replace(data=str(tmp_path / "floats.npy")))
