@@ -23,7 +23,8 @@ ALLOWED = {
     "criteria": {"core", "linalg"},
     "spectral": {"core", "linalg"},
     "zoo": {"core"},
-    "app": {"core", "linalg", "criteria", "spectral", "zoo"},
+    "optim": {"core", "linalg", "spectral"},
+    "app": {"core", "linalg", "criteria", "spectral", "zoo", "optim"},
 }
 TOP_LEVEL = {"curvprobe._version", "curvprobe._threads", "curvprobe._compat", "curvprobe.results",
              "curvprobe.testing"}
