@@ -29,7 +29,6 @@ The model is never modified: the Problem copies the parameters.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -142,7 +141,8 @@ class SpectralProbe:
         """
         start = time.perf_counter()
         problem = self.make_problem(self.model)
-        layers = [layer for layer in select_layers(problem, "*") if layer.name in set(names)]
+        wanted = set(names)
+        layers = [layer for layer in select_layers(problem, "*") if layer.name in wanted]
         by_k: dict[int, list[str]] = {}
         for layer in layers:
             by_k.setdefault(min(self.top_k, layer.max_rank), []).append(layer.name)
@@ -159,8 +159,3 @@ class SpectralProbe:
         self.count += 1
         self.history.append(out)
         return out
-
-
-def finite_or(value: float, default: float) -> float:
-    """``value`` if it is finite, else ``default``."""
-    return value if math.isfinite(value) else default

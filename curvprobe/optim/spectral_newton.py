@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from curvprobe.optim.functional import adamw_update, spectral_update, state_dtype
-from curvprobe.optim.probe import SpectralProbe, finite_or
+from curvprobe.optim.probe import SpectralProbe
 
 __all__ = ["SpectralNewton", "load_state", "param_groups"]
 
@@ -180,7 +180,7 @@ class SpectralNewton(Optimizer):
         for (_, group), state, name in zip(measured, states, names):
             raw = fits[name].alpha if name in fits else math.nan
             lo, hi = group["alpha_bounds"]
-            value = finite_or(raw, state.get("alpha", group["alpha_fallback"]))
+            value = raw if math.isfinite(raw) else state.get("alpha", group["alpha_fallback"])
             state.update(alpha=min(max(value, lo), hi), alpha_raw=raw, alpha_age=0)
 
     @torch.no_grad()
