@@ -7,6 +7,7 @@ Subcommands::
     curvprobe validity [CONFIG] [--k K] ...     the quadratic-validity σ sweep
     curvprobe plot PATH [--out DIR]             figures from a results file or a run directory
     curvprobe spectrum [CONFIG] [--top-k K] ... per-layer spectral exponents (α, γ, s)
+    curvprobe curriculum [--seeds 0,1] ...      the paper's k-decay protocol: train from init, measure each k
     curvprobe info                              versions, threads, devices, cache
 
 Every config key is a flag (``--mc-samples 32``; lists comma-separated:
@@ -453,6 +454,42 @@ def cmd_spectrum(args) -> int:
     return 0
 
 
+def cmd_curriculum(args) -> int:
+    """``curvprobe curriculum``: the paper's k-decay protocol on a built-in model, seeds in parallel.
+
+    Returns the exit status.
+    """
+    import json
+
+    from curvprobe.app import curriculum_run as cr
+    from curvprobe.app.runs import default_out
+    from curvprobe.criteria.protocol import k_grid
+
+    out = Path(args.out or default_out())
+    base = cr.QUICK if args.quick else cr.CurriculumSettings()
+    stored = out / cr.SETTINGS_FILE
+    if args.resume and stored.exists():  # the run's own settings, then the flags (compared on resume)
+        base = cr.settings_from(json.loads(stored.read_text()))
+    ks = cr.parse_list(args.ks, int) if args.ks else None
+    if ks is None and any(v is not None for v in (args.k_min, args.k_max, args.k_count, args.spacing)):
+        ks = k_grid(args.k_min or min(base.ks), args.k_max or max(base.ks), args.k_count or len(base.ks),
+                    args.spacing or "log")
+    lists = {"seeds": (args.seeds, int), "sigmas": (args.sigmas, float), "dims": (args.dims, int),
+             "estimators": (args.estimators, str)}
+    values = {name: cr.parse_list(text, kind) if text else None for name, (text, kind) in lists.items()}
+    values.update(model=args.model, ks=ks, mc_samples=args.mc_samples, batch_size=args.batch_size,
+                  lr=args.lr, validation_samples=args.validation_samples, tol=args.tol)
+    try:
+        settings = cr.settings_from(values, base)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"curriculum: {exc}") from None
+    say = _say_with_hint(args)
+    ds = cr.run_curriculum(settings, out, resume=args.resume, workers=args.workers, log=say)
+    print((out / "summary.md").read_text())
+    print(f"results: {out / cr.RESULT_FILE}  figure: {out / 'curriculum.png'}  ({ds.sizes['seed']} seeds)")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``curvprobe`` argument parser: one sub-command per ``cmd_*`` function."""
@@ -504,6 +541,30 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_spectrum)
 
+    p = sub.add_parser("curriculum", help="the paper's k-decay protocol: train from init, measure at each k")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
+    p.add_argument("--quick", action="store_true", help="small settings: 5 k from 4 to 64, S = 8")
+    p.add_argument("--model", choices=("tiny-gpt", "mlp"), default=None, help="built-in model (tiny-gpt)")
+    p.add_argument("--seeds", default=None, metavar="A,B,...", help="training seeds (0,1)")
+    p.add_argument("--workers", type=int, default=2, help="seeds trained at once, one process each (2)")
+    p.add_argument("--ks", default=None, metavar="A,B,...", help="the k grid (else --k-min ... --spacing)")
+    p.add_argument("--k-min", type=int, default=None, help="smallest k of the grid (8)")
+    p.add_argument("--k-max", type=int, default=None, help="largest k of the grid (256)")
+    p.add_argument("--k-count", type=int, default=None, help="number of k (6)")
+    p.add_argument("--spacing", choices=("log", "linear"), default=None, help="grid spacing (log)")
+    p.add_argument("--sigmas", default=None, metavar="A,B,...", help="probe scales σ (1e-3)")
+    p.add_argument("--dims", default=None, metavar="A,B,...", help="subspace dimensions D (1,4)")
+    p.add_argument("--estimators", default=None, metavar="A,B,...",
+                   help="estimators (delta1,full_mc,direct_mc,gm)")
+    p.add_argument("--mc-samples", type=int, default=None, help="Monte Carlo draws S (16)")
+    p.add_argument("--batch-size", type=int, default=None, help="training samples per step (8)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (1e-3)")
+    p.add_argument("--validation-samples", type=int, default=None, help="held-out samples (128)")
+    p.add_argument("--tol", type=float, default=None, help="eigensolver tolerance (1e-3)")
+    _common(p)
+    p.set_defaults(func=cmd_curriculum)
+
     p = sub.add_parser("info", help="versions, threads, devices, cache location")
     _common(p)
     p.set_defaults(func=cmd_info)
@@ -541,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         hint = ("; finished parts are kept: rerun the same command with --resume"
-                if args.command == "probe" else "")
+                if args.command in ("probe", "curriculum") else "")
         print(f"curvprobe: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:

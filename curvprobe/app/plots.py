@@ -55,6 +55,7 @@ __all__ = [
     "plot_alpha_fits",
     "plot_captured_fraction",
     "plot_criteria_vs_k",
+    "plot_curriculum",
     "plot_gm_agreement",
     "plot_mc_convergence",
     "plot_rank_profile_bic",
@@ -674,3 +675,70 @@ def stabilization_figures(ds: xr.Dataset | None = None, *, validity: xr.Dataset 
     if convergence is not None:
         figures["mc_convergence"] = plot_mc_convergence(convergence)
     return figures
+
+
+# =========================================================================== #
+# Curriculum protocol
+# =========================================================================== #
+
+
+def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
+                    estimators: Sequence[str] = ("delta1", "full_mc", "direct_mc", "gm")) -> Figure:
+    """Criteria against k along training, mean ± std across seeds, with the validation loss.
+
+    One panel per σ. Each criterion: the mean over seeds (line, with the OLS
+    slope of its logarithm on log k and 95 % interval in the legend), a band
+    of ± one standard deviation across seeds (clipped at the axis), and each
+    seed as a thin line. Right axis: the validation loss at the weights of
+    each k (mean ± std across seeds). From
+    :func:`curvprobe.app.curriculum_run.run_curriculum`.
+
+    Parameters
+    ----------
+    ds
+        A :func:`curvprobe.criteria.protocol.merge_seeds` Dataset.
+    dim
+        D of the subspace criteria (default the largest).
+    estimators
+        Which criteria to draw (those present).
+    """
+    dim = int(ds["dim"].values.max()) if dim is None else int(dim)
+    sigmas = list(ds["sigma"].values)
+    fig = _figure(5.2 * len(sigmas), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(sigmas), squeeze=False)).ravel()
+    k = ds["k"].values.astype(float)
+    seeds = ds.sizes["seed"]
+    for ax, sigma in zip(axes, sigmas):
+        for est in estimators:
+            if not _has(ds, est):
+                continue
+            cell = {"sigma": sigma, "dim": dim, "estimator": est}
+            mean, std = ds["seed_mean"].sel(cell).values, ds["seed_std"].sel(cell).values
+            label = CRITERION_LABELS.get(est, est)
+            fit = slope_or_none(k, mean)
+            if fit is not None:
+                label += f": slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
+            color = _COLORS.get(est)
+            ax.plot(k, mean, "o-", color=color, ms=4, lw=1.4, label=label)
+            if np.isfinite(std).any():
+                low = np.clip(mean - std, mean * 1e-3, None)
+                ax.fill_between(k, low, mean + std, color=color, alpha=0.18)
+            for s in range(seeds):
+                ax.plot(k, ds["value"].sel(cell).isel(seed=s).values, "-", color=color, lw=0.5, alpha=0.5)
+        _k_axis(ax)
+        ax.set_yscale("log")
+        ax.set_xlabel("k (samples seen − 1 at the measurement)")
+        ax.set_ylabel("criterion")
+        ax.grid(True, which="major", alpha=0.3)
+        if "validation_loss_mean" in ds:
+            right = ax.twinx()
+            vm, vs = ds["validation_loss_mean"].values, ds["validation_loss_std"].values
+            right.plot(k, vm, "s--", color="C4", ms=3, lw=1, label="validation loss")
+            if np.isfinite(vs).any():
+                right.fill_between(k, vm - vs, vm + vs, color="C4", alpha=0.12)
+            right.set_ylabel("validation loss", color="C4")
+            right.legend(fontsize=6.5, loc="upper right")
+        ax.set_title(f"σ = {float(sigma):.3g}, D = {dim}, {seeds} seed(s)", fontsize=9)
+        ax.legend(fontsize=6.5, loc="lower left")
+    fig.suptitle("Stabilization along training (curriculum protocol): mean ± std across seeds", fontsize=11)
+    return fig

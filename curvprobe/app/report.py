@@ -21,7 +21,7 @@ from curvprobe.app.plots import slope_or_none
 from curvprobe.criteria.decomposition import estimates
 from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
-__all__ = ["curvature_table", "summary_markdown", "table"]
+__all__ = ["curriculum_markdown", "curvature_table", "summary_markdown", "table"]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -250,4 +250,46 @@ def summary_markdown(ds: xr.Dataset, *, validity: xr.Dataset | None = None,
     if ds["hvps"].values.sum() > 0:
         lines += ["", "## Eigensolver certificates (top-D of H^(k), relative residuals ‖Hu−θu‖/|θ₁|)", "",
                   eigen_table(ds)]
+    return "\n".join(lines) + "\n"
+
+
+def curriculum_markdown(ds: xr.Dataset, *, notes: Sequence[str] = (),
+                        title: str = "curvprobe curriculum protocol") -> str:
+    """The table of a curriculum run (:func:`curvprobe.criteria.protocol.merge_seeds`).
+
+    Per k: the training step and samples seen, the validation loss and each
+    criterion at the first σ and the largest D as mean ± std across seeds;
+    then the fitted slope of each criterion's seed mean on log k.
+    """
+    seeds = [int(s) for s in ds["seed"].values]
+    sigma, D = float(ds["sigma"].values[0]), int(ds["dim"].values.max())
+    names = [str(e) for e in ds["estimator"].values]
+    head = ["k", "step", "seen", "validation loss"] + [ESTIMATORS[n].label for n in names]
+    rows = []
+    for k in ds["k"].values:
+        row: list[object] = [int(k), int(ds["step"].sel(k=k).isel(seed=0)),
+                             int(ds["seen"].sel(k=k).isel(seed=0)),
+                             _pm(float(ds["validation_loss_mean"].sel(k=k)),
+                                 float(ds["validation_loss_std"].sel(k=k)), 4)]
+        for n in names:
+            cell = {"k": k, "sigma": sigma, "dim": D, "estimator": n}
+            row.append(f"{float(ds['seed_mean'].sel(cell)):.3g} ± {_fmt(float(ds['seed_std'].sel(cell)), 2)}")
+        rows.append(row)
+    kk = ds["k"].values.astype(float)
+    slopes = []
+    for n in names:
+        fit = slope_or_none(kk, ds["seed_mean"].sel(sigma=sigma, dim=D, estimator=n).values)
+        slopes.append([ESTIMATORS[n].label, "–" if fit is None else
+                       f"{fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"])
+    settings = ds.attrs.get("curriculum_settings", {})
+    lines = [f"# {title}", "",
+             (f"- model: {settings.get('model', '?')} trained from initialisation, seeds {seeds}; "
+              f"{ds.attrs.get('training', '')}"),
+             f"- protocol: {ds.attrs.get('protocol', '')}",
+             (f"- σ = {sigma:g}, D = {D}; S = {ds.attrs.get('mc_samples', '?')} Monte Carlo draws; values "
+              "are mean ± standard deviation across seeds"),
+             *[f"- {note}" for note in notes], "",
+             "## Criteria along training", "", table(head, rows), "",
+             "## Fitted slope of the seed mean in k (log–log OLS, 95 % CI)", "",
+             table(["criterion", f"σ={sigma:.3g}"], slopes)]
     return "\n".join(lines) + "\n"
