@@ -101,8 +101,10 @@ FIELDS: tuple[Field, ...] = (
           "'all' for every one)", choices=ESTIMATOR_NAMES),
     Field("mc_samples", "int", 32, "Monte Carlo draws S per (σ, D)"),
     Field("p", "float", 2.0, "order p ≥ 1 of the criterion Δ_p (gm, cv_mc need p = 2)"),
-    Field("subspace", "str", "per_k", "U_D from H^(k) for each k, or one from H^(K) for all",
-          choices=SUBSPACE_MODES),
+    Field("subspace", "str", "per_k", "U_D from H^(k) for each k, one from H^(K) for all (fixed), or one "
+          "from all K+1 samples for all k and orderings (pooled)", choices=SUBSPACE_MODES),
+    Field("orderings", "int", 1, "orderings of the samples averaged over (1: the given order only; "
+          "more needs subspace = \"pooled\"; the permutations are seeded by seed)"),
     Field("tol", "float", 1e-3, "eigensolver relative residual tolerance"),
     Field("max_hvps", "int", 0, "eigensolver budget of Hessian-vector products per k (0: default)"),
     Field("guard_steps", "int", 10, "Lanczos steps of the eigensolver's missed-eigenvalue guard "
@@ -267,7 +269,7 @@ def _check(field: Field, value: Any, original: Any) -> Any:
         if min(value) < 1:
             raise ConfigError(f"config key 'dims' must hold integers >= 1; got {min(value)}")
         return tuple(sorted(set(value)))
-    positive_int = {"mc_samples": 2, "batch_size": 1, "point_batch": 1, "seq_len": 2,
+    positive_int = {"mc_samples": 2, "batch_size": 1, "point_batch": 1, "seq_len": 2, "orderings": 1,
                     "validity_samples": 2, "guard_steps": 1}
     if name in positive_int and value < positive_int[name]:
         raise ConfigError(f"config key '{name}' must be an integer >= {positive_int[name]}; got {value}")
@@ -344,6 +346,7 @@ class ProbeConfig:
     mc_samples: int = 32
     p: float = 2.0
     subspace: str = "per_k"
+    orderings: int = 1
     tol: float = 1e-3
     max_hvps: int = 0
     guard_steps: int = 10
@@ -406,7 +409,7 @@ class ProbeConfig:
         return StabilizationSpec(ks=self.ks, sigmas=self.sigmas, dims=self.dims, estimators=self.estimators,
                                  mc_samples=self.mc_samples, p=self.p, subspace=self.subspace, seed=self.seed,
                                  tol=self.tol, point_batch=self.point_batch, eigen_options=options,
-                                 resumable=True)
+                                 resumable=True, orderings=self.orderings, ordering_seed=self.seed)
 
     def replace(self, **changes: Any) -> ProbeConfig:
         """A copy with ``changes`` applied (each value parsed and checked)."""
