@@ -688,8 +688,9 @@ def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
 
     One panel per σ. Each criterion: the mean over seeds (line, with the OLS
     slope of its logarithm on log k and 95 % interval in the legend), a band
-    of ± one standard deviation across seeds (clipped at the axis), and each
-    seed as a thin line. Right axis: the validation loss at the weights of
+    of ± one standard deviation across seeds (its lower edge clipped at the
+    smallest seed's value, the log axis has no room below 0), and each seed
+    as a thin line. Right axis: the validation loss at the weights of
     each k (mean ± std across seeds). From
     :func:`curvprobe.app.curriculum_run.run_curriculum`.
 
@@ -704,7 +705,7 @@ def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
     """
     dim = int(ds["dim"].values.max()) if dim is None else int(dim)
     sigmas = list(ds["sigma"].values)
-    fig = _figure(5.2 * len(sigmas), 4.2)
+    fig = _figure(max(7.5, 5.2 * len(sigmas)), 4.6)
     axes = np.atleast_1d(fig.subplots(1, len(sigmas), squeeze=False)).ravel()
     k = ds["k"].values.astype(float)
     seeds = ds.sizes["seed"]
@@ -721,7 +722,7 @@ def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
             color = _COLORS.get(est)
             ax.plot(k, mean, "o-", color=color, ms=4, lw=1.4, label=label)
             if np.isfinite(std).any():
-                low = np.clip(mean - std, mean * 1e-3, None)
+                low = np.maximum(mean - std, ds["value"].sel(cell).min("seed").values)
                 ax.fill_between(k, low, mean + std, color=color, alpha=0.18)
             for s in range(seeds):
                 ax.plot(k, ds["value"].sel(cell).isel(seed=s).values, "-", color=color, lw=0.5, alpha=0.5)
@@ -740,5 +741,5 @@ def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
             right.legend(fontsize=6.5, loc="upper right")
         ax.set_title(f"σ = {float(sigma):.3g}, D = {dim}, {seeds} seed(s)", fontsize=9)
         ax.legend(fontsize=6.5, loc="lower left")
-    fig.suptitle("Stabilization along training (curriculum protocol): mean ± std across seeds", fontsize=11)
+    fig.suptitle("Criteria along training (curriculum protocol), mean ± std across seeds", fontsize=10)
     return fig

@@ -188,13 +188,15 @@ def timing_table(ds: xr.Dataset, extra: Mapping[str, float] | None = None,
 def eigen_table(ds: xr.Dataset) -> str:
     rows = []
     ks = ds["k"].values
-    if ds.attrs.get("subspace") == "fixed":  # one eigenspace, of H^(K), serves every k
+    if ds.attrs.get("subspace") in ("fixed", "pooled"):  # one eigenspace serves every k
         ks = ks[int(np.argmax(ds["hvps"].values)):][:1]
     for k in ks:
         res = ds["residuals"].sel(k=k).values
         conv = ds["converged"].sel(k=k).values
         ev = ds["eigenvalues"].sel(k=k).values
-        label = f"{int(ds['k'].max())} (fixed: all k)" if ds.attrs.get("subspace") == "fixed" else int(k)
+        K = int(ds["k"].max())
+        label = {"fixed": f"{K} (fixed: all k)", "pooled": f"{K}+1 samples (pooled: all k)"}.get(
+            str(ds.attrs.get("subspace")), int(k))
         miss = float(ds["miss_probability"].sel(k=k)) if "miss_probability" in ds else math.nan
         rows.append([label, int(ds["hvps"].sel(k=k)), _fmt(float(np.nanmax(res)), 2),
                      f"{int(conv.sum())}/{conv.size}", _fmt(miss, 2), _fmt(float(ev[0]), 4),
