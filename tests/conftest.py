@@ -68,3 +68,19 @@ def gpt_problem(n: int = 10, seed: int = 0) -> Problem:
 @pytest.fixture(scope="session")
 def small_problems() -> dict[str, Problem]:
     return {"mlp": mlp_problem(), "cnn": cnn_problem(), "gpt": gpt_problem()}
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> dict[str, str]:
+    """Environment for command-line tests: a session-wide temporary model cache holding the
+    trained built-in mlp, and no leftover run or launcher variables."""
+    import os
+
+    from curvprobe.zoo import models
+
+    cache = tmp_path_factory.mktemp("curvprobe-cache")
+    models.pretrained("mlp", cache_dir=cache, progress=False)
+    out = dict(os.environ, CURVPROBE_CACHE=str(cache))
+    for name in ("CURVPROBE_PART_DELAY", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        out.pop(name, None)
+    return out

@@ -24,7 +24,8 @@ and HVPs come from one consistent computation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ from torch.utils.data import Dataset
 
 from curvprobe.core.distributed import Shard, all_reduce_sum, shard
 from curvprobe.core.operators import HessianOperator
-from curvprobe.core.samples import DatasetSamples, Samples, TensorSamples
+from curvprobe.core.samples import Batch, DatasetSamples, Samples, TensorSamples, leaves, tree_map
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
 
@@ -47,7 +48,8 @@ VMAP_MIN_CHUNK = 16
 _STOCHASTIC_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                        nn.AlphaDropout, nn.FeatureAlphaDropout, nn.modules.batchnorm._BatchNorm)
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[[Any, Any], Tensor]
+LOSS_INPUTS = ("auto", "targets", "batch")
 
 
 def math_attention() -> contextlib.AbstractContextManager:
@@ -79,19 +81,29 @@ class Problem:
     Parameters
     ----------
     model : nn.Module
-        Evaluated as ``model(*inputs_chunk)``; only parameters with
+        Evaluated as ``model(*inputs)`` for a tensor or a tuple of inputs and
+        ``model(**inputs)`` for a dict; only parameters with
         ``requires_grad`` form the flat vector ``w`` (length ``N``).
     loss_fn : callable
-        ``loss_fn(outputs, targets) -> Tensor (n,)``: one loss per sample
-        (reduction ``"none"``; a language model's per-sequence mean token
-        cross-entropy, say).
-    inputs : Tensor, tuple of Tensors, or Dataset
+        One loss per sample, a Tensor (n,) (reduction ``"none"``; a language
+        model's per-sequence mean token cross-entropy, say):
+        ``loss_fn(outputs, targets)``, or ``loss_fn(outputs, batch)`` with
+        the chunk's :class:`~curvprobe.core.samples.Batch` (``batch.inputs``,
+        ``batch.targets``, ``batch.extras``) — see ``loss_input``.
+    inputs : Tensor, tuple or dict of Tensors (nested), or Dataset
         Indexed on dim 0 by sample, in the order that defines ``k``; or an
         indexable ``torch.utils.data.Dataset`` of ``(inputs, target)`` items
         (then ``targets`` is None), kept where it is and moved to the device
         one chunk at a time (:mod:`curvprobe.core.samples`).
-    targets : Tensor or None
-        Indexed on dim 0 by sample (None with a Dataset).
+    targets : Tensor, tuple or dict of Tensors, or None
+        Indexed on dim 0 by sample; None for a Dataset or a loss without
+        targets (self-supervised; ``loss_fn(outputs, batch)`` then).
+    extras : dict of Tensors, optional
+        Further per-sample tensors indexed on dim 0 (weights, masks), handed
+        to ``loss_fn`` in ``batch.extras``, chunk by chunk.
+    loss_input : {"auto", "targets", "batch"}
+        What ``loss_fn`` receives besides the outputs. ``"auto"``: the batch
+        when there are ``extras`` or no targets, else the targets.
     batch_size : int
         Samples per chunk; bounds peak memory.
     dtype, device :
@@ -109,13 +121,16 @@ class Problem:
         the same value on every rank (:mod:`curvprobe.core.distributed`).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, inputs: Tensor | tuple[Tensor, ...] | Dataset,
-                 targets: Tensor | None = None, *, batch_size: int = 256, dtype: torch.dtype | None = None,
+    def __init__(self, model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any = None, *,
+                 extras: Mapping[str, Tensor] | None = None, loss_input: str = "auto",
+                 batch_size: int = 256, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None, hvp_mode: str = "auto",
                  distributed: bool = False) -> None:
         check_eval_mode(model)
         if hvp_mode not in HVP_MODES:
             raise ValueError(f"unknown hvp_mode {hvp_mode!r}; valid: {', '.join(HVP_MODES)}")
+        if loss_input not in LOSS_INPUTS:
+            raise ValueError(f"unknown loss_input {loss_input!r}; valid: {', '.join(LOSS_INPUTS)}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -123,7 +138,7 @@ class Problem:
             raise ValueError("model has no trainable parameters")
         first = named[0][1]
         self.dtype = dtype or first.dtype
-        self.device = torch.device(device) if device is not None else first.device
+        self.device = check_device(device if device is not None else first.device)
         self.model = model
         self.loss_fn = loss_fn
         self.batch_size = int(batch_size)
@@ -138,18 +153,24 @@ class Problem:
                            if n not in trainable}
         self.samples: Samples
         if isinstance(inputs, Dataset) and not isinstance(inputs, Tensor):
-            if targets is not None:
-                raise ValueError("with a Dataset of (inputs, target) items, pass targets=None")
+            if targets is not None or extras:
+                raise ValueError("with a Dataset of (inputs, target) items, pass targets=None and no extras")
             self.samples = DatasetSamples(inputs, self.device, self.dtype)
+            has_targets = True
         else:
-            if targets is None:
-                raise ValueError("targets is None: pass targets, or a Dataset of (inputs, target) items")
-            self.samples = TensorSamples(inputs if isinstance(inputs, (tuple, list)) else (inputs,),
-                                         targets, self.device, self.dtype)
+            if isinstance(inputs, Tensor):
+                inputs = (inputs,)  # the model is called as model(*inputs)
+            elif isinstance(inputs, list):
+                inputs = tuple(inputs)
+            self.samples = TensorSamples(inputs, targets, extras, self.device, self.dtype)
+            has_targets = targets is not None
+        self.loss_input = loss_input if loss_input != "auto" else (
+            "batch" if extras or not has_targets else "targets")
         self._n = len(self.samples)
         if self._n < 1:
             raise ValueError("no samples")
         self.shard: Shard = shard(distributed)
+        self._check_loss_shape()
 
     # ------------------------------------------------------------------ basics
     def _cast(self, t: Tensor) -> Tensor:
@@ -157,25 +178,26 @@ class Problem:
         return t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)
 
     @property
-    def inputs(self) -> tuple[Tensor, ...]:
-        """The input tensors (n, ...) of an in-memory problem (see :meth:`chunk_batch` for any)."""
+    def inputs(self) -> Any:
+        """The inputs of an in-memory problem: a tuple (the model's positional arguments) or a
+        dict (its keyword arguments) of tensors (n, ...); see :meth:`chunk_batch` for any problem."""
+        return self._in_memory().inputs
+
+    @property
+    def targets(self) -> Any:
+        """The targets of an in-memory problem (tensors (n, ...), or None)."""
+        return self._in_memory().targets
+
+    @property
+    def extras(self) -> Mapping[str, Tensor]:
+        """The extra per-sample tensors of an in-memory problem."""
+        return self._in_memory().extras
+
+    def _in_memory(self) -> Batch:
         if not isinstance(self.samples, TensorSamples):
             raise AttributeError("a Problem over a Dataset reads its samples chunk by chunk: use "
                                  "chunk_batch(a, b) or sample_arguments(indices)")
-        return self.samples.inputs
-
-    @property
-    def targets(self) -> Tensor:
-        """The target tensor (n, ...) of an in-memory problem."""
-        if not isinstance(self.samples, TensorSamples):
-            raise AttributeError("a Problem over a Dataset reads its samples chunk by chunk: use "
-                                 "chunk_batch(a, b) or sample_arguments(indices)")
-        return self.samples.targets
-
-    @property
-    def num_inputs(self) -> int:
-        """Number of input tensors the model is called with."""
-        return self.samples.num_inputs
+        return self.samples.batch
 
     @property
     def num_samples(self) -> int:
@@ -244,25 +266,42 @@ class Problem:
         """``x`` summed over the ranks, in place (identity in one process)."""
         return all_reduce_sum(x, self.shard)
 
-    def chunk_batch(self, a: int, b: int) -> tuple[tuple[Tensor, ...], Tensor]:
-        """Inputs and targets of samples ``a..b−1`` on the device."""
+    def chunk_batch(self, a: int, b: int) -> Batch:
+        """Samples ``a..b−1`` on the device."""
         return self.samples.chunk(a, b)
+
+    def loss_on(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """Per-sample losses (n,) of ``batch`` with the model's parameters and buffers ``params``.
+
+        The one place the model and the loss are called: a pure function of
+        ``params`` (safe under ``torch.func`` transforms); ``ValueError`` with a
+        hint that fits the shape seen if the loss is not one value per sample.
+        """
+        with math_attention():
+            if isinstance(batch.inputs, Mapping):
+                out = functional_call(self.model, dict(params), (), dict(batch.inputs))
+            else:
+                out = functional_call(self.model, dict(params), tuple(batch.inputs))
+        losses = self.loss_fn(out, batch if self.loss_input == "batch" else batch.targets)
+        n = leaves(batch)[0].shape[0]
+        if not isinstance(losses, Tensor) or losses.shape != (n,):
+            raise ValueError(loss_shape_hint(losses, n))
+        return losses
+
+    def _check_loss_shape(self) -> None:
+        """One forward on the first two samples: the loss must be one floating value per sample."""
+        with torch.no_grad():
+            first = self.samples.chunk(0, min(2, self._n))
+            losses = self.loss_on(self.functional_params(self._w_star), first)
+        if not losses.is_floating_point():
+            raise TypeError(f"loss_fn must return floating-point losses, got dtype {losses.dtype}")
 
     def chunk_losses(self, w: Tensor, a: int, b: int) -> Tensor:
         """Per-sample losses ``ℓ_a..ℓ_{b-1}`` at flat ``w``: (b − a,), problem dtype.
 
         A pure function of ``w``: safe under ``torch.func`` transforms.
         """
-        inputs, targets = self.samples.chunk(a, b)
-        with math_attention():
-            out = functional_call(self.model, self.functional_params(w), inputs)
-        losses = self.loss_fn(out, targets)
-        if losses.shape != (b - a,):
-            raise ValueError(
-                f"loss_fn must return one loss per sample, shape ({b - a},), got "
-                f"{tuple(losses.shape)}; use reduction='none'"
-            )
-        return losses
+        return self.loss_on(self.functional_params(w), self.samples.chunk(a, b))
 
     # ----------------------------------------------------------- evaluations
     def per_sample_losses(self, w: Tensor | None = None, *, start: int = 0,
@@ -322,21 +361,20 @@ class Problem:
         _check_finite(out, "per-sample losses")
         return out
 
-    def sample_loss(self, w: Tensor, target: Tensor, *inputs: Tensor) -> Tensor:
+    def sample_loss(self, w: Tensor, sample: Batch) -> Tensor:
         """Loss of one sample at flat ``w``: a scalar in the problem's dtype.
 
-        ``target`` and ``inputs`` are one sample's entries (no batch
-        dimension), as ``vmap`` over :meth:`sample_arguments` hands them. A
-        pure function of ``w``: per-sample ``torch.func`` derivatives
+        ``sample`` is one sample's :class:`~curvprobe.core.samples.Batch`
+        (tensors without the sample dimension), as ``vmap`` over
+        :meth:`sample_arguments` hands it. A pure function of ``w``:
+        per-sample ``torch.func`` derivatives
         (:func:`curvprobe.criteria.engine.subspace_derivatives`) are built on it.
         """
-        with math_attention():
-            out = functional_call(self.model, self.functional_params(w),
-                                  tuple(x.unsqueeze(0) for x in inputs))
-        return self.loss_fn(out, target.unsqueeze(0)).reshape(())
+        one = tree_map(lambda x: x.unsqueeze(0), sample)
+        return self.loss_on(self.functional_params(w), one).reshape(())
 
-    def sample_arguments(self, indices: Tensor) -> tuple[Tensor, ...]:
-        """``(targets, *inputs)`` of the 0-based sample ``indices`` (n,) on the device."""
+    def sample_arguments(self, indices: Tensor) -> Batch:
+        """The samples at the 0-based ``indices`` (n,) on the device, as one Batch."""
         return self.samples.select(indices)
 
     def hvp(self, v: Tensor, k: int | None = None, w: Tensor | None = None, *,
@@ -390,6 +428,40 @@ class Problem:
         ranks = f", ranks={self.shard.size}" if self.shard.size > 1 else ""
         return (f"Problem({type(self.model).__name__}, N={self.num_params}, n={self._n}, "
                 f"dtype={self.dtype}, device={self.device}, batch_size={self.batch_size}{ranks})")
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` in one line if this torch cannot use it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} is not available: this torch build ({torch.__version__}) "
+                         "sees no CUDA GPU; use device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} is not available: {torch.cuda.device_count()} CUDA "
+                         "device(s) visible")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r} is not available on this machine; use device='cpu'")
+    return dev
+
+
+def loss_shape_hint(losses: object, n: int) -> str:
+    """What to change in a ``loss_fn`` that did not return one loss per sample (shape (n,))."""
+    if not isinstance(losses, Tensor):
+        return (f"loss_fn must return a Tensor of one loss per sample, shape ({n},); "
+                f"got {type(losses).__name__}")
+    shape = tuple(losses.shape)
+    head = f"loss_fn must return one loss per sample, shape ({n},); got {shape}"
+    if shape == ():
+        return f"{head}: it reduced over the samples — use reduction='none'"
+    if shape[0] == n and all(d == 1 for d in shape[1:]):
+        return f"{head}: squeeze the trailing dimension(s), e.g. loss.reshape({n})"
+    if shape[0] == n:
+        dims = tuple(range(1, len(shape)))
+        return f"{head}: average over the non-sample dimensions, e.g. loss.mean(dim={dims})"
+    return f"{head}: it must keep the samples on dim 0 (reduction='none')"
 
 
 def _check_finite(x: Tensor, what: str) -> None:

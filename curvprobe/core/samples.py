@@ -1,31 +1,58 @@
 """Ordered samples of a :class:`~curvprobe.core.problem.Problem`: in memory or read lazily.
 
-Two stores share one interface (:class:`Samples`): ``chunk(a, b)`` returns the
-inputs and targets of samples ``a..b−1`` on the problem's device, and
-``select(indices)`` those of arbitrary samples (for ``vmap`` over samples).
+A chunk of samples is a :class:`Batch`: ``inputs`` (a tensor, or a tuple or
+dict of tensors, nested as deep as the model needs), ``targets`` (the same, or
+None) and ``extras`` (a dict of further per-sample tensors, such as weights or
+masks that a loss reads) — every tensor with the samples on dim 0. Two stores
+share one interface (:class:`Samples`): ``chunk(a, b)`` returns samples
+``a..b−1`` on the problem's device and ``select(indices)`` arbitrary samples
+(for ``vmap`` over samples).
 
-- :class:`TensorSamples`: tensors indexed on dim 0, moved to the device once.
+- :class:`TensorSamples`: pytrees of tensors, moved to the device once.
 - :class:`DatasetSamples`: an indexable ``torch.utils.data.Dataset`` whose
-  items are ``(inputs, target)`` (``inputs`` a tensor or a tuple of tensors),
-  kept where it lives (host memory, a memory-mapped token file) and collated
-  one chunk at a time onto the device, so device memory holds one chunk of
-  data whatever the data set's size.
+  items are ``(inputs, target)`` pairs, kept where it lives (host memory, a
+  memory-mapped token file: :class:`TokenRows`) and collated one chunk at a
+  time onto the device, so device memory holds one chunk of data whatever the
+  data set's size.
 
-Floating-point tensors are cast to the problem's dtype; integer tensors (token
-ids, labels) keep theirs.
+Floating-point tensors are cast to the problem's dtype; integer and boolean
+tensors (token ids, labels, masks) keep theirs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["DatasetSamples", "Samples", "TensorSamples", "TokenRows", "cast"]
+__all__ = ["Batch", "DatasetSamples", "Samples", "TensorSamples", "TokenRows", "cast", "leaves",
+           "tree_map"]
+
+
+class Batch(NamedTuple):
+    """Samples of one chunk: ``inputs``, ``targets`` (or None) and ``extras``, samples on dim 0.
+
+    A pytree (``torch.func`` transforms map over it).
+    """
+
+    inputs: Any
+    targets: Any
+    extras: Mapping[str, Tensor]
+
+
+def tree_map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
+    """``fn`` applied to every tensor of a pytree (None stays None)."""
+    return pytree.tree_map(lambda x: None if x is None else fn(x), tree)
+
+
+def leaves(tree: Any) -> list[Tensor]:
+    """The tensors of a pytree."""
+    return [x for x in pytree.tree_leaves(tree) if x is not None]
 
 
 def cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -34,42 +61,51 @@ def cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     return t.to(device, dtype) if t.is_floating_point() else t.to(device)
 
 
+def _check_tree(name: str, tree: Any) -> None:
+    bad = [type(x).__name__ for x in pytree.tree_leaves(tree) if x is not None and not isinstance(x, Tensor)]
+    if bad:
+        raise TypeError(f"{name} must be tensors, or tuples/lists/dicts of tensors; found {bad[0]}")
+
+
 class Samples(Protocol):
     """What a Problem reads its samples through."""
 
-    num_inputs: int
-
     def __len__(self) -> int: ...
 
-    def chunk(self, a: int, b: int) -> tuple[tuple[Tensor, ...], Tensor]: ...
+    def chunk(self, a: int, b: int) -> Batch: ...
 
-    def select(self, indices: Tensor) -> tuple[Tensor, ...]: ...
+    def select(self, indices: Tensor) -> Batch: ...
 
 
 class TensorSamples:
-    """Samples held as tensors on the device: ``inputs`` (tuple, each (n, ...)) and ``targets`` (n, ...)."""
+    """Samples held as pytrees of tensors on the device (every tensor (n, ...))."""
 
-    def __init__(self, inputs: Sequence[Tensor], targets: Tensor, device: torch.device,
-                 dtype: torch.dtype) -> None:
-        self.inputs = tuple(cast(x, device, dtype) for x in inputs)
-        self.targets = cast(targets, device, dtype)
-        sizes = {x.shape[0] for x in self.inputs} | {self.targets.shape[0]}
-        if len(sizes) != 1:
-            raise ValueError(f"inputs and targets disagree on the number of samples: {sorted(sizes)}")
-        self._n = sizes.pop()
-        self.num_inputs = len(self.inputs)
+    def __init__(self, inputs: Any, targets: Any, extras: Mapping[str, Tensor] | None,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        for name, tree in (("inputs", inputs), ("targets", targets), ("extras", extras)):
+            _check_tree(name, tree)
+        move = lambda tree: tree_map(lambda x: cast(x, device, dtype), tree)  # noqa: E731
+        self.batch = Batch(move(inputs), move(targets), move(dict(extras or {})))
+        sizes = {name: {x.shape[0] if x.dim() else -1 for x in leaves(tree)}
+                 for name, tree in zip(Batch._fields, self.batch)}
+        found = set().union(*sizes.values())
+        if len(found) != 1 or -1 in found:
+            where = ", ".join(f"{k} {sorted(v)}" for k, v in sizes.items() if v)
+            raise ValueError(f"inputs, targets and extras disagree on the number of samples (dim 0 of "
+                             f"every tensor): {where}")
+        self._n = found.pop()
 
     def __len__(self) -> int:
         return self._n
 
-    def chunk(self, a: int, b: int) -> tuple[tuple[Tensor, ...], Tensor]:
-        """Inputs and targets of samples ``a..b−1``."""
-        return tuple(x[a:b] for x in self.inputs), self.targets[a:b]
+    def chunk(self, a: int, b: int) -> Batch:
+        """Samples ``a..b−1``."""
+        return tree_map(lambda x: x[a:b], self.batch)
 
-    def select(self, indices: Tensor) -> tuple[Tensor, ...]:
-        """``(targets, *inputs)`` of the 0-based ``indices``."""
-        sel = indices.to(self.targets.device)
-        return (self.targets[sel], *(x[sel] for x in self.inputs))
+    def select(self, indices: Tensor) -> Batch:
+        """The samples at the 0-based ``indices``."""
+        sel = indices.to(leaves(self.batch)[0].device)
+        return tree_map(lambda x: x[sel], self.batch)
 
 
 class DatasetSamples:
@@ -88,25 +124,23 @@ class DatasetSamples:
         if not (isinstance(first, (tuple, list)) and len(first) == 2):
             raise TypeError(f"data set items must be (inputs, target) pairs, got {type(first).__name__}")
         self.dataset, self.device, self.dtype, self._n = dataset, device, dtype, int(n)
-        self.num_inputs = len(first[0]) if isinstance(first[0], (tuple, list)) else 1
 
     def __len__(self) -> int:
         return self._n
 
-    def _collate(self, indices: Sequence[int]) -> tuple[tuple[Tensor, ...], Tensor]:
+    def _collate(self, indices: Sequence[int]) -> Batch:
         inputs, targets = default_collate([self.dataset[int(i)] for i in indices])
-        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-        return (tuple(cast(x, self.device, self.dtype) for x in inputs),
-                cast(targets, self.device, self.dtype))
+        inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs) if isinstance(inputs, list) else inputs
+        move = lambda tree: tree_map(lambda x: cast(x, self.device, self.dtype), tree)  # noqa: E731
+        return Batch(move(inputs), move(targets), {})
 
-    def chunk(self, a: int, b: int) -> tuple[tuple[Tensor, ...], Tensor]:
-        """Inputs and targets of samples ``a..b−1``, collated and moved to the device."""
+    def chunk(self, a: int, b: int) -> Batch:
+        """Samples ``a..b−1``, collated and moved to the device."""
         return self._collate(range(a, b))
 
-    def select(self, indices: Tensor) -> tuple[Tensor, ...]:
-        """``(targets, *inputs)`` of the 0-based ``indices``."""
-        inputs, targets = self._collate(indices.tolist())
-        return (targets, *inputs)
+    def select(self, indices: Tensor) -> Batch:
+        """The samples at the 0-based ``indices``."""
+        return self._collate(indices.tolist())
 
 
 class TokenRows(Dataset):

@@ -59,6 +59,7 @@ from torch import Tensor
 from torch.func import grad, jacfwd, vmap
 
 from curvprobe.core.problem import Problem
+from curvprobe.core.samples import Batch, tree_map
 from curvprobe.criteria.probes import Isotropic, Sphere, Subspace
 from curvprobe.criteria.spec import ESTIMATORS, FULL_SPACE, NOISE_STREAMS, SUBSPACE
 from curvprobe.criteria.theory import gaussian_moment
@@ -515,22 +516,20 @@ def subspace_derivatives(problem: Problem, U: Tensor, indices: Tensor | list[int
     D = U.shape[1]
     z0 = torch.zeros(D, dtype=problem.dtype, device=problem.device)
 
-    def f(z: Tensor, target: Tensor, *xs: Tensor) -> Tensor:
-        return problem.sample_loss(w0 + Ud @ z, target, *xs)
+    def f(z: Tensor, sample: Batch) -> Tensor:
+        return problem.sample_loss(w0 + Ud @ z, sample)
 
-    in_dims = (None, 0) + (0,) * problem.num_inputs
-    # jacfwd over grad, not over jacrev: torch 2.13's jacfwd(jacrev(.))
-    # gets layer_norm's second derivative wrong (pytorch#196700)
-    grad_fn = vmap(grad(f), in_dims=in_dims)
-    hess_fn = vmap(jacfwd(grad(f)), in_dims=in_dims)
     g = torch.zeros(idx.numel(), D, dtype=torch.float64, device=problem.device)
     H = torch.zeros(idx.numel(), D, D, dtype=torch.float64, device=problem.device)
     # D tangents per sample: keep chunk · D per-sample N-vectors ≤ batch_size;
     # a data-parallel problem computes its chunks and sums the rows in place
     for a, b in problem.local_chunks(0, idx.numel(), max(1, problem.batch_size // D)):
-        args = problem.sample_arguments(idx[a:b])
-        g[a:b] = grad_fn(z0, *args).double()
-        H[a:b] = hess_fn(z0, *args).double()
+        batch = problem.sample_arguments(idx[a:b])
+        in_dims = (None, tree_map(lambda x: 0, batch))
+        # jacfwd over grad, not over jacrev: torch 2.13's jacfwd(jacrev(.))
+        # gets layer_norm's second derivative wrong (pytorch#196700)
+        g[a:b] = vmap(grad(f), in_dims=in_dims)(z0, batch).double()
+        H[a:b] = vmap(jacfwd(grad(f)), in_dims=in_dims)(z0, batch).double()
     problem.all_reduce(g)
     problem.all_reduce(H)
     return g, 0.5 * (H + H.transpose(1, 2))

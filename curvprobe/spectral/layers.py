@@ -67,9 +67,9 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from curvprobe.core.problem import Problem, hvp_kernel, math_attention
+from curvprobe.core.problem import Problem, hvp_kernel
+from curvprobe.core.samples import Batch
 from curvprobe.results import provenance
 from curvprobe.spectral.fits import (
     RANK_MODELS,
@@ -458,13 +458,10 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     Vd = V.to(device=problem.device, dtype=problem.dtype)
     total = torch.zeros(V.shape, dtype=torch.float64, device=problem.device)
     for a, b in problem.local_chunks(0, stop, size):
-        inputs, targets = problem.chunk_batch(a, b)
+        batch = problem.chunk_batch(a, b)
 
-        def chunk_loss(x: Tensor, inputs=inputs, targets=targets) -> Tensor:
-            params = {**base, layer.name: x.view(layer.param_shape)}
-            with math_attention():
-                out = functional_call(problem.model, params, inputs)
-            return problem.loss_fn(out, targets).sum()
+        def chunk_loss(x: Tensor, batch: Batch = batch) -> Tensor:
+            return problem.loss_on({**base, layer.name: x.view(layer.param_shape)}, batch).sum()
 
         total += chunk_hvp(chunk_loss, x0, Vd).double()
     return problem.all_reduce(total) / stop
