@@ -130,7 +130,8 @@ class DatasetSamples:
 
     def _collate(self, indices: Sequence[int]) -> Batch:
         inputs, targets = default_collate([self.dataset[int(i)] for i in indices])
-        inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs) if isinstance(inputs, list) else inputs
+        if isinstance(inputs, (Tensor, list)):  # the model's positional arguments
+            inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
         move = lambda tree: tree_map(lambda x: cast(x, self.device, self.dtype), tree)  # noqa: E731
         return Batch(move(inputs), move(targets), {})
 

@@ -68,7 +68,7 @@ def test_dataset_input_errors_name_the_fix():
                                rtol=0, atol=0)
     with pytest.raises(ValueError, match="targets=None"):
         Problem(model, loss, TensorDataset(X, y), y)
-    unsupervised = Problem(model, lambda out, batch: (out**2).sum(1), X)  # no targets: the loss sees the batch
+    unsupervised = Problem(model, lambda out, batch: (out**2).sum(1), X)  # no targets: loss sees the batch
     assert unsupervised.loss_input == "batch" and unsupervised.targets is None
 
     class Stream(IterableDataset):
