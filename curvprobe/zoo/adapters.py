@@ -27,7 +27,7 @@ this module itself imports nothing from it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import torch
@@ -81,6 +81,28 @@ def _check_hf_model(model: nn.Module) -> None:
             "AutoModelForCausalLM.from_pretrained(name, attn_implementation=\"eager\") or "
             "model.set_attn_implementation(\"eager\")); \"sdpa\" works too."
         )
+
+
+TOKENIZER_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+"""Keys of a tokenizer's padded batch that the adapters read (``token_type_ids`` must be all zero)."""
+
+
+def _from_batch(input_ids: Tensor | Mapping[str, Tensor],
+                attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``input_ids`` and ``attention_mask`` from a tokenizer's padded dict batch (or as given)."""
+    if not isinstance(input_ids, Mapping):
+        return input_ids, attention_mask
+    batch = dict(input_ids)
+    unknown = sorted(set(batch) - set(TOKENIZER_KEYS))
+    if "input_ids" not in batch or unknown:
+        raise ValueError(f"a dict batch needs 'input_ids' (and optionally 'attention_mask'); got keys "
+                         f"{sorted(batch)}{' — unknown: ' + str(unknown) if unknown else ''}")
+    if attention_mask is not None and "attention_mask" in batch:
+        raise ValueError("attention_mask given twice: in the dict batch and as a keyword")
+    types = batch.get("token_type_ids")
+    if types is not None and bool(torch.as_tensor(types).any()):
+        raise ValueError("token_type_ids other than 0 are not supported (single-segment sequences)")
+    return batch["input_ids"], batch.get("attention_mask", attention_mask)
 
 
 def _check_ids(input_ids: Tensor, attention_mask: Tensor | None,
@@ -335,7 +357,8 @@ def _check_equivalence(model: nn.Module, wrapper: CausalLMLogits, input_ids: Ten
 
 
 # ---------------------------------------------------------------- builders
-def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | None = None,
+def causal_lm(model: nn.Module, input_ids: Tensor | Mapping[str, Tensor], *,
+              attention_mask: Tensor | None = None,
               batch_size: int = 256, dtype: torch.dtype | None = None,
               device: torch.device | str | None = None, distributed: bool = False) -> Problem:
     """Problem whose samples are sequences and whose loss is next-token cross-entropy.
@@ -363,8 +386,10 @@ def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | N
         and use ``"eager"`` or ``"sdpa"`` attention (a ``ValueError`` names the
         fix otherwise); never modified. Its ``loss`` output is not used (it is
         float32 whatever the model's dtype).
-    input_ids : LongTensor (n, T), T ≥ 2
-        Token ids; row order defines the sample order ``k``.
+    input_ids : LongTensor (n, T), T ≥ 2, or a tokenizer's dict batch
+        Token ids; row order defines the sample order ``k``. A dict (what
+        ``tokenizer(texts, padding=True, return_tensors="pt")`` returns)
+        supplies ``input_ids`` and ``attention_mask``.
     attention_mask : (n, T) of 0/1 (int or bool), optional
         1 for real tokens, 0 for padding; at least two real tokens per row,
         contiguous.
@@ -386,7 +411,7 @@ def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | N
         per-sample losses (n,) float64.
     """
     _check_hf_model(model)
-    input_ids, attention_mask = _check_ids(input_ids, attention_mask, min_len=2)
+    input_ids, attention_mask = _check_ids(*_from_batch(input_ids, attention_mask), min_len=2)
     packed, lengths = _pack_left(input_ids, attention_mask)
     short = (lengths < 2).nonzero().flatten()
     if short.numel():
@@ -399,7 +424,7 @@ def causal_lm(model: nn.Module, input_ids: Tensor, *, attention_mask: Tensor | N
                    batch_size=batch_size, dtype=dtype, device=device, distributed=distributed)
 
 
-def classifier(model: nn.Module, input_ids: Tensor, labels: Tensor, *,
+def classifier(model: nn.Module, input_ids: Tensor | Mapping[str, Tensor], labels: Tensor, *,
                attention_mask: Tensor | None = None, batch_size: int = 256,
                dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
     """Problem for a sequence classifier with per-sample cross-entropy.
@@ -415,8 +440,9 @@ def classifier(model: nn.Module, input_ids: Tensor, labels: Tensor, *,
         return_dict=True).logits`` of shape (b, C), single-label
         classification (``num_labels ≥ 2``). Eval mode, ``"eager"`` or
         ``"sdpa"`` attention; never modified.
-    input_ids : LongTensor (n, T)
-        Token ids; row order defines the sample order ``k``.
+    input_ids : LongTensor (n, T), or a tokenizer's dict batch
+        Token ids; row order defines the sample order ``k``. A dict supplies
+        ``input_ids`` and ``attention_mask``.
     labels : integer Tensor (n,)
         Class labels, values in ``[0, C)``.
     attention_mask : (n, T) of 0/1, optional
@@ -440,7 +466,7 @@ def classifier(model: nn.Module, input_ids: Tensor, labels: Tensor, *,
         raise ValueError(f"classifier() handles single-label classification only; the model is set up "
                          f"for {problem_type or 'regression'} (problem_type={problem_type!r}, "
                          f"num_labels={num_labels})")
-    input_ids, attention_mask = _check_ids(input_ids, attention_mask, min_len=1)
+    input_ids, attention_mask = _check_ids(*_from_batch(input_ids, attention_mask), min_len=1)
     labels = torch.as_tensor(labels)
     if labels.shape != (input_ids.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices of shape ({input_ids.shape[0]},), "

@@ -313,3 +313,21 @@ def test_subspace_derivatives_match_hvps(ids):
     for i in range(3):
         assert rel_err(g[i], U.T @ problem.gradient(k=i + 1, start=i)) <= 1e-10
         assert rel_err(H[i], U.T @ problem.hvp(U, i + 1, start=i)) <= 1e-10
+
+
+def test_dict_batch_with_attention_mask_equals_the_keyword_path():
+    model = gpt2()
+    ids = token_ids(5, 7, seed=3)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    mask[3, 5:] = 0  # right padding
+    keyword = causal_lm(model, ids, attention_mask=mask, batch_size=2)
+    batch = causal_lm(model, {"input_ids": ids, "attention_mask": mask}, batch_size=2)
+    v = torch.randn(keyword.num_params, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for a, b in ((keyword.per_sample_losses(), batch.per_sample_losses()),
+                 (keyword.gradient(), batch.gradient()), (keyword.hvp(v), batch.hvp(v))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown"):
+        causal_lm(model, {"input_ids": ids, "pixel_values": ids})
+    with pytest.raises(ValueError, match="given twice"):
+        causal_lm(model, {"input_ids": ids, "attention_mask": mask}, attention_mask=mask)
