@@ -267,7 +267,7 @@ def _load_results(path: Path) -> xr.Dataset:
 
 def _kind(ds) -> str:
     measurement = ds.attrs.get("measurement", "")
-    if measurement in ("stabilization", "quadratic_validity", "mc_convergence"):
+    if measurement in ("stabilization", "quadratic_validity", "mc_convergence", "curriculum_protocol"):
         return measurement
     if "layer" in ds.dims and "rho_delta" in ds:
         return "kronecker_alignment"
@@ -289,7 +289,8 @@ def cmd_plot(args) -> int:
     found: dict[str, xr.Dataset] = {}
     if path.is_dir():
         candidates = [path / "stabilization.nc", path / "validity.nc", path / "parts" / "validity.nc",
-                      path / "mc_convergence.nc", path / "spectra.nc", path / "kronecker.nc"]
+                      path / "mc_convergence.nc", path / "spectra.nc", path / "kronecker.nc",
+                      path / "curriculum.nc"]
         for candidate in candidates:
             if candidate.is_file():
                 ds = _load_results(candidate)
@@ -312,6 +313,10 @@ def cmd_plot(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     figures = stabilization_figures(found.get("stabilization"), validity=found.get("quadratic_validity"),
                                     convergence=found.get("mc_convergence"))
+    if "curriculum_protocol" in found:  # a `curvprobe curriculum` result
+        from curvprobe.app.plots import plot_curriculum
+
+        figures["curriculum"] = plot_curriculum(found["curriculum_protocol"])
     if "layer_spectra" in found or "kronecker_alignment" in found:
         from curvprobe.app import plots
 

@@ -104,3 +104,11 @@ def test_refusals(finished, tmp_path):
     assert result.returncode == 2 and "unknown estimator" in result.stderr
     with pytest.raises(RunError, match="model"):
         CurriculumSettings(model="resnet")
+
+
+def test_plot_command_draws_a_curriculum_result(finished, tmp_path):
+    reference, _ = finished
+    result = subprocess.run([sys.executable, "-m", "curvprobe", "plot", str(reference / "curriculum.nc"),
+                             "--out", str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "curriculum.png").stat().st_size > 20_000
