@@ -7,6 +7,8 @@ estimator) grid. :func:`iter_parts` computes it part by part:
   ``full_mc``, ``sphere``) at every k, one all-k pass per (σ, probe);
 - ``subspace_fixed`` (``subspace = "fixed"``): the subspace estimators at
   every k, with one ``U_D`` from ``H^(K)``;
+- ``subspace_pooled`` (``subspace = "pooled"``): the same with one ``U_D``
+  from the Hessian of all K+1 samples, for every k and ordering;
 - ``k_000010``, ... (``subspace = "per_k"``): the subspace estimators at one
   k, ``U_D`` from ``H^(k)``, warm-started from the previous k.
 
@@ -16,6 +18,13 @@ k's warm start. :func:`merge_parts` assembles parts into one Dataset, and
 :func:`stabilization` is the merge of all parts of one spec. A runner that
 stores parts (:func:`curvprobe.app.runs.run_probe`) skips the parts it has and
 computes the rest from the same iterator.
+
+With ``orderings = R > 1`` every part is computed for R orderings of the
+first K+1 samples at once: the per-sample losses (at ``w*`` and at every
+draw) and the per-sample subspace derivatives are computed once and each
+ordering permutes them before its prefix sums
+(:func:`~curvprobe.criteria.engine.permuted_increments`,
+:func:`~curvprobe.criteria.engine.coefficients_from_samples`).
 
 Estimators that do not depend on D are broadcast along ``dim``; ``delta1``
 also along ``sigma``. ``sphere`` uses the σ coordinate as its radius ε. Monte
