@@ -64,3 +64,15 @@ $(NOTEBOOKS_STAMP): $(STAMP) pyproject.toml
 
 test-notebooks: $(NOTEBOOKS_STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests/test_notebooks.py -m notebooks $(PYTEST_ARGS)
+
+# The hf extra's oldest supported transformers (4.46.3, with its tokenizers and hub), installed
+# beside the venv into .hf-oldest and put first on the path for the adapter tests.
+HF_OLDEST := .hf-oldest
+.PHONY: test-hf-oldest
+
+$(HF_OLDEST)/.installed: $(STAMP)
+	$(PIP) install --quiet --no-deps --target $(HF_OLDEST) "transformers==4.46.3" "tokenizers>=0.20,<0.21" "huggingface-hub<1.0"
+	touch $(HF_OLDEST)/.installed
+
+test-hf-oldest: $(HF_OLDEST)/.installed
+	PYTHONPATH=$(HF_OLDEST) OMP_NUM_THREADS=2 $(PY) -m pytest -q tests/zoo/test_adapters.py $(PYTEST_ARGS)

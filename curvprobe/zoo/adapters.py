@@ -150,8 +150,10 @@ class _LogitsWrapper(nn.Module):
         self.training = model.training
 
     def _call(self, **kwargs) -> Tensor:
+        if _accepts(self.model, "use_cache"):  # encoders (BERT in transformers 4.x) have no cache
+            kwargs["use_cache"] = False
         try:
-            out = self.model(**kwargs, use_cache=False, return_dict=True)
+            out = self.model(**kwargs, return_dict=True)
         except RuntimeError as e:
             if _VMAP_DATA_DEPENDENT in str(e):
                 raise RuntimeError(

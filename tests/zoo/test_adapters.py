@@ -161,7 +161,15 @@ def padded(ids: torch.Tensor, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return out, mask
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+# transformers 4.x builds the SDPA padding mask with float32's minimum, which overflows
+# in a float64 model ("value cannot be converted to type float"): eager attention there
+SDPA_PADDED_FLOAT64 = int(transformers.__version__.split(".")[0]) >= 5
+needs_sdpa_padding = pytest.mark.skipif(not SDPA_PADDED_FLOAT64, reason="transformers 4.x: SDPA padding mask "
+                                        "overflows in float64 (use eager attention)")
+
+
+@pytest.mark.parametrize("impl", [pytest.param(i, marks=needs_sdpa_padding) if i == "sdpa" else i
+                                  for i in IMPLS])
 def test_attention_mask_excludes_padding(impl):
     base = token_ids(3, 6, seed=3, low=1)
     model = gpt2(impl)
@@ -211,6 +219,7 @@ def test_non_causal_model_refused():
 
 
 # ---------------------------------------------------------- (c) criteria
+@needs_sdpa_padding
 def test_stabilization_runs_on_padded_sdpa_problem():
     """Padding + "sdpa" + vmap over samples (per-sample subspace derivatives):
     the path where transformers' mask code breaks vmap if handed a mask."""
