@@ -153,16 +153,23 @@ class MatrixOperator(LinearOperator):
 
 
 class DeflatedOperator(LinearOperator):
-    """``P A P`` with ``P = I − V Vᵀ`` for orthonormal ``V`` (N, r): the
-    operator restricted to the orthogonal complement of ``span(V)``. Each
-    product is also counted by the wrapped operator."""
+    """``P A P + c V Vᵀ`` with ``P = I − V Vᵀ`` for orthonormal ``V`` (N, r):
+    the operator restricted to the orthogonal complement of ``span(V)``, with
+    ``span(V)`` moved to the eigenvalue ``c`` (``shift``, default 0). A
+    Krylov run from a start ``⟂ V`` never leaves the complement in exact
+    arithmetic; in floating point its round-off has a component in
+    ``span(V)``, which a run converges to when ``c`` is an extreme of the
+    spectrum (``c = 0`` below a positive spectrum, for a search for the
+    smallest eigenvalues): a shift into the interior keeps it out of reach.
+    Each product is also counted by the wrapped operator."""
 
-    def __init__(self, op: LinearOperator, V: Tensor) -> None:
+    def __init__(self, op: LinearOperator, V: Tensor, shift: float = 0.0) -> None:
         super().__init__(op.shape[0], op.device)
-        self.op, self.V = op, V
+        self.op, self.V, self.shift = op, V, float(shift)
 
     def _project(self, X: Tensor) -> Tensor:
         return X - self.V @ (self.V.T @ X)
 
     def _matmat(self, X: Tensor) -> Tensor:
-        return self._project(self.op.matmat(self._project(X)))
+        out = self._project(self.op.matmat(self._project(X)))
+        return out if self.shift == 0.0 else out + self.shift * (self.V @ (self.V.T @ X))

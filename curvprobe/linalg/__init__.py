@@ -10,34 +10,49 @@ One concept per module:
 * :mod:`~curvprobe.linalg.guard` — :func:`missed_eigenvalue_guard`,
   :func:`christoffel_kernel`, :func:`miss_probability`;
 * :mod:`~curvprobe.linalg.power` — :func:`deflated_power_iteration`, the
-  reference baseline.
+  reference baseline;
+* :mod:`~curvprobe.linalg.memory` — :func:`eigensolver_memory`, the memory
+  model of a solve (float64 or float32 basis).
 """
 
-from curvprobe.linalg._krylov import KrylovRun
+from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_ritz, ritz_order
 from curvprobe.linalg.davidson import block_davidson
-from curvprobe.linalg.eigensolver import METHODS, top_eigenspace
+from curvprobe.linalg.eigensolver import BLOCK_SIZE, METHODS, top_eigenspace
 from curvprobe.linalg.guard import (
     GuardResult,
     christoffel_kernel,
+    deflation_shift,
+    guard_levels,
+    guard_miss_probability,
     guard_stop_rule,
     miss_probability,
     missed_eigenvalue_guard,
 )
 from curvprobe.linalg.lanczos import thick_restart_lanczos
+from curvprobe.linalg.memory import eigensolver_memory
 from curvprobe.linalg.power import deflated_power_iteration
 from curvprobe.linalg.result import Eigenspace
 
 __all__ = [
+    "BASIS_DTYPES",
+    "BLOCK_SIZE",
     "METHODS",
+    "WHICH",
     "Eigenspace",
     "GuardResult",
     "KrylovRun",
     "block_davidson",
     "christoffel_kernel",
     "deflated_power_iteration",
+    "deflation_shift",
+    "eigensolver_memory",
+    "explicit_ritz",
+    "guard_levels",
+    "guard_miss_probability",
     "guard_stop_rule",
     "miss_probability",
     "missed_eigenvalue_guard",
+    "ritz_order",
     "thick_restart_lanczos",
     "top_eigenspace",
 ]

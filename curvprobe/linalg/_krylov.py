@@ -14,24 +14,50 @@ is an ``(N, b)`` tensor, an orthonormal basis an ``(N, m)`` tensor ``Q`` with
 * :func:`project_out` — ``W − Q C`` with ``C = Qᵀ W``, one pass plus a second
   one only where the DGKS test asks for it (a column lost more than
   ``1 − 1/√2`` of its norm).
-* :func:`random_unit` — a unit vector drawn from ``N(0, I)`` on a CPU
-  generator (the draws do not depend on the device), orthogonal to a basis.
+* :func:`random_unit` — a unit vector drawn from ``N(0, I)`` on the
+  generator's device, orthogonal to a basis.
 * :func:`next_block` — an orthonormal basis of a residual block, with random
   replacements for columns that vanished (an invariant subspace was found).
 * :class:`KrylovRun` — what one solver run returns: Ritz pairs and the factor
   ``A U − U Θ = F Sᵀ`` of their residuals.
+* :func:`ritz_order` — which Ritz values a solve wants (:data:`WHICH`).
+* :func:`basis_t_matmul`, :func:`basis_matmul` — ``Qᵀ W`` and ``Q C`` for a
+  basis stored in float32: float64 arithmetic on chunks of rows, so no
+  float64 copy of the basis is ever made.
+* :func:`explicit_ritz` — Rayleigh–Ritz on a subspace with its image from
+  real operator products, and explicit residuals.
+
+Basis storage (``basis_dtype``): a basis may be stored in float32 to halve
+its memory; every product with it (Gram coefficients, projections,
+combinations) is then computed in float64 on row chunks of at most
+:data:`GRAM_CHUNK_BYTES` bytes, and the operator is applied to the stored
+(rounded) vectors, so the Lanczos relation holds for what is stored.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from curvprobe.core.operators import LinearOperator
+
 DGKS = 2**-0.5
 """Re-orthogonalise when a projection removed more than ``1 − 1/√2`` of a
 column's norm (Daniel, Gragg, Kaufman & Stewart)."""
+
+WHICH = ("largest", "smallest", "both_ends", "magnitude")
+"""Which end of the spectrum a solve wants: the algebraically largest, the
+algebraically smallest, ``⌈D/2⌉`` largest and ``⌊D/2⌋`` smallest (scipy's
+``"BE"``), or the largest in absolute value."""
+
+BASIS_DTYPES = (torch.float64, torch.float32)
+"""Storage dtypes of a Krylov basis (arithmetic is float64 either way)."""
+
+GRAM_CHUNK_BYTES = 2**22
+"""Bytes of the float64 copy of one row chunk of a float32 basis (4 MiB)."""
 
 
 @dataclass
@@ -64,6 +90,60 @@ class KrylovRun:
     T: Tensor
     basis: Tensor | None = None
     image: Tensor | None = None
+    scale: float = math.nan
+
+
+def ritz_order(theta: Tensor, which: str) -> Tensor:
+    """Preference order of Ritz values ``theta`` (s,), sorted decreasing: an
+    index tensor (s,) whose first ``nev`` entries are the wanted pairs for
+    any ``nev``.
+
+    ``"largest"``: as sorted; ``"smallest"``: reversed; ``"both_ends"``:
+    largest, smallest, second largest, second smallest, …; ``"magnitude"``:
+    by ``|θ|`` decreasing (stable).
+    """
+    s = theta.shape[0]
+    if which == "largest":
+        return torch.arange(s, device=theta.device)
+    if which == "smallest":
+        return torch.arange(s - 1, -1, -1, device=theta.device)
+    if which == "both_ends":
+        up = torch.arange(s, device=theta.device)
+        return torch.stack([up, up.flip(0)], dim=1).reshape(-1)[:s]
+    if which == "magnitude":
+        return theta.abs().argsort(descending=True, stable=True)
+    raise ValueError(f"unknown which {which!r}; valid: {', '.join(WHICH)}")
+
+
+def _row_chunk(N: int, m: int) -> int:
+    """Rows of an (N, m) float64 chunk of at most :data:`GRAM_CHUNK_BYTES` bytes."""
+    return max(1, min(N, GRAM_CHUNK_BYTES // (8 * max(m, 1))))
+
+
+def basis_t_matmul(Q: Tensor, W: Tensor) -> Tensor:
+    """``Qᵀ W`` (m, b) in float64 for a basis ``Q`` (N, m) and ``W`` (N, b),
+    each stored in float64 or float32. Float32 operands are read in float64
+    row chunks (float64 products of the exactly converted entries, float64
+    sums)."""
+    if Q.dtype == W.dtype == torch.float64:
+        return Q.T @ W
+    step = _row_chunk(Q.shape[0], Q.shape[1] + W.shape[1])
+    out = torch.zeros(Q.shape[1], W.shape[1], dtype=torch.float64, device=W.device)
+    for a in range(0, Q.shape[0], step):
+        out += Q[a:a + step].double().T @ W[a:a + step].double()
+    return out
+
+
+def basis_matmul(Q: Tensor, C: Tensor) -> Tensor:
+    """``Q C`` (N, b) in float64 for a basis ``Q`` (N, m) stored in float64
+    or float32 and float64 ``C`` (m, b) (float32 ``Q``: float64 row chunks)."""
+    if Q.dtype == torch.float64:
+        return Q @ C
+    step = _row_chunk(Q.shape[0], Q.shape[1])
+    out = torch.empty(Q.shape[0], C.shape[1], dtype=torch.float64, device=C.device)
+    for a in range(0, Q.shape[0], step):
+        out[a:a + step] = Q[a:a + step].double() @ C
+    return out
 
 
 def orthonormalize_against(x: Tensor, Q: Tensor | None) -> Tensor:
@@ -74,7 +154,7 @@ def orthonormalize_against(x: Tensor, Q: Tensor | None) -> Tensor:
     """
     if Q is not None and Q.shape[1]:
         for _ in range(2):
-            x = x - Q @ (Q.T @ x)
+            x = x - Q @ (Q.T @ x) if Q.dtype == x.dtype else x - basis_matmul(Q, basis_t_matmul(Q, x))
     return x
 
 
@@ -82,29 +162,62 @@ def random_unit(n: int, generator: torch.Generator, device: torch.device,
                 against: Tensor | None = None) -> Tensor:
     """A random unit vector (n,) float64 orthogonal to the columns of ``against``.
 
-    Drawn from ``N(0, I_n)`` on ``generator`` (CPU), moved to ``device``,
+    Drawn from ``N(0, I_n)`` on ``generator`` (on its own device: no host
+    round trip when it is the operator's), moved to ``device``,
     orthogonalised by :func:`orthonormalize_against` and normalised.
     """
-    x = torch.randn(n, generator=generator, dtype=torch.float64).to(device)
+    x = torch.randn(n, generator=generator, dtype=torch.float64, device=generator.device).to(device)
     x = orthonormalize_against(x[:, None], against)[:, 0]
     return x / x.norm()
 
 
-def next_block(F: Tensor, Q: Tensor, generator: torch.Generator, floor: float) -> Tensor:
+def next_block(F: Tensor, Q: Tensor, generator: torch.Generator, floor: float,
+               first_norm: float | None = None) -> Tensor:
     """Orthonormal basis (N, b) of the residual block ``F`` (N, b).
 
     ``F`` is already orthogonal to ``Q`` (N, m); its columns are
     orthonormalised in turn, and a column with norm ≤ ``floor`` (an invariant
     subspace was found) is replaced by a fresh random direction orthogonal to
-    ``Q`` and the columns before it.
+    ``Q`` and the columns before it. ``first_norm``, if given, is
+    ``‖F[:, 0]‖`` already read on the host (the first column has no column
+    before it), so a single-vector step reads no norm here.
     """
     X = F.clone()
     for j in range(X.shape[1]):
         x = orthonormalize_against(X[:, j : j + 1], X[:, :j])[:, 0]
-        norm = float(x.norm())
-        X[:, j] = x / norm if norm > floor else random_unit(
-            F.shape[0], generator, F.device, torch.cat([Q, X[:, :j]], dim=1))
+        norm = first_norm if j == 0 and first_norm is not None else float(x.norm())
+        X[:, j] = x / norm if norm > floor else _replacement(generator, Q, X[:, :j])
     return X
+
+
+def orthonormal_block(W: Tensor, gram: Tensor, Q: Tensor, generator: torch.Generator,
+                      floor: float) -> Tensor:
+    """Orthonormal basis (N, b) of the residual block ``W`` (N, b), ``W ⟂ Q``,
+    from its Gram matrix ``gram = Wᵀ W`` (b, b) already on the host.
+
+    Two Cholesky–QR passes, ``X = W L⁻ᵀ`` with ``gram = L Lᵀ``, then once more
+    on ``X``: the host reads one more (b, b) Gram matrix and nothing of size
+    N. ``L``'s diagonal holds the Gram–Schmidt norms of the columns; when one
+    is ≤ ``floor`` (an invariant subspace) or the block is ill-conditioned
+    (diagonal ratio below 1e-6, where one pass loses orthogonality), the
+    block is orthonormalised column by column by :func:`next_block` instead.
+    """
+    L, info = torch.linalg.cholesky_ex(gram)
+    diagonal = L.diagonal()
+    if int(info) != 0 or float(diagonal.min()) <= max(floor, 1e-6 * float(diagonal.max())):
+        return next_block(W, Q, generator, floor)
+    X = W @ torch.linalg.inv(L).T.to(W.device)
+    L2, info = torch.linalg.cholesky_ex((X.T @ X).cpu())
+    return X @ torch.linalg.inv(L2).T.to(W.device) if int(info) == 0 else next_block(W, Q, generator, floor)
+
+
+def _replacement(generator: torch.Generator, Q: Tensor, X: Tensor) -> Tensor:
+    """A random unit vector orthogonal to the basis ``Q`` (N, m) and the
+    float64 columns ``X`` (N, j)."""
+    if Q.dtype == X.dtype:
+        return random_unit(X.shape[0], generator, X.device, torch.cat([Q, X], dim=1))
+    x = orthonormalize_against(random_unit(X.shape[0], generator, X.device, Q)[:, None], X)[:, 0]
+    return x / x.norm()
 
 
 def project_out(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,13 +226,68 @@ def project_out(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     Classical Gram–Schmidt with the DGKS test: a second pass only when the
     first removed more than ``1 − 1/√2`` of a column's norm (the reads of
     ``Q`` dominate a Lanczos step's own cost). ``C`` sums the coefficients of
-    both passes.
+    both passes. The test reads ``b`` flags on the host. ``Q`` may be stored
+    in float32 (:func:`basis_t_matmul`); ``W`` and ``C`` are float64.
     """
     before = W.norm(dim=0)
-    C = Q.T @ W
-    W = torch.addmm(W, Q, C, alpha=-1)
+    C = basis_t_matmul(Q, W)
+    W = torch.addmm(W, Q, C, alpha=-1) if Q.dtype == W.dtype else W - basis_matmul(Q, C)
     if bool((W.norm(dim=0) < DGKS * before).any()):
-        C2 = Q.T @ W
-        W.addmm_(Q, C2, alpha=-1)
+        C2 = basis_t_matmul(Q, W)
+        if Q.dtype == W.dtype:
+            W.addmm_(Q, C2, alpha=-1)
+        else:
+            W -= basis_matmul(Q, C2)
         C += C2
     return W, C
+
+
+def explicit_ritz(op: LinearOperator, X: Tensor, nev: int, which: str = "largest",
+                  scale: float = math.nan, *, keep_residuals: bool = True) -> KrylovRun:
+    """Rayleigh–Ritz on ``span(X)`` (N, p) with its image from ``p`` real
+    products, and explicit residuals: the certificate of a solve whose basis
+    was stored in float32.
+
+    ``X`` is orthonormalised in place (two Cholesky–QR passes, float64),
+    ``A X`` is applied (``p`` products, one ``matmat``), ``T = Xᵀ A X``
+    (p, p) is diagonalised (``T S = S Θ``, ordered by ``which``, see
+    :func:`ritz_order`) and the ``nev`` wanted pairs are ``U = X S``,
+    ``R = (A X) S − U Θ``, ``‖A u − θ u‖ = ‖r‖``: residuals of the returned
+    float64 vectors from real products, not from a recurrence. Memory: ``X``
+    (overwritten) and one (N, p) float64 image (the combinations are done in
+    place on row chunks).
+
+    Returns
+    -------
+    KrylovRun
+        ``nev`` pairs, ``F = R`` (N, nev) and ``S = I`` — or, without
+        ``keep_residuals``, an empty factor (N, 0), (nev, 0) and ``R`` freed
+        (a guard then computes the residuals of its repairs from real
+        products as well) — ``T`` the projected matrix (on the host),
+        ``scale`` as given.
+    """
+    for _ in range(2):
+        R_chol = torch.linalg.cholesky((X.T @ X).cpu()).to(X.device)
+        _rows_times_(X, torch.linalg.inv(R_chol).T)
+    AX = op.matmat(X)
+    T = (X.T @ AX).cpu()
+    theta, S = torch.linalg.eigh(0.5 * (T + T.T))
+    theta, S = theta.flip(0), S.flip(1)
+    order = ritz_order(theta, which)[:nev]
+    theta, S = theta[order].to(X.device), S[:, order].to(X.device)
+    U, AU = _rows_times_(X, S), _rows_times_(AX, S)
+    R = AU.sub_(U * theta)
+    residuals, width = R.norm(dim=0), nev if keep_residuals else 0
+    return KrylovRun(theta, U, residuals, R if keep_residuals else R[:, :0],
+                     torch.eye(nev, width, dtype=torch.float64, device=X.device), T, scale=scale)
+
+
+def _rows_times_(X: Tensor, C: Tensor) -> Tensor:
+    """``X C`` for ``X`` (N, p), ``C`` (p, q) with ``q ≤ p``, written into the
+    first ``q`` columns of ``X`` row chunk by row chunk (no (N, q) copy);
+    returns that (N, q) view."""
+    step = _row_chunk(X.shape[0], X.shape[1])
+    q = C.shape[1]
+    for a in range(0, X.shape[0], step):
+        X[a:a + step, :q] = X[a:a + step] @ C
+    return X[:, :q]

@@ -27,6 +27,14 @@ with explicit residuals ``R`` (N, nev) (memory ``2 × N × basis_size``).
   :func:`~curvprobe.linalg.lanczos.thick_restart_lanczos` from the sum of its
   Ritz vectors.
 
+Which pairs (``which``): the Ritz values are put in the order of
+:func:`~curvprobe.linalg._krylov.ritz_order`; for any end but the largest the
+residual scale is the largest ``|θ|`` of the Rayleigh–Ritz step (a lower
+bound on ``‖A‖``). With ``basis_dtype=torch.float32`` the basis and its image
+are stored in float32 (float64 Rayleigh–Ritz arithmetic on row chunks); the
+residuals are then estimates at float32 round-off of ``A Q``, and the caller
+certifies with :func:`~curvprobe.linalg._krylov.explicit_ritz`.
+
 The measurements behind the block size and the reach are in
 ``docs/performance.md``.
 """
@@ -39,7 +47,14 @@ import torch
 from torch import Tensor
 
 from curvprobe.core.operators import LinearOperator
-from curvprobe.linalg._krylov import KrylovRun, next_block, orthonormalize_against
+from curvprobe.linalg._krylov import (
+    KrylovRun,
+    basis_matmul,
+    basis_t_matmul,
+    next_block,
+    orthonormalize_against,
+    ritz_order,
+)
 
 DAVIDSON_BLOCK = 8
 """Residuals added per Davidson block (one batched ``matmat``)."""
@@ -47,7 +62,8 @@ DAVIDSON_BLOCK = 8
 
 def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_size: int,
                    max_matvecs: int, generator: torch.Generator, reach: float = math.inf,
-                   image: Tensor | None = None, keep_basis: bool = False) -> KrylovRun:
+                   image: Tensor | None = None, keep_basis: bool = False,
+                   which: str = "largest", basis_dtype: torch.dtype = torch.float64) -> KrylovRun:
     """Block Davidson (no preconditioner) for the ``nev`` largest eigenpairs,
     started from the subspace ``U0`` (N, p): the warm start.
 
@@ -75,6 +91,9 @@ def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basi
         ``A U0``, if known: the first block then costs no product.
     keep_basis : bool
         Also return the final ``Q`` and ``A Q``.
+    which : {"largest", "smallest", "both_ends", "magnitude"}
+    basis_dtype : torch.float64 or torch.float32
+        Storage of ``Q`` and ``A Q``.
 
     Returns
     -------
@@ -85,7 +104,7 @@ def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basi
     n = op.shape[0]
     m = min(max(basis_size, 2 * nev), n)
     if image is None:
-        Q = AQ = torch.empty(n, 0, dtype=torch.float64, device=op.device)
+        Q = AQ = torch.empty(n, 0, dtype=basis_dtype, device=op.device)
         Z = next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
     else:
         Q, AQ, Z = U0, image, None
@@ -94,27 +113,30 @@ def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basi
         if Z is not None:
             AZ = op.matmat(Z)
             used += Z.shape[1]
-            Q, AQ = torch.cat([Q, Z], dim=1), torch.cat([AQ, AZ], dim=1)
-        T = Q.T @ AQ
+            Q, AQ = torch.cat([Q, Z.to(basis_dtype)], dim=1), torch.cat([AQ, AZ.to(basis_dtype)], dim=1)
+        T = basis_t_matmul(Q, AQ)
         theta, S = torch.linalg.eigh(0.5 * (T + T.T))
         theta, S = theta.flip(0), S.flip(1)
+        order = ritz_order(theta, which)
+        theta, S = (theta, S) if which == "largest" else (theta[order], S[:, order])
         wanted = min(nev, Q.shape[1])
-        X, AX = Q @ S[:, :wanted], AQ @ S[:, :wanted]
+        X, AX = basis_matmul(Q, S[:, :wanted]), basis_matmul(AQ, S[:, :wanted])
         R = AX - X * theta[:wanted]
         res = R.norm(dim=0)
-        top = float(theta[:wanted].abs().max())
+        top = float((theta[:wanted] if which == "largest" else theta).abs().max())
         open_ = res > tol * top
         far = first and bool((res > reach * tol * top).any())
         first = False
         if far or (not bool(open_.any()) and wanted == nev) or used >= max_matvecs or Q.shape[1] >= n:
             return KrylovRun(theta[:wanted], X, res, R,
                              torch.eye(wanted, dtype=torch.float64, device=op.device), T,
-                             Q if keep_basis else None, AQ if keep_basis else None)
+                             Q if keep_basis else None, AQ if keep_basis else None, top)
         idx = torch.nonzero(open_)[:, 0]
         room = min(DAVIDSON_BLOCK, max_matvecs - used, n - Q.shape[1])
         idx = idx[res[idx].argsort(descending=True)[: max(1, room)]]
         if Q.shape[1] + idx.numel() > m:  # restart from the best Ritz vectors
             keep = max(wanted, min(m - idx.numel(), nev + (m - nev) // 2))
-            Q, AQ = Q @ S[:, :keep], AQ @ S[:, :keep]
+            Q = basis_matmul(Q, S[:, :keep]).to(basis_dtype)
+            AQ = basis_matmul(AQ, S[:, :keep]).to(basis_dtype)
         Z = next_block(orthonormalize_against(R[:, idx], Q), Q, generator,
                        1e-14 * max(top, 1e-300))

@@ -41,9 +41,45 @@ Method ``"lanczos"`` (default) composes the solvers of this package:
    (``P = I − U Uᵀ``), repairs missed eigenvalues, and bounds the probability
    that one above ``θ_D + tol·|θ_1|`` went unseen.
 
+Method ``"block"``: the cold start runs block Lanczos from ``b`` random
+vectors (``block_size``, default :data:`BLOCK_SIZE`), one batched ``matmat``
+of ``b`` products per step — the fastest HVP path per vector — and the same
+guard certifies it. A block of ``b ≥ 2`` vectors also sees up to ``b``
+copies of a repeated eigenvalue; it needs more products than single-vector
+Lanczos, fewer seconds when batched products are cheap enough
+(``docs/performance.md``). Warm starts are block Davidson either way.
+
 Method ``"power"``: :func:`~curvprobe.linalg.power.deflated_power_iteration`,
 the reference baseline (no guard; stops on the eigenvalue, not the
 residual).
+
+Which end (``which``):
+
+* ``"largest"`` (default): as above; residuals relative to ``s = |θ_1|``,
+  the guard certifies no eigenvalue above ``θ_D + tol·s`` went unseen.
+* ``"smallest"``: the ``D`` algebraically smallest pairs (the most negative
+  curvature: is ``w*`` a minimum?); the guard certifies that no eigenvalue
+  below ``θ_(D) − tol·s`` (the D-th smallest) went unseen.
+* ``"both_ends"``: ``⌈D/2⌉`` largest and ``⌊D/2⌋`` smallest from one Krylov
+  space (scipy's ``"BE"``); the guard checks both levels in one run.
+* ``"magnitude"``: the ``D`` largest ``|λ|``; no eigenvalue with
+  ``|λ| > |θ|_(D) + tol·s`` went unseen.
+
+Except for ``"largest"``, ``s`` is the largest ``|θ|`` of any Ritz value the
+solve saw — a lower bound on ``‖A‖`` that converges first — because the
+wanted values may sit near zero (the bottom of a Hessian spectrum), where a
+residual relative to themselves is out of reach. So what is certified at
+every end is: ``‖A u_i − θ_i u_i‖ ≤ tol · s ≤ tol · ‖A‖`` for every pair,
+and the guard's miss bound (a sum over the ends it checks) for the
+eigenvalues beyond its levels (:func:`~curvprobe.linalg.guard.guard_levels`).
+The same semantics hold for every method and warm start.
+
+Basis storage (``basis_dtype``): ``torch.float32`` stores the Lanczos and
+Davidson bases in float32 (half the memory, :func:`eigensolver_memory`),
+with float64 Gram and Rayleigh–Ritz arithmetic. The returned vectors are
+float64, and their residuals come from ``D`` real products on them
+(:func:`~curvprobe.linalg._krylov.explicit_ritz`), not from the recurrence,
+so ``converged`` is true only where the true residual is within ``tol``.
 
 The measured HVP counts and wall times behind these choices (warm against
 cold, carried bases, guard lengths) are in ``docs/performance.md``; the role
@@ -58,15 +94,18 @@ import torch
 from torch import Tensor
 
 from curvprobe.core.operators import LinearOperator
-from curvprobe.linalg._krylov import KrylovRun, random_unit
+from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_ritz, random_unit, ritz_order
 from curvprobe.linalg.davidson import block_davidson
 from curvprobe.linalg.guard import GuardResult, missed_eigenvalue_guard
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 from curvprobe.linalg.power import deflated_power_iteration
 from curvprobe.linalg.result import Eigenspace
 
-METHODS = ("lanczos", "power")
+METHODS = ("lanczos", "block", "power")
 """Valid values of ``top_eigenspace(method=...)``."""
+
+BLOCK_SIZE = 4
+"""Default block of ``method="block"`` (measurements in ``docs/performance.md``)."""
 
 _DAVIDSON_REACH = 30.0  # warm start: Davidson blocks only from residuals ≤ 30 tol
 
@@ -112,44 +151,105 @@ def _check_args(op: LinearOperator, D: int, tol: float, method: str,
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
+def _check_variant(method: str, which: str, basis_dtype: torch.dtype, keep_basis: bool,
+                   block_size: int | None) -> int:
+    """Check ``which``, ``basis_dtype`` and ``block_size`` against the method;
+    return the block size of the cold start."""
+    if which not in WHICH:
+        raise ValueError(f"unknown which {which!r}; valid: {', '.join(WHICH)}")
+    if basis_dtype not in BASIS_DTYPES:
+        raise ValueError(f"basis_dtype must be torch.float64 or torch.float32, got {basis_dtype!r}")
+    if method == "power" and (which != "largest" or basis_dtype != torch.float64):
+        raise ValueError("method='power' solves which='largest' with a float64 basis only")
+    if keep_basis and basis_dtype != torch.float64:
+        raise ValueError("keep_basis=True keeps a float64 basis: use basis_dtype=torch.float64")
+    if block_size is not None and (method != "block" or isinstance(block_size, bool)
+                                   or int(block_size) != block_size or block_size < 1):
+        raise ValueError(f"block_size must be an integer >= 1 with method='block', got {block_size!r}")
+    return (BLOCK_SIZE if block_size is None else int(block_size)) if method == "block" else 1
+
+
+def _start_block(n: int, b: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """The cold start: a random unit vector (N, 1), or ``b`` Gaussian columns (N, b)."""
+    if b == 1:
+        return random_unit(n, generator, device)[:, None]
+    return torch.randn(n, b, generator=generator, dtype=torch.float64, device=generator.device).to(device)
+
+
+def _run_scale(run: KrylovRun, which: str) -> float:
+    """The residual scale of a run: ``max |θ|`` of its pairs (largest end),
+    else the largest ``|θ|`` it saw."""
+    top = float(run.values.abs().max())
+    return top if which == "largest" else max(run.scale, top)
+
+
 def _krylov_solve(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *, tol: float,
-                  basis_size: int, budget: int, generator: torch.Generator,
-                  keep_basis: bool) -> KrylovRun:
-    """The Ritz pairs before the guard: Lanczos from a random vector (cold),
-    or Davidson from ``init`` (warm), continued by Lanczos from the sum of its
-    Ritz vectors when a residual is still above ``tol`` and budget is left."""
+                  basis_size: int, budget: int, generator: torch.Generator, keep_basis: bool,
+                  which: str = "largest", block: int = 1,
+                  basis_dtype: torch.dtype = torch.float64) -> tuple[KrylovRun, float | None]:
+    """The Ritz pairs before the guard and their residual scale (None: the
+    run's ``max |θ|``, for ``which="largest"``). With a float32 basis the
+    pairs are re-certified from real products
+    (:func:`~curvprobe.linalg._krylov.explicit_ritz`)."""
+    run = _ritz_pairs(op, D, init, tol=tol, basis_size=basis_size, budget=budget,
+                      generator=generator, keep_basis=keep_basis, which=which, block=block,
+                      basis_dtype=basis_dtype)
+    scale = None if which == "largest" else _run_scale(run, which)
+    if basis_dtype != torch.float64:
+        run = explicit_ritz(op, run.vectors, run.vectors.shape[1], which,
+                            math.nan if scale is None else scale, keep_residuals=False)
+    return run, scale
+
+
+def _ritz_pairs(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *, tol: float,
+                basis_size: int, budget: int, generator: torch.Generator, keep_basis: bool,
+                which: str, block: int, basis_dtype: torch.dtype) -> KrylovRun:
+    """Lanczos from a random vector or block (cold), or Davidson from
+    ``init`` (warm), continued by Lanczos from the sum of its Ritz vectors
+    when a residual is still above ``tol`` and budget is left."""
     start = op.num_matvecs
     if init is None:
-        return thick_restart_lanczos(op, D, random_unit(op.shape[0], generator, op.device)[:, None],
+        return thick_restart_lanczos(op, D, _start_block(op.shape[0], block, generator, op.device),
                                      tol=tol, basis_size=basis_size, max_matvecs=budget,
-                                     generator=generator, keep_basis=keep_basis)
+                                     generator=generator, keep_basis=keep_basis, which=which,
+                                     basis_dtype=basis_dtype)
     U0, image = _warm_start(op, init, D, generator)
     run = block_davidson(op, D, U0, image=image, max_matvecs=budget, reach=_DAVIDSON_REACH, tol=tol,
-                         basis_size=basis_size, generator=generator, keep_basis=keep_basis)
+                         basis_size=basis_size, generator=generator, keep_basis=keep_basis,
+                         which=which, basis_dtype=basis_dtype)
     spent = op.num_matvecs - start
-    if bool((run.residuals > tol * float(run.values.abs().max())).any()) and spent < budget:
+    if bool((run.residuals > tol * _run_scale(run, which)).any()) and spent < budget:
         # the subspace moved far: Lanczos from the sum of its Ritz vectors
         run = thick_restart_lanczos(op, D, run.vectors.sum(dim=1, keepdim=True), tol=tol,
                                     basis_size=basis_size, max_matvecs=budget - spent,
-                                    generator=generator, keep_basis=keep_basis)
+                                    generator=generator, keep_basis=keep_basis, which=which,
+                                    basis_dtype=basis_dtype)
     return run
 
 
 def _certified(op: LinearOperator, run: KrylovRun, checked: GuardResult, D: int, tol: float,
-               start: int, start_cost: float) -> Eigenspace:
-    """The top ``D`` pairs of the guarded run, sorted, with relative residuals
-    and the work spent since ``start`` / ``start_cost``."""
+               start: int, start_cost: float, which: str = "largest", scale: float | None = None,
+               method: str = "lanczos") -> Eigenspace:
+    """The ``D`` pairs of the guarded run that ``which`` selects, sorted
+    decreasing, with relative residuals and the work spent since ``start`` /
+    ``start_cost``."""
     values, vectors, residuals = checked.values, checked.vectors, checked.residuals
     # pairs merged by a repair lie outside the run's basis: it cannot be kept
     basis, image = (None, None) if checked.repaired else (run.basis, run.image)
-    order = values.argsort(descending=True)[:D]
-    scale = float(values[order].abs().max())
+    if which == "largest":
+        order = values.argsort(descending=True)[:D]
+        scale = float(values[order].abs().max())
+    else:
+        desc = values.argsort(descending=True)
+        chosen = desc[ritz_order(values[desc], which)[:D]]
+        order = chosen[values[chosen].argsort(descending=True)]
+    assert scale is not None
     rel = residuals[order] / scale if scale > 0 else residuals[order]
     converged = (rel <= tol) & checked.certified
     return Eigenspace(values[order].clone(), vectors[:, order].contiguous(), rel,
-                      op.num_matvecs - start, converged, tol, "lanczos", checked.guard_value,
+                      op.num_matvecs - start, converged, tol, method, checked.guard_value,
                       checked.miss_probability, op.cost - start_cost, basis, image,
-                      op if basis is not None else None)
+                      op if basis is not None else None, which, scale, checked.guard_low)
 
 
 def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str = "lanczos",
@@ -157,8 +257,10 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
                    max_matvecs: int | None = None, basis_size: int | None = None,
                    guard_steps: int = 10, max_guard_rounds: int = 4,
                    max_miss_probability: float | None = None, keep_basis: bool = False,
-                   power_iters: int = 100, power_tol: float = 1e-4) -> Eigenspace:
-    """The ``D`` algebraically largest eigenpairs of the symmetric ``op``.
+                   power_iters: int = 100, power_tol: float = 1e-4, which: str = "largest",
+                   basis_dtype: torch.dtype = torch.float64, block_size: int | None = None) -> Eigenspace:
+    """``D`` certified eigenpairs of the symmetric ``op``: the largest, the
+    smallest, both ends or the largest in magnitude.
 
     Parameters
     ----------
@@ -167,10 +269,12 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     D : int
         Number of eigenpairs, ``1 ≤ D < N``.
     tol : float
-        Relative residual target ``‖A u − θ u‖ ≤ tol · |θ_1|``.
-    method : {"lanczos", "power"}
+        Relative residual target ``‖A u − θ u‖ ≤ tol · s``
+        (:attr:`~curvprobe.linalg.result.Eigenspace.scale`; ``|θ_1|`` by default).
+    method : {"lanczos", "block", "power"}
+        ``"block"``: a cold start by block Lanczos on ``block_size`` vectors.
     seed : int
-        Seeds the start and guard vectors (a CPU ``torch.Generator``).
+        Seeds the start and guard vectors (a generator on the operator's device).
     init : Tensor (N, p) or Eigenspace, optional
         Warm start from a previous subspace (the next k, the next checkpoint).
         An Eigenspace solved with ``keep_basis=True`` whose operator ``op``
@@ -182,7 +286,7 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         hits it returns with ``converged`` False where not certified.
     basis_size : int, optional
         Lanczos basis bound (default ``max(3 D, D + 40)``): memory is
-        ``N × (basis_size + 1)`` float64.
+        ``N × (basis_size + 1)`` in ``basis_dtype`` (:func:`eigensolver_memory`).
     guard_steps : int
         Lanczos steps of the missed-eigenvalue guard (0 disables it; the
         result then cannot be certified and ``converged`` is all False).
@@ -191,32 +295,40 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     max_miss_probability : float, optional
         Certify only if :attr:`~curvprobe.linalg.result.Eigenspace.miss_probability`
         falls to this level; the guard then stops as soon as it does, within
-        ``guard_steps`` (raise both together: the steps a given level needs
-        on the built-in models are in ``docs/performance.md``). Default: the
-        guard's fixed ``guard_steps`` certify and the bound is only reported.
+        ``guard_steps`` (raise both together: ``docs/performance.md``).
+        Default: the guard's fixed ``guard_steps`` certify, the bound is reported.
     keep_basis : bool
         Return the final basis and its image (memory 2 × N × basis_size
         float64) for a carried warm start at the next k.
     power_iters, power_tol :
         Iteration cap and eigenvalue-change tolerance of ``method="power"``.
+    which : {"largest", "smallest", "both_ends", "magnitude"}
+        Which pairs (module docstring: what each certifies).
+    basis_dtype : torch.float64 or torch.float32
+        Krylov basis storage; float32 halves it and adds ``D`` products.
+    block_size : int, optional
+        Block of ``method="block"`` (default :data:`BLOCK_SIZE`).
 
     Returns
     -------
     Eigenspace
     """
     _check_args(op, D, tol, method, max_miss_probability)
-    generator = torch.Generator().manual_seed(int(seed))
+    block = _check_variant(method, which, basis_dtype, keep_basis, block_size)
+    generator = torch.Generator(device=op.device).manual_seed(int(seed))
     budget = int(max_matvecs) if max_matvecs is not None else max(40 * D, 400)
     start, start_cost = op.num_matvecs, op.cost
     if method == "power":
         return deflated_power_iteration(op, D, tol=tol, generator=generator, budget=budget,
                                         iters=power_iters, change_tol=power_tol, start=start)
     m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
-    run = _krylov_solve(op, D, init, tol=tol, basis_size=m, budget=budget, generator=generator,
-                        keep_basis=keep_basis)
+    run, scale = _krylov_solve(op, D, init, tol=tol, basis_size=m, budget=budget,
+                               generator=generator, keep_basis=keep_basis, which=which, block=block,
+                               basis_dtype=basis_dtype)
     checked = missed_eigenvalue_guard(op, run, D, tol=tol, steps=guard_steps,
                                       max_rounds=max_guard_rounds,
                                       max_miss_probability=max_miss_probability, basis_size=m,
                                       max_matvecs=budget - (op.num_matvecs - start),
-                                      generator=generator)
-    return _certified(op, run, checked, D, tol, start, start_cost)
+                                      generator=generator, which=which, scale=scale,
+                                      basis_dtype=basis_dtype)
+    return _certified(op, run, checked, D, tol, start, start_cost, which, scale, method)

@@ -47,6 +47,21 @@ nothing about what it does not. Only an invariant subspace of the start
 (relative residual :data:`GUARD_TOL`) ends it early. How many steps the
 bound needs in practice, and the failures that shaped these rules, are in
 ``docs/performance.md``.
+
+Both ends (``which``, :data:`~curvprobe.linalg._krylov.WHICH`). The guard
+checks an interval ``[ℓ_lo, ℓ_hi]`` (:func:`guard_levels`): an eigenvalue of
+``P A P`` outside it was missed. ``"largest"``: ``ℓ_hi = θ_D + tol·s``,
+``ℓ_lo = −∞`` (the rule above); ``"smallest"``: ``ℓ_lo = θ_(D) − tol·s`` (the
+D-th smallest), ``ℓ_hi = +∞``; ``"both_ends"``: ``ℓ_hi`` from the ``⌈D/2⌉``-th
+largest and ``ℓ_lo`` from the ``⌊D/2⌋``-th smallest; ``"magnitude"``:
+``ℓ_hi = −ℓ_lo = |θ|_(D) + tol·s``, the D-th largest ``|θ|``. One guard run
+sees both ends of ``P A P`` (its bottom Ritz value is an upper bound on the
+smallest eigenvalue not yet found, as its top one is a lower bound on the
+largest), and ``K_j`` grows below its smallest Ritz value as it does above
+the largest, so the miss bound of a two-sided guard is the sum of the bounds
+at ``ℓ_hi`` and ``ℓ_lo`` (a union bound). A miss is repaired at its end
+(:func:`~curvprobe.linalg.lanczos.thick_restart_lanczos` with
+``which="largest"`` or ``"smallest"`` from the guard's extreme Ritz vector).
 """
 
 from __future__ import annotations
@@ -60,7 +75,7 @@ from scipy.special import betainc
 from torch import Tensor
 
 from curvprobe.core.operators import DeflatedOperator, LinearOperator
-from curvprobe.linalg._krylov import KrylovRun, random_unit
+from curvprobe.linalg._krylov import KrylovRun, explicit_ritz, orthonormalize_against, random_unit
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 
 GUARD_TOL = 1e-10
@@ -111,21 +126,65 @@ def miss_probability(kernel: float, dim: int) -> float:
     return float(betainc(0.5, 0.5 * (dim - 1), min(1.0, 1.0 / kernel)))
 
 
-def guard_stop_rule(level: float, dim: int, target: float | None) -> Callable[[Tensor, float], bool]:
+def guard_levels(values: Tensor, D: int, tol: float, scale: float, which: str) -> tuple[float, float]:
+    """The guard's interval ``(ℓ_lo, ℓ_hi)`` for found Ritz values ``values``
+    (D',), ``D' ≥ D``: an eigenvalue outside it that the found pairs do not
+    hold was missed (see the module docstring; ``s = scale``)."""
+    desc = values.sort(descending=True).values
+    if which == "largest":
+        return -math.inf, float(desc[D - 1]) + tol * scale  # θ_D + tol·|θ_1|
+    if which == "smallest":
+        return float(desc[-D]) - tol * scale, math.inf
+    if which == "both_ends":
+        low = float(desc[-(D // 2)]) - tol * scale if D // 2 else -math.inf
+        return low, float(desc[(D + 1) // 2 - 1]) + tol * scale
+    level = float(values.abs().sort(descending=True).values[D - 1]) + tol * scale
+    return -level, level
+
+
+def deflation_shift(low: float, high: float, scale: float, which: str) -> float:
+    """Where the guard's deflated operator puts the found directions
+    (:class:`~curvprobe.core.operators.DeflatedOperator`): at 0 for
+    ``"largest"`` (the rule since the first release), at ``s`` for
+    ``"smallest"``, at the middle of ``[ℓ_lo, ℓ_hi]`` for ``"both_ends"``
+    and at 0 for ``"magnitude"`` — inside the interval the guard does not
+    search, so round-off in ``span(V)`` cannot pass for a missed eigenvalue."""
+    if which == "smallest":
+        return scale
+    if which == "both_ends" and math.isfinite(low):
+        return 0.5 * (low + high)
+    return 0.0
+
+
+def guard_miss_probability(T: Tensor, low: float, high: float, dim: int) -> float:
+    """Miss bound of a guard run with projected matrix ``T`` for the interval
+    ``[low, high]``: :func:`miss_probability` of :func:`christoffel_kernel`
+    at each finite end, summed (a union bound over the two ends), at most 1."""
+    total = 0.0
+    if math.isfinite(high):
+        total += miss_probability(christoffel_kernel(T, high), dim)
+    if math.isfinite(low):
+        total += miss_probability(christoffel_kernel(T, low), dim)
+    return min(1.0, total)
+
+
+def guard_stop_rule(level: float, dim: int, target: float | None, *,
+                    low: float = -math.inf) -> Callable[[Tensor, float], bool]:
     """Stop rule of a guard run, as the ``until`` of
     :func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`.
 
     ``until(T, θ_1)`` is true when the top Ritz value ``θ_1`` exceeds
-    ``level`` (an eigenvalue was missed), or the miss bound
-    ``miss_probability(christoffel_kernel(T, level), dim)`` fell to
-    ``target`` (if given). Not the convergence of its own top Ritz pair:
-    that pair converges to the top of what the start vector sees, which says
-    nothing about what it does not.
+    ``level`` or the bottom one of ``T`` falls below ``low`` (an eigenvalue
+    was missed), or the miss bound :func:`guard_miss_probability` fell to
+    ``target`` (if given). Not the convergence of its own extreme Ritz
+    pairs: they converge to the ends of what the start vector sees, which
+    says nothing about what it does not.
     """
 
     def until(T: Tensor, top: float) -> bool:
-        return (top > level
-                or (target is not None and miss_probability(christoffel_kernel(T, level), dim) <= target))
+        if top > level or (low > -math.inf and float(torch.linalg.eigvalsh(T)[0]) < low):
+            return True
+        return target is not None and guard_miss_probability(T, low, level, dim) <= target
 
     return until
 
@@ -146,14 +205,17 @@ class GuardResult:
     guard_value : float
         Top Ritz value of the last guard run (NaN if none ran).
     miss_probability : float
-        :func:`miss_probability` of the passing guard run at the level ``ℓ``
-        (NaN if no guard passed).
+        :func:`guard_miss_probability` of the passing guard run at its
+        levels (NaN if no guard passed).
     certified : bool
         A guard passed (and, with a target, its bound reached it), or the
         found pairs leave no complement to search.
     repaired : bool
         Pairs were merged from outside the run's basis (which then no longer
         spans them).
+    guard_low : float
+        Bottom Ritz value of the last two-sided guard run (NaN for
+        ``which="largest"``, whose guard checks the top only).
     """
 
     values: Tensor
@@ -163,13 +225,15 @@ class GuardResult:
     miss_probability: float
     certified: bool
     repaired: bool
+    guard_low: float = math.nan
 
 
 def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: float,
                             steps: int, max_rounds: int, max_miss_probability: float | None,
-                            basis_size: int, max_matvecs: int,
-                            generator: torch.Generator) -> GuardResult:
-    """Check a solver run for missed eigenvalues above its ``D``-th, and repair it.
+                            basis_size: int, max_matvecs: int, generator: torch.Generator,
+                            which: str = "largest", scale: float | None = None,
+                            basis_dtype: torch.dtype = torch.float64) -> GuardResult:
+    """Check a solver run for missed eigenvalues beyond its ``D``-th, and repair it.
 
     Parameters
     ----------
@@ -178,9 +242,9 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
     run : KrylovRun
         At least ``D`` Ritz pairs of ``op`` with the residual factor ``F, S``.
     D : int
-        Number of wanted eigenpairs: the level is ``θ_D + tol · |θ_1|``.
+        Number of wanted eigenpairs: the levels are :func:`guard_levels`.
     tol : float
-        Relative tolerance of the solve (level and repairs).
+        Relative tolerance of the solve (levels and repairs).
     steps : int
         Lanczos steps per guard run (0 disables the guard: not certified).
     max_rounds : int
@@ -194,6 +258,13 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         Operator products the guard may spend, repairs included.
     generator : torch.Generator
         Draws the guard's random starts.
+    which : {"largest", "smallest", "both_ends", "magnitude"}
+        The end(s) the run solved for; the guard checks the same.
+    scale : float, optional
+        The scale ``s`` of the levels and repairs (default ``max |θ|`` of the run).
+    basis_dtype : torch.dtype
+        Basis storage of the guard and repair runs; with float32 a repair's
+        pairs are re-certified by :func:`~curvprobe.linalg._krylov.explicit_ritz`.
 
     Returns
     -------
@@ -202,9 +273,9 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
     n = op.shape[0]
     start = op.num_matvecs
     values, vectors, residuals = run.values, run.vectors, run.residuals
-    scale = float(values.abs().max())
+    scale = float(values.abs().max()) if scale is None else scale
     F, S = run.F, run.S
-    guard_value, miss, certified, repaired = math.nan, math.nan, False, False
+    guard_value, guard_low, miss, certified, repaired = math.nan, math.nan, math.nan, False, False
     for _ in range(max_rounds + 1):
         if steps <= 0 or vectors.shape[1] + 1 >= n:
             certified = steps > 0
@@ -212,31 +283,73 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         spent = op.num_matvecs - start
         if spent >= max_matvecs:
             break
-        level = float(values.sort(descending=True).values[D - 1]) + tol * scale  # θ_D + tol·|θ_1|
-        deflated = DeflatedOperator(op, vectors)
+        low, high = guard_levels(values, D, tol, scale, which)
+        deflated = DeflatedOperator(op, vectors, deflation_shift(low, high, scale, which))
         dim = n - vectors.shape[1]
-        x0 = random_unit(n, generator, op.device, vectors)
-        guard = thick_restart_lanczos(deflated, 1, x0[:, None], tol=GUARD_TOL, basis_size=steps,
-                                      max_matvecs=min(steps, max_matvecs - spent),
-                                      generator=generator, scale=scale,
-                                      until=guard_stop_rule(level, dim, max_miss_probability))
+        guard = _guard_run(deflated, random_unit(n, generator, op.device, vectors), steps,
+                           max_matvecs - spent, scale, (low, high, dim), max_miss_probability,
+                           generator, basis_dtype)
         guard_value = float(guard.values[0])
-        if guard_value <= level:
-            miss = miss_probability(christoffel_kernel(guard.T, level), dim)
+        guard_low = float(guard.values[-1]) if low > -math.inf else math.nan
+        if guard_value <= high and not guard_low < low:
+            miss = guard_miss_probability(guard.T, low, high, dim)
             certified = max_miss_probability is None or miss <= max_miss_probability
             break
-        # an eigenvalue above θ_D was missed: solve for it in the complement
-        spent = op.num_matvecs - start
-        extra = thick_restart_lanczos(deflated, min(D, n - vectors.shape[1] - 1),
-                                      guard.vectors[:, :1], tol=tol, basis_size=basis_size,
-                                      max_matvecs=max(max_matvecs - spent, 1),
-                                      generator=generator, scale=scale)
-        # A x = PAPx + V Vᵀ A x and Vᵀ A x = S Fᵀ x for x ⟂ V: exact residuals
-        leak = (S @ (F.T @ extra.vectors)).norm(dim=0)
-        values = torch.cat([values, extra.values])
-        vectors = torch.cat([vectors, extra.vectors], dim=1)
-        residuals = torch.cat([residuals, torch.sqrt(extra.residuals**2 + leak**2)])
-        F = torch.cat([F, extra.F], dim=1)
-        S = torch.block_diag(S, extra.S)
+        # an eigenvalue beyond a level was missed: solve for it in the complement
+        top = guard_value > high
+        side, x0 = ("largest", guard.vectors[:, :1]) if top else ("smallest", guard.vectors[:, -1:])
+        extra = _repair(deflated, min(D, n - vectors.shape[1] - 1), x0, tol=tol, basis_size=basis_size,
+                        max_matvecs=max(max_matvecs - (op.num_matvecs - start), 1), generator=generator,
+                        scale=scale, which=side, basis_dtype=basis_dtype)
+        values, vectors, residuals, F, S = _merge((values, vectors, residuals, F, S), extra)
         repaired = True  # the merged pairs lie outside the run's basis
-    return GuardResult(values, vectors, residuals, guard_value, miss, certified, repaired)
+    return GuardResult(values, vectors, residuals, guard_value, miss, certified, repaired, guard_low)
+
+
+def _merge(found: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], extra: KrylovRun
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The found ``(values, vectors, residuals, F, S)`` with the repair's
+    pairs appended. Their residuals are exact: ``A x = P A P x + V Vᵀ A x``
+    and ``Vᵀ A x = S Fᵀ x`` for ``x ⟂ V``."""
+    values, vectors, residuals, F, S = found
+    leak = (S @ (F.T @ extra.vectors)).norm(dim=0)
+    return (torch.cat([values, extra.values]), torch.cat([vectors, extra.vectors], dim=1),
+            torch.cat([residuals, torch.sqrt(extra.residuals**2 + leak**2)]),
+            torch.cat([F, extra.F], dim=1), torch.block_diag(S, extra.S))
+
+
+def _guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
+               levels: tuple[float, float, int], target: float | None, generator: torch.Generator,
+               basis_dtype: torch.dtype) -> KrylovRun:
+    """One guard run of at most ``steps`` single-vector Lanczos steps on the
+    deflated operator from ``x0``; ``levels = (ℓ_lo, ℓ_hi, dim)``. A
+    two-sided run (finite ``ℓ_lo``) wants both ends: its first pair is the
+    top, its last the bottom."""
+    low, high, dim = levels
+    two_sided = low > -math.inf
+    return thick_restart_lanczos(deflated, 2 if two_sided else 1, x0[:, None], tol=GUARD_TOL,
+                                 basis_size=steps, max_matvecs=min(steps, budget),
+                                 generator=generator, scale=scale,
+                                 until=guard_stop_rule(high, dim, target, low=low),
+                                 which="both_ends" if two_sided else "largest",
+                                 basis_dtype=basis_dtype)
+
+
+def _repair(deflated: DeflatedOperator, nev: int, x0: Tensor, *, tol: float, basis_size: int,
+            max_matvecs: int, generator: torch.Generator, scale: float, which: str,
+            basis_dtype: torch.dtype) -> KrylovRun:
+    """The missed pairs at one end of the deflated operator, from the guard's
+    extreme Ritz vector ``x0`` (N, 1). With a float32 basis the pairs are
+    projected off ``span(V)`` (its round-off), re-solved by
+    :func:`~curvprobe.linalg._krylov.explicit_ritz` and given their residuals
+    under ``A`` itself from real products (an empty residual factor, so the
+    merge adds nothing to them)."""
+    extra = thick_restart_lanczos(deflated, nev, x0, tol=tol, basis_size=basis_size,
+                                  max_matvecs=max_matvecs, generator=generator, scale=scale,
+                                  which=which, basis_dtype=basis_dtype)
+    if basis_dtype == torch.float64:
+        return extra
+    X = orthonormalize_against(extra.vectors, deflated.V)
+    run = explicit_ritz(deflated, X, X.shape[1], which, scale, keep_residuals=False)
+    run.residuals = (deflated.op.matmat(run.vectors) - run.vectors * run.values).norm(dim=0)
+    return run

@@ -11,7 +11,13 @@ orthonormal, and their certificate:
 * the work spent: operator products, and their cost in product units when
   part of it was carried from a previous solve.
 
-A pair is ``converged`` when ``r_i ≤ tol`` and the guard passed. Produced by
+A pair is ``converged`` when ``r_i ≤ tol`` and the guard passed.
+
+At the other ends (``which``; :func:`~curvprobe.linalg.eigensolver.top_eigenspace`)
+the residuals are relative to :attr:`Eigenspace.scale`, the largest ``|θ|``
+the solve saw (a lower bound on ``‖A‖``), and the guard certifies that no
+eigenvalue outside its interval ``[ℓ_lo, ℓ_hi]`` went unseen
+(:func:`~curvprobe.linalg.guard.guard_levels`). Produced by
 :func:`~curvprobe.linalg.eigensolver.top_eigenspace`; see ``docs/concepts.md``
 for the role of ``U_D`` in the stabilization criteria.
 """
@@ -34,11 +40,12 @@ class Eigenspace:
     Attributes
     ----------
     values : Tensor (D,) float64
-        Eigenvalue estimates ``θ_1 ≥ … ≥ θ_D`` (algebraically largest).
+        Eigenvalue estimates ``θ_1 ≥ … ≥ θ_D``, sorted decreasing whatever
+        ``which`` selected (the algebraically largest by default).
     vectors : Tensor (N, D) float64
         Orthonormal eigenvector estimates ``U_D``.
     residuals : Tensor (D,) float64
-        ``‖A u_i − θ_i u_i‖ / |θ_1|``.
+        ``‖A u_i − θ_i u_i‖ / s`` with ``s`` = :attr:`scale`.
     num_matvecs : int
         Operator products (vectors) used, guard included.
     converged : Tensor (D,) bool
@@ -66,6 +73,16 @@ class Eigenspace:
         can derive from ``operator`` (the next k) starts from all of ``Q``.
     operator : LinearOperator or None
         The operator solved, kept with the basis.
+    which : str
+        The pairs solved for: ``"largest"``, ``"smallest"``, ``"both_ends"``
+        (``⌈D/2⌉`` largest and ``⌊D/2⌋`` smallest) or ``"magnitude"``.
+    scale : float
+        ``s``, the residual and tolerance scale: ``|θ_1|`` for
+        ``"largest"``, else the largest ``|θ|`` of every Ritz value the solve
+        saw, a lower bound on ``‖A‖`` (so the certificate is conservative).
+    guard_low : float
+        Bottom Ritz value of the final two-sided guard run (NaN for
+        ``"largest"``): certified only if it is ≥ ``ℓ_lo``.
     """
 
     values: Tensor
@@ -81,6 +98,9 @@ class Eigenspace:
     basis: Tensor | None = field(default=None, repr=False, compare=False)
     basis_image: Tensor | None = field(default=None, repr=False, compare=False)
     operator: LinearOperator | None = field(default=None, repr=False, compare=False)
+    which: str = "largest"
+    scale: float = math.nan
+    guard_low: float = math.nan
 
     @property
     def D(self) -> int:

@@ -1,0 +1,181 @@
+"""A Krylov basis stored in float32: float64 arithmetic, an honest certificate
+from real products on the returned float64 vectors, and the memory model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from linalg_cases import check_certified, check_certified_end, random_symmetric, spectrum
+
+from curvprobe import MatrixOperator, top_eigenspace
+from curvprobe.core.operators import LinearOperator
+from curvprobe.linalg import eigensolver_memory, explicit_ritz
+from curvprobe.linalg._krylov import basis_t_matmul
+
+from conftest import dense_hessian
+
+
+class Recording(LinearOperator):
+    """A dense operator that records whether each column it is applied to is
+    exactly representable in float32 (a stored float32 basis vector)."""
+
+    def __init__(self, A: np.ndarray) -> None:
+        super().__init__(A.shape[0])
+        self.A = torch.as_tensor(A)
+        self.float32_columns = self.other_columns = 0
+
+    def _matmat(self, V):
+        exact = (V.float().double() == V).all(dim=0)
+        self.float32_columns += int(exact.sum())
+        self.other_columns += int((~exact).sum())
+        return self.A @ V
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["spread", "clustered", "degenerate", "negative", "bulk"]),
+       which=st.sampled_from(["largest", "smallest", "both_ends", "magnitude"]),
+       tol=st.sampled_from([1e-3, 1e-6, 1e-9, 1e-12]), D=st.integers(1, 8),
+       seed=st.integers(0, 2**32 - 1))
+def test_float32_converged_only_where_the_true_residual_is_within_tol(kind, which, tol, D, seed):
+    """Against the float64 operator: every pair flagged converged has a true
+    relative residual ≤ tol, and the reported residual is the true one — also
+    at tolerances below float32 round-off, where the recurrence's estimate
+    is not."""
+    rng = np.random.default_rng(seed)
+    A = random_symmetric(spectrum(kind, 120, rng), rng)
+    es = top_eigenspace(MatrixOperator(A), D, tol=tol, which=which, basis_dtype=torch.float32,
+                        seed=seed % 100, max_matvecs=600)
+    assert es.vectors.dtype == torch.float64
+    true = (torch.as_tensor(A) @ es.vectors - es.vectors * es.values).norm(dim=0) / es.scale
+    assert torch.allclose(true, es.residuals, rtol=1e-6, atol=1e-15)
+    assert bool((true[es.converged] <= tol).all())
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_float32_basis_is_stored_and_applied_in_float32(which):
+    """The Lanczos products are taken of float32-exact vectors (the stored
+    basis), the certificate's D products of float64 ones (the guard's of
+    deflated, projected ones); the result is certified against eigh."""
+    rng = np.random.default_rng(1)
+    A = random_symmetric(spectrum("spread", 200, rng), rng)
+    op = Recording(A)
+    bare = top_eigenspace(op, 6, tol=1e-6, which=which, basis_dtype=torch.float32, guard_steps=0)
+    assert op.float32_columns == bare.num_matvecs - 6 and op.other_columns == 6
+    ref = Recording(A)
+    top_eigenspace(ref, 6, tol=1e-6, which=which, guard_steps=0)
+    assert ref.float32_columns == 0
+    es = top_eigenspace(MatrixOperator(A), 6, tol=1e-6, which=which, basis_dtype=torch.float32)
+    check_certified_end(es, A, 6, 1e-6, which)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gpt"])
+def test_float32_basis_on_hessians(small_problems, name):
+    problem = small_problems[name]
+    es = top_eigenspace(problem.hessian_operator(), 5, tol=1e-6, basis_dtype=torch.float32)
+    check_certified(es, dense_hessian(problem).numpy(), 5, 1e-6)
+
+
+def test_float32_warm_start_and_block():
+    rng = np.random.default_rng(2)
+    A = random_symmetric(spectrum("clustered", 180, rng), rng)
+    A2 = A + 1e-4 * random_symmetric(rng.standard_normal(180), rng)
+    cold = top_eigenspace(MatrixOperator(A), 6, tol=1e-6, basis_dtype=torch.float32, method="block")
+    check_certified(cold, A, 6, 1e-6)
+    warm = top_eigenspace(MatrixOperator(A2), 6, tol=1e-6, basis_dtype=torch.float32, init=cold)
+    check_certified(warm, A2, 6, 1e-6)
+    with pytest.raises(ValueError, match="keep_basis"):
+        top_eigenspace(MatrixOperator(A), 6, basis_dtype=torch.float32, keep_basis=True)
+    with pytest.raises(ValueError, match="basis_dtype"):
+        top_eigenspace(MatrixOperator(A), 6, basis_dtype=torch.float16)
+
+
+def test_float32_gram_products_accumulate_in_float64():
+    """Qᵀ W of a float32 basis equals the float64 product of its exactly
+    converted entries (chunked), not a float32 product."""
+    gen = torch.Generator().manual_seed(0)
+    Q = torch.randn(50_000, 7, generator=gen).float()
+    W = torch.randn(50_000, 3, generator=gen, dtype=torch.float64)
+    exact = Q.double().T @ W
+    assert torch.allclose(basis_t_matmul(Q, W), exact, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose((Q.T @ W.float()).double(), exact, rtol=1e-9, atol=1e-9)
+
+
+def test_explicit_ritz_residuals_are_real():
+    rng = np.random.default_rng(3)
+    A = random_symmetric(spectrum("spread", 90, rng), rng)
+    X = torch.as_tensor(np.linalg.eigh(A)[1][:, -4:] + 1e-3 * rng.standard_normal((90, 4)))
+    op = MatrixOperator(A)
+    run = explicit_ritz(op, X.clone(), 4)
+    assert op.num_matvecs == 4
+    U = run.vectors
+    assert torch.allclose(U.T @ U, torch.eye(4, dtype=torch.float64), atol=1e-12)
+    R = torch.as_tensor(A) @ U - U * run.values
+    assert torch.allclose(R, run.F, atol=1e-12) and torch.allclose(R.norm(dim=0), run.residuals)
+    assert torch.all(run.values[:-1] >= run.values[1:])
+
+
+def test_memory_model_formula():
+    """The phases of the model: the repair phase is the peak at the default
+    basis (m = 3 D); the basis alone dominates when m ≫ D, and float32 halves it."""
+    N, m, D = 124_000_000, 60, 20
+    f64 = eigensolver_memory(N, m, torch.float64, D=D)
+    f32 = eigensolver_memory(N, m, torch.float32, D=D)
+    assert f64 == (D + 1) * N * 8 + (m + 1) * N * 8 + (D + 3) * N * 8 == 840 * N
+    assert f32 == D * N * 8 + (m + 1) * N * 4 + (D + 3) * N * 8 == 588 * N
+    big = 2000
+    ratio = eigensolver_memory(N, big, torch.float32, D=D) / eigensolver_memory(N, big, torch.float64, D=D)
+    assert 0.5 < ratio < 0.55
+    assert eigensolver_memory(N, m, torch.float32, D=D, hvp_bytes=7) == f32 + 7
+    assert eigensolver_memory(N, m, D=D, keep_basis=True) == f64 + 2 * m * N * 8
+    with pytest.raises(ValueError, match="basis_dtype"):
+        eigensolver_memory(N, m, torch.float16)
+
+
+MEMORY_CHILD = r"""
+import json, sys, torch
+from curvprobe import top_eigenspace
+from curvprobe.core.operators import LinearOperator
+
+class Diagonal(LinearOperator):
+    def __init__(self, d):
+        super().__init__(d.numel()); self.d = d
+    def _matmat(self, V):
+        return self.d[:, None] * V
+
+def peak_rss():  # VmHWM: this process's own high-water mark (ru_maxrss survives exec)
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+
+N, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
+gen = torch.Generator().manual_seed(0)
+d = torch.cat([torch.linspace(1.0, 0.9, 8, dtype=torch.float64),
+               0.85 * torch.rand(N - 8, generator=gen, dtype=torch.float64)])
+top_eigenspace(Diagonal(d[:1000].clone()), 2)  # warm up the allocator and kernels
+base = peak_rss()
+es = top_eigenspace(Diagonal(d), 8, tol=1e-6, basis_dtype=dtype, basis_size=24)
+peak = peak_rss()
+print(json.dumps({"grew": peak - base, "converged": es.all_converged}))
+"""
+
+
+def test_measured_peak_follows_the_memory_model():
+    """Peak resident memory of a solve that fills its basis (thick restarts),
+    in a fresh process, against the model (which leaves out the allocator's
+    caching: measured within +15 %), and the float32 basis's saving."""
+    N, grew = 1_000_000, {}
+    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(N), name], capture_output=True,
+                             text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["converged"]
+        grew[name] = result["grew"]
+        model = eigensolver_memory(N, 24, dtype, D=8)
+        assert 0.8 * model <= grew[name] <= 1.15 * model, (name, grew[name] / model)
+    assert grew["float32"] < 0.85 * grew["float64"]
