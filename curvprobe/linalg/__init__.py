@@ -12,11 +12,15 @@ One concept per module:
 * :mod:`~curvprobe.linalg.power` — :func:`deflated_power_iteration`, the
   reference baseline;
 * :mod:`~curvprobe.linalg.memory` — :func:`eigensolver_memory`, the memory
-  model of a solve (float64 or float32 basis).
+  model of a solve (float64 or float32 basis);
+* :mod:`~curvprobe.linalg.trace` — :func:`trace`, Hutch++ and Hutchinson;
+* :mod:`~curvprobe.linalg.density` — :func:`spectral_density`, stochastic
+  Lanczos quadrature.
 """
 
 from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_ritz, ritz_order
 from curvprobe.linalg.davidson import block_davidson
+from curvprobe.linalg.density import SpectralDensity, spectral_density
 from curvprobe.linalg.eigensolver import BLOCK_SIZE, METHODS, top_eigenspace
 from curvprobe.linalg.guard import (
     GuardResult,
@@ -32,15 +36,19 @@ from curvprobe.linalg.lanczos import thick_restart_lanczos
 from curvprobe.linalg.memory import eigensolver_memory
 from curvprobe.linalg.power import deflated_power_iteration
 from curvprobe.linalg.result import Eigenspace
+from curvprobe.linalg.trace import TRACE_METHODS, TraceEstimate, trace
 
 __all__ = [
     "BASIS_DTYPES",
     "BLOCK_SIZE",
     "METHODS",
+    "TRACE_METHODS",
     "WHICH",
     "Eigenspace",
     "GuardResult",
     "KrylovRun",
+    "SpectralDensity",
+    "TraceEstimate",
     "block_davidson",
     "christoffel_kernel",
     "deflated_power_iteration",
@@ -53,6 +61,8 @@ __all__ = [
     "miss_probability",
     "missed_eigenvalue_guard",
     "ritz_order",
+    "spectral_density",
     "thick_restart_lanczos",
     "top_eigenspace",
+    "trace",
 ]
