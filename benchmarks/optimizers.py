@@ -71,6 +71,7 @@ from curvprobe.zoo.models import GPTConfig, TinyGPT, sample_cross_entropy, token
 
 mpl.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 OPTIMIZERS = ("AdamW", "SGD", "Muon", "ScalarSpectral", "SN α=2", "SN α=1", "SN measured")
 ADAMW_GRID = (1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1)
@@ -293,7 +294,7 @@ class Run:
     cpu: float = 0.0
     step_wall: float = 0.0
     probe: float = 0.0
-    alphas: dict[str, float] = field(default_factory=dict)
+    alphas: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (used, raw fit)
 
 
 def sync(device: torch.device) -> None:
@@ -338,8 +339,9 @@ def train(task: Task, name: str, lr: float, seed: int, split: str, device: torch
     if probe is not None:
         run.probe = probe.seconds
     if name == "SN measured":
-        run.alphas = {n: opts[0].state[p]["alpha"] for n, p in model.named_parameters()
-                      if "alpha" in opts[0].state[p]}
+        state = opts[0].state
+        run.alphas = {n: (state[p]["alpha"], state[p]["alpha_raw"]) for n, p in model.named_parameters()
+                      if "alpha" in state[p]}
     return run
 
 
@@ -368,6 +370,9 @@ def best_lr(task: Task, scores: list[tuple[float, float]]) -> float:
 # --------------------------------------------------------------------------- report
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation; NaN if any value is NaN (a diverged run)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -383,11 +388,11 @@ def results_table(task: Task, lrs: dict[str, float], runs: dict[str, list[Run]],
     for name in OPTIMIZERS:
         rs = runs[name]
         m, s = mean_sd([final(task, r) * scale for r in rs])
-        loss = "{:.3f} ± {:.3f} |".format(*mean_sd([r.curve[-1]["loss"] for r in rs])) if accuracy else ""
+        loss = "{:.3f} ± {:.3f} | ".format(*mean_sd([r.curve[-1]["loss"] for r in rs])) if accuracy else ""
         val = dict(tuning[name])[lrs[name]] * scale
         per = lambda attr, rs=rs: 1e3 * statistics.fmean(getattr(r, attr) / max(r.steps, 1) for r in rs)  # noqa: E731
         lines.append(
-            f"| {name} | {lrs[name]:.3g} | {val:.3f}{unit} | **{m:.3f} ± {s:.3f}**{unit} | {loss} "
+            f"| {name} | {lrs[name]:.3g} | {val:.3f}{unit} | **{m:.3f} ± {s:.3f}**{unit} | {loss}"
             f"{per('wall'):.1f} | {per('step_wall'):.1f} | {per('cpu'):.1f} | "
             f"{statistics.fmean(r.wall for r in rs):.1f} | {statistics.fmean(r.probe for r in rs):.1f} |")
     return "\n".join(lines)
@@ -403,11 +408,14 @@ def grid_table(task: Task, tuning: dict[str, list[tuple[float, float]]]) -> str:
 
 
 def alpha_table(runs: list[Run]) -> str:
-    names = list(runs[0].alphas)
-    lines = ["| layer | measured α used at the last refresh (mean ± sd over seeds) |", "|---|---|"]
-    for n in names:
-        m, s = mean_sd([r.alphas[n] for r in runs])
-        lines.append(f"| `{n}` | {m:.2f} ± {s:.2f} |")
+    """Per layer, over seeds: the α in use after the last refresh (clipped to [0, 2]) and the raw fit."""
+    lines = ["| layer | α in use at the end (mean ± sd) | raw fit, last refresh (mean ± sd, seeds defined) |",
+             "|---|---|---|"]
+    for n in runs[0].alphas:
+        used = mean_sd([r.alphas[n][0] for r in runs])
+        defined = [r.alphas[n][1] for r in runs if math.isfinite(r.alphas[n][1])]
+        raw = "{:.2f} ± {:.2f}".format(*mean_sd(defined)) if defined else "undefined"
+        lines.append(f"| `{n}` | {used[0]:.2f} ± {used[1]:.2f} | {raw} ({len(defined)}/{len(runs)}) |")
     return "\n".join(lines)
 
 
@@ -439,6 +447,8 @@ def figure(tasks: list[Task], runs: dict[str, dict[str, list[Run]]], path: str) 
             else:
                 ax.set_ylim(top=float(runs[task.name]["AdamW"][0].curve[1]["loss"]) + 0.3)
         axes[row][1].set_xscale("log")
+        axes[row][1].xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axes[row][1].xaxis.set_minor_formatter(NullFormatter())
         axes[row][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
