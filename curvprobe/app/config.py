@@ -107,6 +107,11 @@ FIELDS: tuple[Field, ...] = (
           "more needs subspace = \"pooled\"; the permutations are seeded by seed)"),
     Field("tol", "float", 1e-3, "eigensolver relative residual tolerance"),
     Field("max_hvps", "int", 0, "eigensolver budget of Hessian-vector products per k (0: default)"),
+    Field("basis_size", "int", 0, "eigensolver Krylov basis bound m (0: the solver's max(3 D, D + 40)); "
+          "memory ≈ m · N · itemsize"),
+    Field("basis_dtype", "str", "float64", "storage of the Krylov basis (float32 halves its memory; "
+          "Gram and Rayleigh–Ritz arithmetic and the certificate stay float64)",
+          choices=("float64", "float32")),
     Field("guard_steps", "int", 10, "Lanczos steps of the eigensolver's missed-eigenvalue guard "
           "(the most it runs when miss_bound is set)"),
     Field("miss_bound", "float", 0.0, "certify an eigenspace only if the probability that its guard "
@@ -273,7 +278,7 @@ def _check(field: Field, value: Any, original: Any) -> Any:
                     "validity_samples": 2, "guard_steps": 1}
     if name in positive_int and value < positive_int[name]:
         raise ConfigError(f"config key '{name}' must be an integer >= {positive_int[name]}; got {value}")
-    if name in ("num_data", "max_hvps") and value < 0:
+    if name in ("num_data", "max_hvps", "basis_size") and value < 0:
         raise ConfigError(f"config key '{name}' must be an integer >= 0 (0: default); got {value}")
     if name in ("tol", "validity_threshold") and not (math.isfinite(value) and value > 0):
         raise ConfigError(f"config key '{name}' must be a number > 0; got {value:g}")
@@ -349,6 +354,8 @@ class ProbeConfig:
     orderings: int = 1
     tol: float = 1e-3
     max_hvps: int = 0
+    basis_size: int = 0
+    basis_dtype: str = "float64"
     guard_steps: int = 10
     miss_bound: float = 0.0
     validity: bool = True
@@ -404,6 +411,12 @@ class ProbeConfig:
         options: dict[str, Any] = {"guard_steps": self.guard_steps}
         if self.max_hvps:
             options["max_matvecs"] = self.max_hvps
+        if self.basis_size:
+            options["basis_size"] = self.basis_size
+        if self.basis_dtype != "float64":
+            import torch
+
+            options["basis_dtype"] = getattr(torch, self.basis_dtype)
         if self.miss_bound:
             options["max_miss_probability"] = self.miss_bound
         return StabilizationSpec(ks=self.ks, sigmas=self.sigmas, dims=self.dims, estimators=self.estimators,
@@ -508,6 +521,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _resolve(key, parse_value(key, value), cwd)
+    if "model" not in values:
+        raise ConfigError("config key 'model' is missing: it must be builtin:<name>, module:<...>:<factory> "
+                          "or hf:<directory> (in the config file, or --model on the command line)")
     for key in required:
         if key not in values:
             field = FIELD_BY_NAME[key]
@@ -517,9 +533,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
         values["estimators"] = default_estimators(values.get("p", 2.0))
     values.setdefault("ks", (1,))
     values.setdefault("sigmas", (1e-3,))
-    if "model" not in values:
-        raise ConfigError("config key 'model' is missing: it must be builtin:<name>, module:<...>:<factory> "
-                          "or hf:<directory> (in the config file, or --model on the command line)")
     cfg = ProbeConfig(**values)
     _check_consistency(cfg)
     return cfg

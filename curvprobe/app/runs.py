@@ -49,6 +49,7 @@ from curvprobe.core.distributed import Shard, barrier, broadcast_object, world
 from curvprobe.core.problem import Problem
 from curvprobe.criteria.sweep import Part, iter_parts, merge_parts, part_names
 from curvprobe.criteria.validity import quadratic_validity
+from curvprobe.linalg import eigensolver_memory
 from curvprobe.results import atomic_write, load, save
 
 __all__ = ["RunError", "RunOutcome", "default_out", "run_probe"]
@@ -253,6 +254,42 @@ def _compute_parts(problem: Problem, config: ProbeConfig, run: _RunDirectory, pr
     return names
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on ``device`` (MemAvailable on the host, free memory on
+    a CUDA device), or None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(config: ProbeConfig, problem: Problem, *, free: int | None = None) -> None:
+    """Refuse, in one line, a run whose eigensolver will not fit in memory.
+
+    The estimate is :func:`curvprobe.linalg.eigensolver_memory` for the run's
+    largest D, basis and guard, with a warm start (per-k runs) — the basis
+    and solver vectors, not the model's activations, so it is a lower bound
+    of the peak. ``free`` defaults to :func:`available_memory`.
+    """
+    if not config.spec().subspace_names:
+        return
+    free = available_memory(problem.device) if free is None else free
+    D = max(config.dims)
+    m = config.basis_size or max(3 * D, D + 40)
+    need = eigensolver_memory(problem.num_params, max(D + 2, m), getattr(torch, config.basis_dtype), D=D,
+                              guard_steps=config.guard_steps, warm_start=config.subspace == "per_k")
+    if free is not None and need > free:
+        gib = 2**30
+        raise RunError(f"the eigensolver needs ≈ {need / gib:.1f} GiB (basis_size {m} × N = "
+                       f"{problem.num_params:,} in {config.basis_dtype}, D = {D}) but {free / gib:.1f} GiB "
+                       f"are free on {problem.device}: set basis_dtype = \"float32\" and/or a smaller "
+                       f"basis_size (≥ {D + 2})")
+
+
 def _open(config: ProbeConfig, problem: Problem | None, resume: bool, progress: bool,
           digests: dict[str, str] | None) -> tuple[ProbeConfig, Problem, _RunDirectory, bool]:
     """Check the run directory and the sources, build the problem, write a new run's config."""
@@ -269,6 +306,7 @@ def _open(config: ProbeConfig, problem: Problem | None, resume: bool, progress: 
     if config.max_k + 1 > problem.num_samples:
         raise RunError(f"k = {config.max_k} is larger than the data: it needs {config.max_k + 1} samples, "
                        f"the problem has {problem.num_samples}")
+    check_memory(config, problem)
     barrier(problem.shard)  # every rank has checked the directory before rank 0 writes to it
     if not resuming and problem.shard.is_writer:
         config.write(out / CONFIG_FILE, header="curvprobe probe run: resolved config (do not edit; "

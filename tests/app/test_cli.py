@@ -405,3 +405,23 @@ def test_default_estimators_follow_p():
     with pytest.raises(ConfigError, match="p = 2 only"):
         load_config(None, {"model": "builtin:mlp", "ks": "4,8", "sigmas": "0.01", "p": "3",
                            "estimators": "gm"})
+
+
+def test_a_run_that_will_not_fit_is_refused_before_any_compute(env, tmp_path):
+    from curvprobe.app.runs import RunError, check_memory
+    from curvprobe.app.sources import build_problem
+
+    cfg = load_config(None, {"model": "builtin:mlp", "ks": "4,8", "sigmas": "0.01", "dims": "1,4"})
+    problem = build_problem(cfg).problem
+    check_memory(cfg, problem, free=2**40)  # fits
+    with pytest.raises(RunError, match="basis_dtype = \"float32\""):
+        check_memory(cfg, problem, free=1000)
+    f32 = cfg.replace(basis_dtype="float32", basis_size=8)
+    from curvprobe.linalg import eigensolver_memory
+
+    assert eigensolver_memory(10**8, 8, torch.float32, D=4) < eigensolver_memory(10**8, 44, torch.float64, D=4)
+    check_memory(f32.replace(estimators="delta1,full_mc"), problem, free=0)  # no eigensolve: nothing to check
+    args = ["probe", *SMALL, "--basis-dtype", "float32", "--basis-size", "12", "--out", str(tmp_path / "r")]
+    result = cli(args, env)
+    assert result.returncode == 0, result.stderr
+    assert load(tmp_path / "r" / "stabilization.nc")["converged"].all()
