@@ -419,7 +419,8 @@ def test_a_run_that_will_not_fit_is_refused_before_any_compute(env, tmp_path):
     f32 = cfg.replace(basis_dtype="float32", basis_size=8)
     from curvprobe.linalg import eigensolver_memory
 
-    assert eigensolver_memory(10**8, 8, torch.float32, D=4) < eigensolver_memory(10**8, 44, torch.float64, D=4)
+    small = eigensolver_memory(10**8, 8, torch.float32, D=4)
+    assert small < eigensolver_memory(10**8, 44, torch.float64, D=4)
     check_memory(f32.replace(estimators="delta1,full_mc"), problem, free=0)  # no eigensolve: nothing to check
     args = ["probe", *SMALL, "--basis-dtype", "float32", "--basis-size", "12", "--out", str(tmp_path / "r")]
     result = cli(args, env)
