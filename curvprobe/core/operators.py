@@ -8,16 +8,54 @@ part of it the operator calls, so that this module does not import
 ``problem``, which imports it); :class:`MatrixOperator` wraps a dense
 symmetric matrix (ground truth in tests and synthetic problems);
 :class:`DeflatedOperator` is ``P A P`` with ``P = I − V Vᵀ``.
+
+Parameter blocks and the Gauss–Newton matrix:
+
+* :class:`ParameterBlock` — a subset ``B`` of the problem's parameters (whole
+  named tensors), where it lives in the flat vector, and the maps between a
+  block vector ``x ∈ R^{|B|}`` and the flat ``w`` (:func:`parameter_block`
+  resolves names, globs, a module or a predicate).
+* :class:`BlockHessianOperator` — ``H_BB = ∇²_B L(w)``, the Hessian of the
+  mean loss with respect to the block's parameters, the others held at
+  ``w``: an operator of size ``|B|`` whose products differentiate the loss
+  with respect to the block alone (the reverse pass stops at the earliest
+  block parameter; no other weight gradient is formed). ``H_BB`` is exactly
+  the (B, B) submatrix of the full Hessian.
+* :class:`GGNOperator` — the generalized Gauss–Newton matrix
+  ``G = (1/n) Σ_i J_iᵀ ∇²_f ℓ_i J_i`` of a loss ``ℓ_i = ℓ(f(w; x_i), y_i)``
+  composed of the model's outputs ``f`` and a loss of the outputs, with
+  ``J_i = ∂f(w; x_i)/∂w`` (on a block ``B`` when given). ``G v`` is one
+  ``jvp`` through the model (``J v``), one Hessian-vector product of the loss
+  in output space, and one ``vjp`` back (``Jᵀ u``). ``G`` is symmetric, and
+  positive semi-definite whenever the loss is convex in the outputs
+  (cross-entropy: ``∇²_z ℓ = diag(p) − p pᵀ``; squared error: ``2 I`` per
+  output), whatever the model — unlike the Hessian, which adds
+  ``Σ_c (∂ℓ/∂f_c) ∇² f_c``.
+
+The block and GGN products are built from closures of the problem (its
+chunked losses, its HVP kernel, its model outputs and loss), typed by
+:class:`ProblemSource`, so this module never imports ``problem``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse.linalg as spla
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import grad, jvp, vjp, vmap
+
+HVPKernel = Callable[[Callable[[Tensor], Tensor], Tensor, Tensor], Tensor]
+"""``(f, x, V) -> ∇²f(x) V`` for a scalar ``f`` of ``x`` (n,) and ``V`` (n, m)."""
+
+ParameterSpec = str | Iterable[str] | nn.Module | Callable[[str], bool]
+"""A parameter subset: a name or shell glob, several of them, a module (its
+parameters), or a predicate on parameter names."""
 
 
 class HessianSource(Protocol):
@@ -173,3 +211,199 @@ class DeflatedOperator(LinearOperator):
     def _matmat(self, X: Tensor) -> Tensor:
         out = self._project(self.op.matmat(self._project(X)))
         return out if self.shift == 0.0 else out + self.shift * (self.V @ (self.V.T @ X))
+
+
+class ProblemSource(Protocol):
+    """What :class:`BlockHessianOperator` and :class:`GGNOperator` call on
+    their problem (:class:`~curvprobe.core.problem.Problem` satisfies it)."""
+
+    @property
+    def num_params(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    dtype: torch.dtype
+    batch_size: int
+    hvp_mode: str
+
+    def sample_range(self, k: int | None, start: int = 0) -> tuple[int, int]: ...
+
+    def point(self, w: Tensor | None) -> Tensor: ...
+
+    def local_chunks(self, start: int, stop: int, size: int | None = None) -> Iterator[tuple[int, int]]: ...
+
+    def chunk_losses(self, w: Tensor, a: int, b: int) -> Tensor: ...
+
+    def chunk_batch(self, a: int, b: int) -> Any: ...
+
+    def all_reduce(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class ParameterBlock:
+    """A subset of a problem's parameters (whole named tensors).
+
+    Attributes
+    ----------
+    names : tuple of str
+        The parameters, in the order of the flat vector.
+    slices : tuple of slice
+        Where each lives in the flat vector ``w`` (N,).
+    num_params : int
+        Length of the full flat vector ``N``.
+    """
+
+    names: tuple[str, ...]
+    slices: tuple[slice, ...]
+    num_params: int
+
+    @property
+    def size(self) -> int:
+        """``|B|``: the block's number of scalar parameters."""
+        return sum(s.stop - s.start for s in self.slices)
+
+    def take(self, w: Tensor) -> Tensor:
+        """The block's entries of flat vectors: (N,) → (|B|,), (N, m) → (|B|, m)."""
+        return torch.cat([w[s] for s in self.slices])
+
+    def embed(self, x: Tensor, w: Tensor) -> Tensor:
+        """The flat vector (N,) equal to ``w`` off the block and to ``x``
+        (|B|,) on it; differentiable in ``x`` only (built by concatenation)."""
+        pieces, at, offset = [], 0, 0
+        for s in self.slices:
+            pieces += [w[at:s.start], x[offset:offset + s.stop - s.start]]
+            at, offset = s.stop, offset + s.stop - s.start
+        return torch.cat([*pieces, w[at:]])
+
+    def scatter(self, x: Tensor) -> Tensor:
+        """Block vectors (|B|,) or (|B|, m) as flat ones, zero off the block."""
+        out = x.new_zeros((self.num_params, *x.shape[1:]))
+        offset = 0
+        for s in self.slices:
+            out[s] = x[offset:offset + s.stop - s.start]
+            offset += s.stop - s.start
+        return out
+
+
+def parameter_block(model: nn.Module, slices: Mapping[str, slice], params: ParameterSpec
+                    ) -> ParameterBlock:
+    """The :class:`ParameterBlock` of ``params`` among the trainable
+    parameters ``slices`` (name → slice of the flat vector, in order) of ``model``.
+
+    ``params`` is a parameter name or a shell glob (``"blocks.0.*"``), an
+    iterable of them (each must match), an ``nn.Module`` (the trainable
+    parameters it holds, found by identity, so a submodule of ``model``
+    works), or a predicate ``name -> bool``. An empty selection, or a name
+    that matches nothing, is a ``ValueError`` that lists the valid names.
+    """
+    names = list(slices)
+    if isinstance(params, nn.Module):
+        owned = {id(p) for p in params.parameters()}
+        chosen = {n for n, p in model.named_parameters() if id(p) in owned}
+    elif callable(params):
+        chosen = {n for n in names if params(n)}
+    else:
+        patterns = [params] if isinstance(params, str) else list(params)
+        chosen = set()
+        for pattern in patterns:
+            hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}
+            if not hits:
+                raise ValueError(f"no trainable parameter matches {pattern!r}; valid: {', '.join(names)}")
+            chosen |= hits
+    picked = tuple(n for n in names if n in chosen)
+    if not picked:
+        raise ValueError(f"params selects no trainable parameter; valid: {', '.join(names)}")
+    end = max(s.stop for s in slices.values())
+    return ParameterBlock(picked, tuple(slices[n] for n in picked), end)
+
+
+class BlockHessianOperator(LinearOperator):
+    """``H_BB v``: the Hessian of the mean loss over samples ``[start, k)``
+    with respect to the parameters of ``block``, the others held at ``w``
+    (default ``w*``); an operator of size ``|B|``.
+
+    Each product differentiates ``x ↦ Σ_i ℓ_i(embed(x, w))`` over chunks with
+    the problem's HVP ``kernel`` (double backward or vmapped
+    forward-over-reverse, chosen as for the full HVP), accumulates in
+    float64 and divides by the sample count (all-reduced over ranks).
+    """
+
+    def __init__(self, problem: ProblemSource, block: ParameterBlock, kernel: Callable[[str, int, int],
+                 tuple[HVPKernel, int]], k: int | None = None, w: Tensor | None = None, *,
+                 start: int = 0) -> None:
+        super().__init__(block.size, problem.device)
+        start, stop = problem.sample_range(k, start)
+        self.problem, self.block, self.kernel = problem, block, kernel
+        self.start, self.k = start, stop
+        self.w = problem.point(w)
+        self.x0 = block.take(self.w)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        problem = self.problem
+        chunk_hvp, size = self.kernel(problem.hvp_mode, V.shape[1], problem.batch_size)
+        total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
+        Vd = V.to(problem.dtype)
+        for a, b in problem.local_chunks(self.start, self.k, size):
+
+            def chunk_loss(x: Tensor, a: int = a, b: int = b) -> Tensor:
+                return problem.chunk_losses(self.block.embed(x, self.w), a, b).sum()
+
+            total += chunk_hvp(chunk_loss, self.x0, Vd).double()
+        return problem.all_reduce(total) / (self.k - self.start)
+
+
+class GGNOperator(LinearOperator):
+    """``G v`` with ``G = (1/n) Σ_{i∈[start,k)} J_iᵀ ∇²_f ℓ_i J_i`` at ``w``
+    (module docstring), on all parameters or on a :class:`ParameterBlock`.
+
+    ``outputs(w, batch)`` is the model's output on a chunk at flat ``w`` and
+    ``loss(outputs, batch)`` the per-sample losses of those outputs; the
+    problem composes the two. Per chunk of ``batch_size // m`` samples, the
+    ``m`` columns are vmapped through ``jvp`` of the outputs, the
+    Hessian-vector product of the summed loss in output space and ``vjp``
+    back; sums are float64.
+    """
+
+    def __init__(self, problem: ProblemSource, outputs: Callable[[Tensor, Any], Any],
+                 loss: Callable[[Any, Any], Tensor], k: int | None = None, w: Tensor | None = None, *,
+                 start: int = 0, block: ParameterBlock | None = None) -> None:
+        super().__init__(problem.num_params if block is None else block.size, problem.device)
+        start, stop = problem.sample_range(k, start)
+        self.problem, self.outputs, self.loss, self.block = problem, outputs, loss, block
+        self.start, self.k = start, stop
+        self.w = problem.point(w)
+        self.x0 = self.w if block is None else block.take(self.w)
+
+    def _flat(self, x: Tensor) -> Tensor:
+        return x if self.block is None else self.block.embed(x, self.w)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        problem = self.problem
+        total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
+        Vd = V.to(problem.dtype)
+        size = max(1, problem.batch_size // V.shape[1])
+        for a, b in problem.local_chunks(self.start, self.k, size):
+            batch = problem.chunk_batch(a, b)
+            total += self._chunk_product(batch, Vd).double()
+        return problem.all_reduce(total) / (self.k - self.start)
+
+    def _chunk_product(self, batch: Any, V: Tensor) -> Tensor:
+        """``Σ_{i∈chunk} J_iᵀ ∇²ℓ_i J_i V`` for the columns of ``V`` (n, m)."""
+
+        def model(x: Tensor) -> Any:
+            return self.outputs(self._flat(x), batch)
+
+        def summed_loss(out: Any) -> Tensor:
+            return self.loss(out, batch).sum()
+
+        pulled = vjp(model, self.x0)
+        out, pullback = pulled[0], pulled[1]
+        loss_grad = grad(summed_loss)
+
+        def column(v: Tensor) -> Tensor:
+            Jv = jvp(model, (self.x0,), (v,))[1]
+            HJv = jvp(loss_grad, (out,), (Jv,))[1]
+            return pullback(HJv)[0]
+
+        return vmap(column, in_dims=1, out_dims=1)(V)

@@ -34,7 +34,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import Dataset
 
 from curvprobe.core.distributed import Shard, all_reduce_sum, shard
-from curvprobe.core.operators import HessianOperator
+from curvprobe.core.operators import (
+    BlockHessianOperator,
+    GGNOperator,
+    HessianOperator,
+    ParameterSpec,
+    parameter_block,
+)
 from curvprobe.core.samples import Batch, DatasetSamples, Samples, TensorSamples, leaves, tree_map
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
@@ -419,10 +425,44 @@ class Problem:
                              f"got {tuple(v.shape)}")
         return v.reshape(self.num_params, -1)
 
-    def hessian_operator(self, k: int | None = None, w: Tensor | None = None, *,
-                         start: int = 0) -> HessianOperator:
-        """The Hessian of the mean loss over ``[start, k)`` at ``w`` as an operator."""
-        return HessianOperator(self, k=k, w=w, start=start)
+    def hessian_operator(self, k: int | None = None, w: Tensor | None = None, *, start: int = 0,
+                         params: ParameterSpec | None = None) -> HessianOperator | BlockHessianOperator:
+        """The Hessian of the mean loss over ``[start, k)`` at ``w`` as an operator.
+
+        With ``params`` (a name or glob, several, a module, or a predicate on
+        names: :func:`~curvprobe.core.operators.parameter_block`), the block
+        ``H_BB`` of those parameters, the others held at ``w``: a
+        :class:`~curvprobe.core.operators.BlockHessianOperator` of their size
+        whose products differentiate with respect to the block alone.
+        """
+        if params is None:
+            return HessianOperator(self, k=k, w=w, start=start)
+        block = parameter_block(self.model, self.layer_slices(), params)
+        return BlockHessianOperator(self, block, hvp_kernel, k, w, start=start)
+
+    def ggn_operator(self, k: int | None = None, w: Tensor | None = None, *, start: int = 0,
+                     params: ParameterSpec | None = None) -> GGNOperator:
+        """The generalized Gauss–Newton matrix ``(1/n) Σ J_iᵀ ∇²_f ℓ_i J_i`` over
+        ``[start, k)`` at ``w`` as an operator (on the block ``params`` if given).
+
+        The loss is taken as the composition of the model's outputs ``f`` and
+        ``loss_fn`` of those outputs; ``G`` is positive semi-definite when
+        ``loss_fn`` is convex in the outputs (cross-entropy, squared error):
+        :class:`~curvprobe.core.operators.GGNOperator`.
+        """
+
+        def outputs(x: Tensor, batch: Batch) -> Any:
+            parameters = self.functional_params(x)
+            with math_attention():
+                if isinstance(batch.inputs, Mapping):
+                    return functional_call(self.model, parameters, (), dict(batch.inputs))
+                return functional_call(self.model, parameters, tuple(batch.inputs))
+
+        def loss(out: Any, batch: Batch) -> Tensor:
+            return self.loss_fn(out, batch if self.loss_input == "batch" else batch.targets)
+
+        block = None if params is None else parameter_block(self.model, self.layer_slices(), params)
+        return GGNOperator(self, outputs, loss, k, w, start=start, block=block)
 
     def __repr__(self) -> str:
         ranks = f", ranks={self.shard.size}" if self.shard.size > 1 else ""
