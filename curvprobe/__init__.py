@@ -20,8 +20,16 @@ from curvprobe.criteria.curriculum import CurriculumProbe  # noqa: E402
 from curvprobe.criteria.probes import Dirac, Isotropic, Sphere, Subspace  # noqa: E402
 from curvprobe.criteria.surrogate import Estimate, QuadraticSurrogate  # noqa: E402
 from curvprobe.criteria.validity import quadratic_validity  # noqa: E402
-from curvprobe.linalg import Eigenspace, top_eigenspace  # noqa: E402
+from curvprobe.linalg import (  # noqa: E402
+    Eigenspace,
+    SpectralDensity,
+    TraceEstimate,
+    spectral_density,
+    top_eigenspace,
+    trace,
+)
 from curvprobe.results import load, save  # noqa: E402
+from curvprobe.spectral.eigenvalues import layer_eigenvalues  # noqa: E402
 
 __all__ = [
     "ESTIMATORS",
@@ -35,12 +43,17 @@ __all__ = [
     "MatrixOperator",
     "Problem",
     "QuadraticSurrogate",
+    "SpectralDensity",
     "Sphere",
     "Subspace",
+    "TraceEstimate",
     "__version__",
+    "layer_eigenvalues",
     "load",
     "quadratic_validity",
     "save",
+    "spectral_density",
     "stabilization",
     "top_eigenspace",
+    "trace",
 ]
