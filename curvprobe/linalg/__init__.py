@@ -35,7 +35,7 @@ from curvprobe.linalg.guard import (
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 from curvprobe.linalg.memory import eigensolver_memory
 from curvprobe.linalg.power import deflated_power_iteration
-from curvprobe.linalg.result import Eigenspace
+from curvprobe.linalg.result import Eigenspace, NotConverged, ToleranceBelowPrecision
 from curvprobe.linalg.trace import TRACE_METHODS, TraceEstimate, trace
 
 __all__ = [
@@ -47,7 +47,9 @@ __all__ = [
     "Eigenspace",
     "GuardResult",
     "KrylovRun",
+    "NotConverged",
     "SpectralDensity",
+    "ToleranceBelowPrecision",
     "TraceEstimate",
     "block_davidson",
     "christoffel_kernel",

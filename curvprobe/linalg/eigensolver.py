@@ -89,6 +89,7 @@ of the eigenspace in the criteria is in ``docs/concepts.md``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -99,7 +100,7 @@ from curvprobe.linalg.davidson import block_davidson
 from curvprobe.linalg.guard import GuardResult, missed_eigenvalue_guard
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 from curvprobe.linalg.power import deflated_power_iteration
-from curvprobe.linalg.result import Eigenspace
+from curvprobe.linalg.result import Eigenspace, NotConverged, ToleranceBelowPrecision
 
 METHODS = ("lanczos", "block", "power")
 """Valid values of ``top_eigenspace(method=...)``."""
@@ -140,6 +141,11 @@ def _init_block(init: Tensor | Eigenspace, n: int, D: int, generator: torch.Gene
 
 def _check_args(op: LinearOperator, D: int, tol: float, method: str,
                 max_miss_probability: float | None) -> None:
+    if not isinstance(op, LinearOperator):
+        hint = (": pass problem.hessian_operator(k) (the Hessian of L_k) or problem.ggn_operator(k)"
+                if hasattr(op, "hessian_operator") else
+                ": wrap a dense symmetric matrix in curvprobe.MatrixOperator(A)")
+        raise TypeError(f"top_eigenspace takes a LinearOperator, got {type(op).__name__}{hint}")
     n = op.shape[0]
     if not isinstance(D, int) or not 1 <= D < n:
         raise ValueError(f"D must be an integer with 1 <= D < N = {n}, got {D!r}")
@@ -314,6 +320,7 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     Eigenspace
     """
     _check_args(op, D, tol, method, max_miss_probability)
+    _check_tolerance(op, tol)
     block = _check_variant(method, which, basis_dtype, keep_basis, block_size)
     generator = torch.Generator(device=op.device).manual_seed(int(seed))
     budget = int(max_matvecs) if max_matvecs is not None else max(40 * D, 400)
@@ -331,4 +338,32 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
                                       max_matvecs=budget - (op.num_matvecs - start),
                                       generator=generator, which=which, scale=scale,
                                       basis_dtype=basis_dtype)
-    return _certified(op, run, checked, D, tol, start, start_cost, which, scale, method)
+    result = _certified(op, run, checked, D, tol, start, start_cost, which, scale, method)
+    _warn_if_uncertified(result, spent=op.num_matvecs - start, budget=budget)
+    return result
+
+
+def precision_floor(op: LinearOperator) -> float:
+    """Smallest relative residual the operator's products resolve: ``10 · eps`` of the dtype its
+    products are computed in (a Hessian operator's problem dtype; float64 otherwise)."""
+    dtype = getattr(getattr(op, "problem", None), "dtype", torch.float64)
+    return 10 * torch.finfo(dtype).eps
+
+
+def _check_tolerance(op: LinearOperator, tol: float) -> None:
+    floor = precision_floor(op)
+    if tol < floor:
+        warnings.warn(f"tol = {tol:g} is below what this operator's products resolve (≈ {floor:.0e}, "
+                      "10 eps of their dtype): residuals under it are round-off, so the certificate "
+                      f"means ≈ {floor:.0e}; use a float64 problem for a tighter one",
+                      ToleranceBelowPrecision, stacklevel=3)
+
+
+def _warn_if_uncertified(result: Eigenspace, *, spent: int, budget: int) -> None:
+    if result.all_converged:
+        return
+    missing = int((~result.converged).sum())
+    why = (f"the budget of {budget} products ran out (max_matvecs)" if spent >= budget else
+           "the guard did not certify them (see miss_probability)")
+    warnings.warn(f"{missing} of {result.D} eigenpairs are not converged and certified: {why}; "
+                  "Eigenspace.converged says which", NotConverged, stacklevel=3)

@@ -33,6 +33,14 @@ from torch import Tensor
 from curvprobe.core.operators import LinearOperator
 
 
+class NotConverged(UserWarning):
+    """Warned when an eigensolve returns pairs that are not all converged and certified."""
+
+
+class ToleranceBelowPrecision(UserWarning):
+    """Warned when ``tol`` asks for residuals the operator's arithmetic cannot resolve."""
+
+
 @dataclass(frozen=True)
 class Eigenspace:
     """Top-D eigenpairs with their certificate.
