@@ -30,6 +30,7 @@ from curvprobe.linalg import (  # noqa: E402
 )
 from curvprobe.results import load, save  # noqa: E402
 from curvprobe.spectral.eigenvalues import layer_eigenvalues  # noqa: E402
+from curvprobe.spectral.hessian import hessian_report  # noqa: E402
 
 __all__ = [
     "ESTIMATORS",
@@ -48,6 +49,7 @@ __all__ = [
     "Subspace",
     "TraceEstimate",
     "__version__",
+    "hessian_report",
     "layer_eigenvalues",
     "load",
     "quadratic_validity",

@@ -459,6 +459,42 @@ def cmd_spectrum(args) -> int:
     return 0
 
 
+def cmd_hessian(args) -> int:
+    """``curvprobe hessian``: the Hessian spectrum report (both ends, trace, density, every layer).
+
+    Returns the exit status.
+    """
+    from curvprobe.app.config import load_config
+    from curvprobe.app.plots import plot_hessian_report, save_figure
+    from curvprobe.app.report import hessian_markdown
+    from curvprobe.app.runs import default_out
+    from curvprobe.app.sources import build_problem
+    from curvprobe.results import atomic_write, save
+    from curvprobe.spectral.hessian import hessian_report
+
+    config = load_config(args.config, _overrides(args), required=("model",))
+    distributed = _start_ranks(config.device)
+    out = Path(config.out or default_out())
+    _check_fresh(out / "hessian.nc", args.overwrite)
+    n = config.num_data or args.k or 256
+    config = config.replace(ks=[max(n - 1, 1)], num_data=n)
+    loaded = build_problem(config, progress=_show_progress(args), distributed=distributed)
+    say = _say(args)
+    say(f"Hessian report over {args.k or loaded.problem.num_samples} samples: top {args.top}, bottom "
+        f"{args.bottom}, trace, density, top {args.layer_top} of every layer")
+    ds = hessian_report(loaded.problem, k=args.k, top=args.top, bottom=args.bottom, layer_top=args.layer_top,
+                        tol=config.tol, seed=config.seed)
+    ds.attrs["model_source"] = config.model
+    if not _is_writer():
+        return 0
+    save(ds, out / "hessian.nc", overwrite=True)
+    summary = hessian_markdown(ds, notes=[f"results: {out / 'hessian.nc'}"])
+    atomic_write(out / "summary.md", lambda handle: handle.write(summary), "w")
+    save_figure(plot_hessian_report(ds), out / "hessian.png")
+    print(summary)
+    return 0
+
+
 def cmd_curriculum(args) -> int:
     """``curvprobe curriculum``: the paper's k-decay protocol on a built-in model, seeds in parallel.
 
@@ -545,6 +581,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "validity_samples", "validity_threshold", "point_batch"))
     _common(p)
     p.set_defaults(func=cmd_spectrum)
+
+    p = sub.add_parser("hessian", help="Hessian spectrum report: top/bottom eigenvalues, trace, density, "
+                       "per-layer top eigenvalues")
+    p.add_argument("config", nargs="?", default=None, help="TOML config (keys as for probe)")
+    p.add_argument("--k", type=int, default=None, help="samples of L_k (default all: num_data or 256)")
+    p.add_argument("--top", type=int, default=10, help="eigenpairs at the largest end")
+    p.add_argument("--bottom", type=int, default=5, help="eigenpairs at the smallest end")
+    p.add_argument("--layer-top", type=int, default=4, help="top eigenvalues of every layer (0: skip)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing hessian.nc")
+    _add_config_flags(p, skip=("dims", "estimators", "mc_samples", "p", "subspace", "max_hvps", "basis_size",
+                               "basis_dtype", "guard_steps", "miss_bound", "ks", "sigmas", "validity",
+                               "validity_samples", "validity_threshold", "point_batch", "orderings"))
+    _common(p)
+    p.set_defaults(func=cmd_hessian)
 
     p = sub.add_parser("curriculum", help="the paper's k-decay protocol: train from init, measure at each k")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")

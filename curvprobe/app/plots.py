@@ -57,6 +57,7 @@ __all__ = [
     "plot_criteria_vs_k",
     "plot_curriculum",
     "plot_gm_agreement",
+    "plot_hessian_report",
     "plot_mc_convergence",
     "plot_rank_profile_bic",
     "plot_spectral_transfer",
@@ -742,4 +743,47 @@ def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
         ax.set_title(f"σ = {float(sigma):.3g}, D = {dim}, {seeds} seed(s)", fontsize=9)
         ax.legend(fontsize=6.5, loc="lower left")
     fig.suptitle("Criteria along training (curriculum protocol), mean ± std across seeds", fontsize=10)
+    return fig
+
+
+# =========================================================================== #
+# Hessian spectrum report
+# =========================================================================== #
+
+
+def plot_hessian_report(ds: xr.Dataset) -> Figure:
+    """The spectrum of a :func:`curvprobe.spectral.hessian.hessian_report` Dataset.
+
+    Left: the SLQ density (log scale) with the certified top and bottom
+    eigenvalues marked on the axis and the trace in the title. Right: every
+    layer's top eigenvalues (one row per layer), if the report has them.
+    """
+    layered = "layer_eigenvalue" in ds
+    fig = _figure(11.0 if layered else 6.0, 4.2)
+    axes = np.atleast_1d(fig.subplots(1, 2 if layered else 1, squeeze=False)).ravel()
+    ax = axes[0]
+    grid, density = ds["grid"].values, ds["density"].values
+    ax.semilogy(grid, np.maximum(density, np.finfo(float).tiny), color="C0", lw=1.2, label="SLQ density")
+    for name, color in (("top", "C3"), ("bottom", "C2")):
+        values = ds[f"{name}_eigenvalue"].values
+        ax.plot(values, np.full_like(values, density.max() * 1.5), "|", ms=14, color=color,
+                label=f"{name} eigenvalues (certified {int(ds[f'{name}_converged'].sum())}/{values.size})")
+    ax.set_xlabel("eigenvalue of H (loss/param²)")
+    ax.set_ylabel("density (param²/loss)")
+    ax.set_title(f"tr H = {float(ds['trace']):.4g} ± {float(ds['trace_stderr']):.2g}; "
+                 f"bandwidth {ds.attrs.get('density_bandwidth', float('nan')):.2g}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    if layered:
+        ax = axes[1]
+        labels = [str(v) for v in ds["layer"].values]
+        values = ds["layer_eigenvalue"].values
+        for j in range(values.shape[1]):
+            ax.plot(values[:, j], np.arange(len(labels)), "o", ms=3, color=f"C{j}", label=f"rank {j + 1}")
+        ax.set_yticks(np.arange(len(labels)), labels, fontsize=6)
+        ax.set_xscale("symlog", linthresh=1e-4)
+        ax.set_xlabel("top eigenvalues of the layer's Hessian block (loss/param²)")
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"Hessian spectrum at w* over k = {ds.attrs.get('k')} samples", fontsize=11)
     return fig

@@ -21,7 +21,7 @@ from curvprobe.app.plots import slope_or_none
 from curvprobe.criteria.decomposition import estimates
 from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
-__all__ = ["curriculum_markdown", "curvature_table", "summary_markdown", "table"]
+__all__ = ["curriculum_markdown", "curvature_table", "hessian_markdown", "summary_markdown", "table"]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -295,3 +295,34 @@ def curriculum_markdown(ds: xr.Dataset, *, notes: Sequence[str] = (),
              "## Fitted slope of the seed mean in k (log–log OLS, 95 % CI)", "",
              table(["criterion", f"σ={sigma:.3g}"], slopes)]
     return "\n".join(lines) + "\n"
+
+
+def hessian_markdown(ds: xr.Dataset, *, title: str = "curvprobe Hessian report",
+                     notes: Sequence[str] = ()) -> str:
+    """The Markdown summary of a :func:`curvprobe.spectral.hessian.hessian_report` Dataset."""
+    model = (f"- model: {ds.attrs.get('model', '?')} (N = {ds.attrs.get('num_params')}, k = "
+             f"{ds.attrs.get('k')} samples, {ds.attrs.get('dtype')}, tol {ds.attrs.get('tol')})")
+    lines = [f"# {title}", "", model, *[f"- {note}" for note in notes], ""]
+    for end, dim in (("top", "rank"), ("bottom", "bottom_rank")):
+        rows = [[int(r), _fmt(float(v), 6), _fmt(float(res), 2), "yes" if c else "no"]
+                for r, v, res, c in zip(ds[dim].values, ds[f"{end}_eigenvalue"].values,
+                                        ds[f"{end}_residual"].values, ds[f"{end}_converged"].values)]
+        bound = _fmt(ds.attrs.get(f"{end}_miss_probability"), 2)
+        lines += [f"## {end.capitalize()} eigenvalues (miss bound {bound})", "",
+                  table(["rank", "eigenvalue", "rel. residual", "converged"], rows), ""]
+    density = (f"SLQ density over {ds.sizes['probe']} probes × {ds.sizes['step']} steps, bandwidth "
+               f"{_fmt(ds.attrs.get('density_bandwidth'), 3)}.")
+    lines += ["## Trace and density", "",
+              f"tr H = {_fmt(float(ds['trace']), 6)} ± {_fmt(float(ds['trace_stderr']), 2)} (Hutch++); "
+              + density, ""]
+    if "layer_eigenvalue" in ds:
+        rows = [[str(layer), *(_fmt(float(v), 4) for v in ds["layer_eigenvalue"].sel(layer=layer).values),
+                 f"{int(ds['layer_converged'].sel(layer=layer).sum())}/{ds.sizes['layer_rank']}"]
+                for layer in ds["layer"].values]
+        head = ["layer", *(f"λ{int(r)}" for r in ds["layer_rank"].values), "converged"]
+        lines += ["## Per-layer top eigenvalues", "", table(head, rows), ""]
+    timing, products = ds.attrs.get("seconds", {}), ds.attrs.get("products", {})
+    if timing:
+        rows = [[part, products.get(part, "–"), _fmt(sec, 3)] for part, sec in timing.items()]
+        lines += ["## Cost", "", table(["part", "products", "seconds"], rows), ""]
+    return "\n".join(lines)

@@ -426,3 +426,20 @@ def test_a_run_that_will_not_fit_is_refused_before_any_compute(env, tmp_path):
     result = cli(args, env)
     assert result.returncode == 0, result.stderr
     assert load(tmp_path / "r" / "stabilization.nc")["converged"].all()
+
+
+def test_hessian_report_as_a_user_runs_it(env, tmp_path):
+    out = tmp_path / "hessian"
+    result = cli(["hessian", "--model", "builtin:mlp", "--num-data", "64", "--top", "4", "--bottom", "3",
+                  "--layer-top", "2", "--out", str(out), "--threads", "1", "--quiet"], env)
+    assert result.returncode == 0, result.stderr
+    ds = load(out / "hessian.nc")
+    assert ds.attrs["measurement"] == "hessian_report"
+    assert ds["top_converged"].all() and ds["bottom_converged"].all()
+    assert (ds["top_eigenvalue"].values[:-1] >= ds["top_eigenvalue"].values[1:]).all()
+    assert float(ds["bottom_eigenvalue"].min()) <= float(ds["top_eigenvalue"].max())
+    assert ds.sizes["layer"] >= 2 and ds["layer_converged"].all()
+    assert "## Per-layer top eigenvalues" in (out / "summary.md").read_text()
+    assert (out / "hessian.png").stat().st_size > 10_000
+    again = cli(["hessian", "--model", "builtin:mlp", "--num-data", "64", "--out", str(out)], env)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
