@@ -40,7 +40,17 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit status 2)."""
+    """argparse with one-line errors (exit status 2), no abbreviated flags, and negative
+    numbers (``-1e-3``, ``-1,2``) read as values rather than flags."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _parse_optional(self, arg_string):
+        if _is_number_list(arg_string):
+            return None
+        return super()._parse_optional(arg_string)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"curvprobe: error: {message} (see '{self.prog} --help')\n")
@@ -48,6 +58,46 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------- helpers
+def _is_number_list(text: str) -> bool:
+    """Whether ``text`` starts with '-' and is a number or a comma-separated list of numbers."""
+    if not text.startswith("-"):
+        return False
+    try:
+        [float(part) for part in text.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Check, before any compute, that the output directory ``path`` can be created and written.
+
+    Nothing is left on disk: a temporary directory is made and removed in ``path``
+    or in its nearest existing ancestor.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` (or an ancestor) is a file, or the location is not writable.
+    """
+    import tempfile
+
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == target and not target.is_dir():
+        raise ConfigError(f"output directory {target} is a file, not a directory; choose another --out")
+    if not existing.is_dir():
+        raise ConfigError(f"output directory {target} cannot be created ({existing} is a file); "
+                          "choose another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".curvprobe-check-"))
+    except OSError as exc:
+        raise ConfigError(f"output directory {target} is not writable ({exc.strerror or exc}); "
+                          "choose another --out") from None
+
+
 def _say(args) -> Callable[[str], None]:
     if getattr(args, "quiet", False) or not _is_writer():
         return lambda message: None
@@ -147,7 +197,10 @@ def cmd_demo(args) -> int:
     Returns the exit status.
     """
     from curvprobe.app.demo import run_demo
+    from curvprobe.app.runs import default_out
 
+    args.out = args.out or default_out()
+    check_output_dir(args.out)
     result = run_demo(args.out, quick=args.quick, progress=_show_progress(args), log=_say_with_hint(args))
     print(result.summary)
     print(f"results, figures and summary.md in {result.out}")
@@ -158,11 +211,21 @@ def _probe_config(args):
     from curvprobe.app.config import load_config
 
     path = args.config
-    if path is None and args.resume and args.out:
+    if args.resume and args.out:
+        _check_resumable(args.out)
         stored = Path(args.out) / "config.toml"
-        if stored.exists():
+        if path is None and stored.exists():
             path = stored
-    return load_config(path, _overrides(args))
+    config = load_config(path, _overrides(args))
+    if args.resume:
+        _check_resumable(config.out)
+    return config
+
+
+def _check_resumable(out: str | None) -> None:
+    if not (out and Path(out).is_dir()):
+        raise ConfigError(f"--resume: there is no run directory at {out or '(no --out given)'}; "
+                          "pass the --out of the run to continue, or drop --resume to start one")
 
 
 def cmd_probe(args) -> int:
@@ -175,6 +238,7 @@ def cmd_probe(args) -> int:
     from curvprobe.results import atomic_write
 
     config = _probe_config(args)
+    check_output_dir(config.out or "runs")
     _start_ranks(config.device)
     if not config.out:
         config = config.replace(out=default_out())
@@ -220,6 +284,7 @@ def cmd_validity(args) -> int:
     out = Path(config.out or default_out())
     target = out / "validity.nc"
     _check_fresh(target, args.overwrite)
+    check_output_dir(out)
     config = config.replace(ks=[max(k - 1, 1)], num_data=config.num_data or k)
     loaded = build_problem(config, progress=_show_progress(args), distributed=distributed)
     if k > loaded.problem.num_samples:
@@ -305,6 +370,7 @@ def cmd_plot(args) -> int:
         out = Path(args.out) if args.out else path.parent
     if "unknown" in found and len(found) == 1:
         raise ConfigError(f"{path}: not a result curvprobe can plot (no 'measurement' attribute it knows)")
+    check_output_dir(out)
     stab = found.get("stabilization")
     if stab is not None and "step" in stab.dims:  # a CurriculumProbe file: plot its last step
         _say(args)(f"{path}: curriculum results over {stab.sizes['step']} steps; plotting step "
@@ -420,6 +486,7 @@ def cmd_spectrum(args) -> int:
     out = Path(config.out or default_out())
     for name in ("spectra.nc", "kronecker.nc"):
         _check_fresh(out / name, args.overwrite)
+    check_output_dir(out)
     n = config.num_data or k or 256
     config = config.replace(ks=[max(n - 1, 1)], num_data=n)
     say = _say(args)
@@ -428,11 +495,12 @@ def cmd_spectrum(args) -> int:
     if _is_writer():
         _busy_hint(args)
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
-    say(f"layer spectra: top-{args.top_k} gradient singular directions per layer over "
+    top_k = _capped_top_k(problem, layers, args.top_k, say)
+    say(f"layer spectra: top-{top_k} gradient singular directions per layer over "
         f"{k or problem.num_samples} samples")
     with _progress.bar(None, "layer spectra (HVP columns)", show=_show_progress(args)) as pbar, \
             _progress.counting(problem, on_hvps=pbar.update):
-        spectra = spectral.layer_spectra(problem, layers=layers, top_k=args.top_k, k=k)
+        spectra = spectral.layer_spectra(problem, layers=layers, top_k=top_k, k=k)
     spectra.attrs["model_source"] = config.model
     if _is_writer():
         save(spectra, out / "spectra.nc", overwrite=True)
@@ -445,7 +513,7 @@ def cmd_spectrum(args) -> int:
         print(table(["layer", "α", "γ", "s", "αγ"], rows))
     if args.kronecker:
         say("Kronecker alignment (α = β + φ)")
-        kron = spectral.kronecker_alignment(problem, layers=layers, top_k=args.top_k, k=k)
+        kron = spectral.kronecker_alignment(problem, layers=layers, top_k=top_k, k=k)
         kron.attrs["model_source"] = config.model
         if _is_writer():
             save(kron, out / "kronecker.nc", overwrite=True)
@@ -457,6 +525,22 @@ def cmd_spectrum(args) -> int:
     plots.save_figure(plots.plot_spectral_transfer(spectra), out / "spectral_transfer.png")
     print(f"results: {out / 'spectra.nc'}")
     return 0
+
+
+def _capped_top_k(problem, layers: list[str] | None, top_k: int, say: Callable[[str], None]) -> int:
+    """``top_k`` capped at the smallest rank ``min(m, n)`` of the selected layers (with a note)."""
+    from curvprobe.spectral.layers import select_layers
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    chosen = select_layers(problem, layers)
+    smallest = min(chosen, key=lambda layer: layer.max_rank)
+    if smallest.max_rank >= top_k:
+        return top_k
+    rows, cols = smallest.matrix_shape
+    say(f"note: --top-k {top_k} capped at {smallest.max_rank}, the rank of layer {smallest.name} "
+        f"({rows}x{cols} matrix); pass --layers to measure the larger layers at a larger K")
+    return smallest.max_rank
 
 
 def cmd_hessian(args) -> int:
@@ -532,6 +616,11 @@ def cmd_curriculum(args) -> int:
 
 
 # ------------------------------------------------------------------ parser
+_EIGEN_KEYS = ("dims", "estimators", "mc_samples", "p", "subspace", "tol", "max_hvps", "basis_size",
+               "basis_dtype", "guard_steps", "miss_bound")
+"""Config keys of the stabilization measurement alone (hidden from ``validity`` and ``spectrum``)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``curvprobe`` argument parser: one sub-command per ``cmd_*`` function."""
     from curvprobe._version import __version__
@@ -556,10 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("validity", help="quadratic-validity σ sweep")
-    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("config", nargs="?", default=None, help="TOML config (keys as for probe)")
     p.add_argument("--k", type=int, default=None, help="sample count of L_k (default max(ks) or num_data)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing validity.nc")
-    _add_config_flags(p)
+    _add_config_flags(p, skip=(*_EIGEN_KEYS, "validity", "orderings"))
     _common(p)
     p.set_defaults(func=cmd_validity)
 
@@ -570,15 +659,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("spectrum", help="per-layer spectral exponents α, γ, s (and Kronecker alignment)")
-    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("config", nargs="?", default=None, help="TOML config (keys as for probe)")
     p.add_argument("--k", type=int, default=None, help="samples used (default all)")
-    p.add_argument("--top-k", type=int, default=20, help="singular directions per layer (K)")
+    p.add_argument("--top-k", type=int, default=20,
+                   help="singular directions per layer (K; capped at the smallest layer rank, with a note)")
     p.add_argument("--layers", default=None, help="comma-separated parameter names or globs")
     p.add_argument("--kronecker", action="store_true", help="also the Kronecker alignment decomposition")
-    p.add_argument("--overwrite", action="store_true")
-    _add_config_flags(p, skip=("ks", "sigmas", "dims", "estimators", "mc_samples", "p", "subspace",
-                               "tol", "max_hvps", "guard_steps", "miss_bound", "validity",
-                               "validity_samples", "validity_threshold", "point_batch"))
+    p.add_argument("--overwrite", action="store_true", help="replace existing spectra.nc / kronecker.nc")
+    _add_config_flags(p, skip=(*_EIGEN_KEYS, "ks", "sigmas", "validity", "validity_samples",
+                                            "validity_threshold", "point_batch", "orderings"))
     _common(p)
     p.set_defaults(func=cmd_spectrum)
 
@@ -590,12 +679,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottom", type=int, default=5, help="eigenpairs at the smallest end")
     p.add_argument("--layer-top", type=int, default=4, help="top eigenvalues of every layer (0: skip)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing hessian.nc")
-    _add_config_flags(p, skip=("dims", "estimators", "mc_samples", "p", "subspace", "max_hvps", "basis_size",
-                               "basis_dtype", "guard_steps", "miss_bound", "ks", "sigmas", "validity",
+    _add_config_flags(p, skip=(*(key for key in _EIGEN_KEYS if key != "tol"), "ks", "sigmas", "validity",
                                "validity_samples", "validity_threshold", "point_batch", "orderings"))
     _common(p)
     p.set_defaults(func=cmd_hessian)
 
+    _add_curriculum_parser(sub)
+
+    p = sub.add_parser("info", help="versions, threads, devices, cache location")
+    _common(p)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def _add_curriculum_parser(sub) -> None:
+    """The ``curriculum`` sub-command's parser (its own flags, not the config keys)."""
     p = sub.add_parser("curriculum", help="the paper's k-decay protocol: train from init, measure at each k")
     p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings)")
@@ -620,11 +718,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_curriculum)
 
-    p = sub.add_parser("info", help="versions, threads, devices, cache location")
-    _common(p)
-    p.set_defaults(func=cmd_info)
-    return parser
-
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
@@ -639,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         import torch
@@ -647,12 +740,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RunError, FileExistsError) as exc:
-        print(f"curvprobe: error{_rank()}: {_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
-        if args.debug:
-            raise
+    except (ConfigError, RunError, FileExistsError, ValueError, TypeError, FileNotFoundError,
+            FloatingPointError) as exc:
+        _traceback_if(args.debug)
         print(f"curvprobe: error{_rank()}: {_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -661,13 +751,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curvprobe: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if args.debug:
-            raise
-        print(f"curvprobe: internal error{_rank()}: {type(exc).__name__}: {_line(exc)} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+        _traceback_if(args.debug)
+        print(f"curvprobe: internal error{_rank()}: {type(exc).__name__}: {_line(exc)}"
+              + ("" if args.debug else " (rerun with --debug for the traceback)"), file=sys.stderr)
         return EXIT_INTERNAL
     finally:
         warnings.showwarning = previous
+
+
+def _traceback_if(debug: bool) -> None:
+    """With ``--debug``, the traceback of the exception being handled (and of its cause,
+    such as an error raised inside a user's model factory) on stderr."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _rank() -> str:

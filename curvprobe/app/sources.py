@@ -74,7 +74,13 @@ class LoadedSource:
 
 def _load_weights_only(path: Path, refusal: str) -> object:
     """``torch.load(path, weights_only=True)`` on CPU; a failure becomes a
-    :class:`ConfigError` ``"<refusal> (torch.load ... failed: <reason>)"``."""
+    :class:`ConfigError` ``"<refusal> (torch.load ... failed: <reason>)"``, or ``"<refusal>
+    (... not written by torch.save ...)"`` when the file does not start like one."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise ConfigError(f"{refusal} (the file was not written by torch.save: it is neither a zip "
+                          "archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -116,7 +122,7 @@ def _import_factory(target: str) -> Callable[[], nn.Module]:
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
-            raise ConfigError(f"config key 'model': importing {path} failed: {_first_line(exc)}") from None
+            raise ConfigError(f"config key 'model': importing {path} failed: {_first_line(exc)}") from exc
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -124,7 +130,7 @@ def _import_factory(target: str) -> Callable[[], nn.Module]:
             module = importlib.import_module(module_name)
         except Exception as exc:
             raise ConfigError(f"config key 'model': cannot import module '{module_name}': "
-                              f"{_first_line(exc)}") from None
+                              f"{_first_line(exc)}") from exc
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ConfigError(f"config key 'model': module '{module_name}' has no callable '{factory_name}'")
@@ -232,7 +238,7 @@ def load_model(config: ProbeConfig, *, progress: bool = False) -> tuple[nn.Modul
         try:
             model = factory()
         except Exception as exc:
-            raise ConfigError(f"config key 'model': calling {target}() failed: {_first_line(exc)}") from None
+            raise ConfigError(f"config key 'model': calling {target}() failed: {_first_line(exc)}") from exc
         if not isinstance(model, nn.Module):
             raise ConfigError(f"config key 'model': {target}() returned a {type(model).__name__}, "
                               "not a torch.nn.Module")
@@ -371,8 +377,9 @@ def _builtin_samples(config: ProbeConfig, builtin_cfg: Any, n: int) -> _Samples:
     if config.model_kind == "builtin":
         try:
             inputs, targets = builtin_data(target, n, builtin_cfg)
-        except ValueError as exc:
-            raise ConfigError(f"config key 'num_data': {_first_line(exc)}") from None
+        except ValueError as exc:  # the reason up to its hint, which names library arguments
+            raise ConfigError(f"{n} samples requested (--k or num_data) but the built-in data of "
+                              f"{target} is smaller: {_first_line(exc).split(';')[0]}") from None
         return _Samples({"inputs": inputs, "targets": targets},
                         f"built-in held-out samples of {target} (n={n})",
                         "token_cross_entropy" if target == "tiny-gpt" else "cross_entropy")

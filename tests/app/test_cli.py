@@ -285,7 +285,8 @@ def test_more_bad_inputs_in_process(env, user_files, tmp_path, monkeypatch, caps
         "unknown builtin": (["probe", *SMALL_NO_THREADS, "--model", "builtin:resnet"],
                             ("unknown built-in model",)),
         "bad flag": (["probe", *SMALL_NO_THREADS, "--sigmaz", "1"], ("unrecognized arguments",)),
-        "resume nothing": (["probe", "--resume", "--out", str(d / "empty")], ("'model' is missing",)),
+        "resume nothing": (["probe", "--resume", "--out", str(d / "empty")],
+                           ("--resume", "no run directory")),
         "plot non-result": (["plot", str(user_files["text"])], ("not a curvprobe results file",)),
         "plot missing": (["plot", str(d / "nothing.nc")], ("does not exist",)),
     }
