@@ -51,6 +51,9 @@ JSON_PREFIX = "json:"
 
 _INT32 = np.iinfo(np.int32)
 
+RESULT_FILE_MODE = 0o644
+"""Permissions of every file :func:`atomic_write` writes (owner read-write, others read)."""
+
 
 def provenance(problem=None, **extra: Any) -> dict[str, Any]:
     """Provenance attrs of a measurement.
@@ -187,7 +190,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
     """Write a file atomically.
 
     ``write(handle)`` fills a temporary file in the target directory (created
-    if missing); the file is flushed to disk and renamed over ``path``. If
+    if missing); the file is flushed to disk, made readable by everyone (mode
+    0644, like any file the user writes) and renamed over ``path``. If
     ``write`` raises (or the process is interrupted), ``path`` is left as it
     was and the temporary file is removed.
 
@@ -214,6 +218,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, RESULT_FILE_MODE)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
