@@ -103,7 +103,7 @@ def warm_cache(request):
 def test_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["01_quickstart", "02_subspace_vs_full", "03_property_tests", "04_estimators",
-                     "05_spectral_core"], names
+                     "05_spectral_core", "06_optimizer"], names
 
 
 def test_notebooks_are_committed_with_outputs():
