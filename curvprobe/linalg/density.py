@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import xarray as xr
 from scipy.stats import wasserstein_distance
 from torch import Tensor
 
@@ -90,6 +91,23 @@ class SpectralDensity:
         return float(wasserstein_distance(self.nodes.flatten().cpu().numpy(),
                                           np.asarray(eigenvalues, dtype=np.float64).ravel(),
                                           self.weights.flatten().cpu().numpy()))
+
+    def to_dataset(self) -> xr.Dataset:
+        """The estimate as an ``xarray.Dataset``: ``node`` and ``weight`` over
+        ``(probe, step)``, ``density`` over ``grid``; the bandwidth and the
+        products as attrs (a caller adds provenance)."""
+        return xr.Dataset(
+            {"node": (("probe", "step"), self.nodes.cpu().numpy(),
+                      {"long_name": "quadrature node θ (Ritz value)", "units": "units of A"}),
+             "weight": (("probe", "step"), self.weights.cpu().numpy(),
+                        {"long_name": "quadrature weight τ²/p (all sum to 1)", "units": "1"}),
+             "density": (("grid",), self.density.cpu().numpy(),
+                         {"long_name": "Gaussian-smoothed spectral density", "units": "1/units of A"})},
+            coords={"probe": np.arange(self.num_probes), "step": np.arange(1, self.lanczos_steps + 1),
+                    "grid": ("grid", self.grid.cpu().numpy(), {"long_name": "eigenvalue",
+                                                              "units": "units of A"})},
+            attrs={"bandwidth": self.bandwidth, "num_matvecs": self.num_matvecs,
+                   "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps})
 
     def moment(self, power: int) -> float:
         """``∫ t^power dμ̂``: ``(1/N) tr A^power`` estimated (``N · moment(1)``
