@@ -57,7 +57,7 @@ def slope_table(ds: xr.Dataset) -> str:
     dims = [int(d) for d in ds["dim"].values]
     value, _ = estimates(ds)
     rows = []
-    order = [("delta1", [dims[-1]]), ("full_mc", [dims[-1]]), ("sphere", [dims[-1]]),
+    order = [("delta1", [dims[-1]]), ("full_mc", [dims[-1]]), ("gm_full", [dims[-1]]), ("sphere", [dims[-1]]),
              ("direct_mc", dims), ("gm", dims), ("cv_mc", [dims[-1]]), ("quad_mc", [dims[-1]])]
     for est, ds_dims in order:
         if not _has(ds, est):

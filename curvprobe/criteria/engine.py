@@ -31,8 +31,12 @@ This module holds:
   coefficients (one implementation, shared with
   :class:`~curvprobe.criteria.surrogate.QuadraticSurrogate`);
 - :func:`surrogate_values`: ``q_k`` at many ``z``;
-- the per-estimator functions (:data:`SUBSPACE_CELLS`, :data:`FULL_SPACE_PROBES`),
-  registered under the names of :data:`curvprobe.criteria.spec.ESTIMATORS`;
+- the per-estimator functions (:data:`SUBSPACE_CELLS`, :data:`FULL_SPACE_PROBES`,
+  :data:`FULL_SPACE_CLOSED_FORMS`), registered under the names of
+  :data:`curvprobe.criteria.spec.ESTIMATORS`;
+- :class:`HessianDifference`, :func:`full_space_moments` and :func:`gm_full`:
+  the full-space Gaussian moment ``E q_k(ε)²``, ``ε ~ N(0, σ² I_N)``, with
+  ``tr B_k`` and ``‖B_k‖²_F`` by Hutch++ on HVPs;
 - :func:`mean_stderr`, :func:`running_mean_stderr`: Monte Carlo mean ± standard error;
   :func:`ordering_mean_stderr`: the mean over orderings and its standard error.
 
@@ -58,6 +62,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacfwd, vmap
 
+from curvprobe.core.operators import LinearOperator
 from curvprobe.core.problem import Problem
 from curvprobe.core.samples import Batch, tree_map
 from curvprobe.criteria.probes import Isotropic, Sphere, Subspace
@@ -65,9 +70,10 @@ from curvprobe.criteria.spec import ESTIMATORS, FULL_SPACE, NOISE_STREAMS, SUBSP
 from curvprobe.criteria.theory import gaussian_moment
 from curvprobe.linalg import Eigenspace
 
-__all__ = ["FULL_SPACE_PROBES", "SUBSPACE_CELLS", "SubspaceCoefficients", "SubspaceDraws",
-           "all_k_increments", "all_k_losses", "coefficients_fixed", "coefficients_from_samples",
-           "coefficients_per_k", "estimate", "increments", "mean_stderr", "moment", "noise",
+__all__ = ["FULL_SPACE_CLOSED_FORMS", "FULL_SPACE_PROBES", "SUBSPACE_CELLS", "FullSpaceMoments",
+           "HessianDifference", "SubspaceCoefficients", "SubspaceDraws", "all_k_increments",
+           "all_k_losses", "coefficients_fixed", "coefficients_from_samples", "coefficients_per_k",
+           "estimate", "full_space_moments", "gm_full", "increments", "mean_stderr", "moment", "noise",
            "ordering_mean_stderr", "orderings", "per_k_increments", "permuted_increments",
            "probe_perturbations", "running_mean_stderr", "subspace_derivatives", "subspace_estimator",
            "subspace_increments", "subspace_losses", "surrogate_terms", "surrogate_values"]
@@ -483,11 +489,99 @@ def cv_mc(d: SubspaceDraws) -> Terms:
     return d.gm(), d.delta**2 - d.q**2
 
 
+# ------------------------------------------------------------- full-space Gaussian moment
+class HessianDifference(LinearOperator):
+    """``B_k = ∇²δ_k(w) = (H_{k+1} − H^(k)) / (k+1)`` (N × N) through HVPs:
+    one on the single sample k+1 and one over the first k samples, their
+    difference formed before dividing (the increment identity)."""
+
+    def __init__(self, problem: Problem, k: int, w: Tensor | None = None) -> None:
+        super().__init__(problem.num_params, problem.device)
+        self.problem, self.k, self.w = problem, int(k), problem.point(w)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        nxt = self.problem.hvp(V, self.k + 1, self.w, start=self.k)
+        return (nxt - self.problem.hvp(V, self.k, self.w)) / (self.k + 1)
+
+
+@dataclass(frozen=True)
+class FullSpaceMoments:
+    """What the full-space Gaussian moment needs at one k.
+
+    ``c_norm2 = ‖c_k‖²`` (exact, loss²/param²); Hutch++ estimates ``trace``
+    of ``tr B_k`` (loss/param²) and ``frobenius`` of ``‖B_k‖²_F``
+    (loss²/param⁴): exact parts on ``Q = orth(B_k S)`` plus the means of the
+    per-probe terms ``t_i = xᵢᵀ B_k xᵢ`` and ``f_i = ‖B_k xᵢ‖²``, ``xᵢ = P gᵢ``
+    (``trace_terms``, ``frobenius_terms``, (s,))."""
+
+    k: int
+    c_norm2: float
+    trace: float
+    frobenius: float
+    trace_terms: Tensor
+    frobenius_terms: Tensor
+
+
+def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, stream: int
+                       ) -> FullSpaceMoments:
+    """``‖c_k‖²``, and ``tr B_k`` and ``‖B_k‖²_F`` by Hutch++ from one set of
+    ``num_matvecs`` products with ``B_k`` (:class:`HessianDifference`).
+
+    ``S`` (N, m₁), ``m₁ = ⌊m/3⌋``, gives ``Q = orth(B S)``; ``m₁`` products
+    ``Z = B Q`` give the exact parts ``tr(Qᵀ Z)`` and ``‖Z‖²_F = tr(Qᵀ B² Q)``;
+    the remaining ``m − 2 m₁`` products ``B xᵢ`` of ``xᵢ = P gᵢ``,
+    ``P = I − Q Qᵀ``, estimate ``tr(P B P)`` and ``tr(P B² P)`` (so
+    ``tr B = tr(Qᵀ B Q) + tr(P B P)``, ``‖B‖²_F = tr(Qᵀ B² Q) + tr(P B² P)``,
+    unbiased given Q). Columns of ``S`` and ``G`` are draws ``0..m−1`` of
+    ``stream`` (:func:`noise`): the same at every k.
+    """
+    n, m = problem.num_params, int(num_matvecs)
+    m1 = m // 3 if m >= 3 else 0
+    draws = torch.stack([noise(seed, stream, s, (n,)) for s in range(m - m1)], dim=1).to(problem.device)
+    B = HessianDifference(problem, k)
+    Q = torch.linalg.qr(B.matmat(draws[:, :m1]))[0] if m1 else draws[:, :0]
+    Z = B.matmat(Q) if m1 else Q
+    X = draws[:, m1:] - Q @ (Q.T @ draws[:, m1:])
+    W = B.matmat(X)
+    t, f = (X * W).sum(dim=0), (W * W).sum(dim=0)
+    g_mean = problem.gradient(k=k)
+    c = (problem.gradient(k=k + 1, start=k) - g_mean) / (k + 1)
+    return FullSpaceMoments(k, float(c @ c), float((Q * Z).sum() + t.mean()), float((Z * Z).sum() + f.mean()),
+                            t, f)
+
+
+def gm_full(moments: FullSpaceMoments, a: float, sigma: float) -> Terms:
+    """The full-space Gaussian moment ``E q_k(ε)²``, ``ε ~ N(0, σ² I_N)``:
+
+        GM_full = a² + a σ² tr B + σ² ‖c‖² + (σ⁴/4) (2 ‖B‖²_F + (tr B)²),
+
+    the formula of :func:`~curvprobe.criteria.theory.gaussian_moment` in all
+    N dimensions, with ``tr B`` and ``‖B‖²_F`` from Hutch++
+    (:func:`full_space_moments`) and ``(tr B)²`` debiased by the estimate's
+    variance. Its standard error propagates the Hutch++ terms linearly (delta
+    method): the integrand is ``∂_T GM (tᵢ − t̄) + ∂_F GM (fᵢ − f̄)`` with
+    ``∂_T = a σ² + σ⁴ tr B / 2``, ``∂_F = σ⁴ / 2`` — mean zero, so the value
+    is the offset and the error that of the integrand's mean.
+    """
+    T, F, s2 = moments.trace, moments.frobenius, sigma * sigma
+    t, f = moments.trace_terms, moments.frobenius_terms
+    var_T = float(t.var()) / t.numel() if t.numel() > 1 else 0.0
+    value = a * a + a * s2 * T + s2 * moments.c_norm2 + 0.25 * s2 * s2 * (2 * F + T * T - var_T)
+    integrand = (a * s2 + 0.5 * s2 * s2 * T) * (t - t.mean()) + 0.5 * s2 * s2 * (f - f.mean())
+    return value, integrand
+
+
+FULL_SPACE_CLOSED_FORMS: dict[str, Callable[[FullSpaceMoments, float, float], Terms]] = {
+    "gm_full": gm_full,
+}
+"""Full-space closed forms: name → ``(moments at k, a_k, σ) -> Terms``."""
+
+
 def _check_registry() -> None:
     """Every registered estimator has its arithmetic here (import-time check)."""
     for name, e in ESTIMATORS.items():
         have = name in SUBSPACE_CELLS if e.space == SUBSPACE else (
-            name in FULL_SPACE_PROBES if e.space == FULL_SPACE else True)
+            name in FULL_SPACE_PROBES or name in FULL_SPACE_CLOSED_FORMS if e.space == FULL_SPACE else True)
         if not have:
             raise RuntimeError(f"estimator {name!r} has a registry entry but no engine function")
 

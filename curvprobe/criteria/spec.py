@@ -38,7 +38,7 @@ the same set of samples in every ordering, so one eigenspace serves every
 ordering (``orderings > 1`` requires it)."""
 
 NOISE_STREAMS: Mapping[str, int] = MappingProxyType({"subspace": 1, "full_mc": 2, "sphere": 3,
-                                                     "validity": 7, "ordering": 11})
+                                                     "validity": 7, "ordering": 11, "gm_full": 13})
 """Noise stream of each family of draws (:func:`curvprobe.criteria.engine.noise`).
 
 Draw ``s`` of stream ``t`` under seed ``r`` is a function of ``(r, t, s)``
@@ -108,6 +108,9 @@ ESTIMATORS: Mapping[str, Estimator] = MappingProxyType({e.name: e for e in (
               moment="1"),
     Estimator("full_mc", "Δ₂ full space (MC)", "Δ_p = E|δ_k(w* + ε)|^p, ε ~ N(0, σ² I_N)",
               FULL_SPACE, "monte_carlo", "full_mc"),
+    Estimator("gm_full", "GM full space (Hutch++)",
+              "E q_k(ε)², ε ~ N(0, σ² I_N), closed form with tr B_k and ‖B_k‖²_F by Hutch++",
+              FULL_SPACE, "monte_carlo", "gm_full", p2_only=True, default=False),
     Estimator("direct_mc", "Δ₂^(D) direct MC", "Δ_p^(D) = E|δ_k(w* + U_D z)|^p, z ~ N(0, σ² I_D)",
               SUBSPACE, "monte_carlo", "subspace", true_increments=True),
     Estimator("quad_mc", "quadratic MC", "surrogate E|q_k(z)|^p by Monte Carlo", SUBSPACE,
@@ -286,6 +289,9 @@ class StabilizationSpec:
             raise ValueError(f"orderings = {orderings} needs subspace = 'pooled' (one eigenspace of all "
                              f"K + 1 samples, the same in every ordering), got {subspace!r}: per-k or "
                              "fixed eigenspaces would need one eigensolve per ordering")
+        if orderings > 1 and "gm_full" in est:
+            raise ValueError("gm_full estimates one ordering (its HVPs run over contiguous samples): "
+                             f"drop it or use orderings = 1, got {orderings}")
         if not (math.isfinite(float(self.tol)) and float(self.tol) > 0):
             raise ValueError(f"tol must be a positive number, got {self.tol}")
         if int(self.point_batch) < 1:

@@ -204,6 +204,10 @@ def _full_space_part(problem: Problem, spec: StabilizationSpec, a: Tensor, perms
             for j in range(len(spec.ks)):
                 table.record((j, every, every, i), a[:, j].abs(), torch.zeros_like(a[:, j]), None, 1)
             continue
+        if name in engine.FULL_SPACE_CLOSED_FORMS:
+            with stages(f"eval_{name}"):
+                _fill_full_space_closed_form(table, i, name, problem, spec, a)
+            continue
         power = spec.p if entry.moment == "p" else 1.0
         assert entry.stream is not None
         with stages(f"eval_{name}"):
@@ -219,6 +223,22 @@ def _full_space_part(problem: Problem, spec: StabilizationSpec, a: Tensor, perms
                     table.record((j, si, every, i), m[:, j], se[:, j], integrand[..., j], S)
     return _dataset(problem, spec, spec.ks, est, table, _EigenRecord(len(spec.ks), spec.max_dim), a,
                     stages)
+
+
+def _fill_full_space_closed_form(table: _Table, i: int, name: str, problem: Problem,
+                                 spec: StabilizationSpec, a: Tensor) -> None:
+    """A full-space closed form (``gm_full``) at every k and σ: its moments
+    from ``mc_samples`` HVP products per k (one ordering: ``a`` is (1, len(ks)))."""
+    stream = ESTIMATORS[name].stream
+    assert stream is not None
+    for j, k in enumerate(spec.ks):
+        moments = engine.full_space_moments(problem, k, spec.mc_samples, spec.seed, NOISE_STREAMS[stream])
+        for si, sigma in enumerate(spec.sigmas):
+            offset, integrand = engine.FULL_SPACE_CLOSED_FORMS[name](moments, float(a[0, j]), sigma)
+            value, se = engine.estimate((offset, integrand))
+            table.record((j, si, slice(None), i), torch.tensor([value], dtype=torch.float64),
+                         torch.tensor([se], dtype=torch.float64), None,
+                         0 if integrand is None else integrand.numel())
 
 
 def _fill_subspace(table: _Table, j: int, coeffs: Sequence[engine.SubspaceCoefficients], xi: Tensor,
