@@ -157,6 +157,14 @@ def _check_args(op: LinearOperator, D: int, tol: float, method: str,
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 
+def _check_all(op: LinearOperator, D: int, tol: float, method: str, max_miss_probability: float | None,
+               which: str, basis_dtype: torch.dtype, keep_basis: bool, block_size: int | None) -> int:
+    """Every argument check of :func:`top_eigenspace`; the cold start's block size."""
+    _check_args(op, D, tol, method, max_miss_probability)
+    _check_tolerance(op, tol)
+    return _check_variant(method, which, basis_dtype, keep_basis, block_size)
+
+
 def _check_variant(method: str, which: str, basis_dtype: torch.dtype, keep_basis: bool,
                    block_size: int | None) -> int:
     """Check ``which``, ``basis_dtype`` and ``block_size`` against the method;
@@ -319,9 +327,7 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     -------
     Eigenspace
     """
-    _check_args(op, D, tol, method, max_miss_probability)
-    _check_tolerance(op, tol)
-    block = _check_variant(method, which, basis_dtype, keep_basis, block_size)
+    block = _check_all(op, D, tol, method, max_miss_probability, which, basis_dtype, keep_basis, block_size)
     generator = torch.Generator(device=op.device).manual_seed(int(seed))
     budget = int(max_matvecs) if max_matvecs is not None else max(40 * D, 400)
     start, start_cost = op.num_matvecs, op.cost
@@ -332,12 +338,10 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     run, scale = _krylov_solve(op, D, init, tol=tol, basis_size=m, budget=budget,
                                generator=generator, keep_basis=keep_basis, which=which, block=block,
                                basis_dtype=basis_dtype)
-    checked = missed_eigenvalue_guard(op, run, D, tol=tol, steps=guard_steps,
-                                      max_rounds=max_guard_rounds,
+    checked = missed_eigenvalue_guard(op, run, D, tol=tol, steps=guard_steps, max_rounds=max_guard_rounds,
                                       max_miss_probability=max_miss_probability, basis_size=m,
-                                      max_matvecs=budget - (op.num_matvecs - start),
-                                      generator=generator, which=which, scale=scale,
-                                      basis_dtype=basis_dtype)
+                                      max_matvecs=budget - (op.num_matvecs - start), generator=generator,
+                                      which=which, scale=scale, basis_dtype=basis_dtype)
     result = _certified(op, run, checked, D, tol, start, start_cost, which, scale, method)
     _warn_if_uncertified(result, spent=op.num_matvecs - start, budget=budget)
     return result
@@ -356,7 +360,7 @@ def _check_tolerance(op: LinearOperator, tol: float) -> None:
         warnings.warn(f"tol = {tol:g} is below what this operator's products resolve (≈ {floor:.0e}, "
                       "10 eps of their dtype): residuals under it are round-off, so the certificate "
                       f"means ≈ {floor:.0e}; use a float64 problem for a tighter one",
-                      ToleranceBelowPrecision, stacklevel=3)
+                      ToleranceBelowPrecision, stacklevel=4)
 
 
 def _warn_if_uncertified(result: Eigenspace, *, spent: int, budget: int) -> None:
