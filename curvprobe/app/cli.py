@@ -179,7 +179,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch intra-op threads (default: torch's choice; 1 is faster on a busy "
                              "machine)")
@@ -199,9 +199,12 @@ def cmd_demo(args) -> int:
     from curvprobe.app.demo import run_demo
     from curvprobe.app.runs import default_out
 
+    if args.resume:
+        _check_resumable(args.out)
     args.out = args.out or default_out()
     check_output_dir(args.out)
-    result = run_demo(args.out, quick=args.quick, progress=_show_progress(args), log=_say_with_hint(args))
+    result = run_demo(args.out, quick=args.quick, progress=_show_progress(args), log=_say_with_hint(args),
+                      resume=args.resume)
     print(result.summary)
     print(f"results, figures and summary.md in {result.out}")
     return 0
@@ -630,11 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("demo", help="the whole measurement on the built-in tiny transformer")
-    p.add_argument("--quick", action="store_true", help="smaller settings (≤ 2 minutes)")
-    p.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
-    _common(p)
-    p.set_defaults(func=cmd_demo)
+    _add_demo_parser(sub)
 
     p = sub.add_parser("probe", help="a resumable stabilization run from a TOML config and flags")
     p.add_argument("config", nargs="?", default=None, help="TOML config (see examples/probe.toml)")
@@ -692,6 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_demo_parser(sub) -> None:
+    """The ``demo`` sub-command's parser."""
+    p = sub.add_parser("demo", help="the whole measurement on the built-in tiny transformer")
+    p.add_argument("--quick", action="store_true", help="smaller settings (≤ 2 minutes)")
+    p.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted demo in --out (finished stages and parts are kept)")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+
 def _add_curriculum_parser(sub) -> None:
     """The ``curriculum`` sub-command's parser (its own flags, not the config keys)."""
     p = sub.add_parser("curriculum", help="the paper's k-decay protocol: train from init, measure at each k")
@@ -747,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         hint = ("; finished parts are kept: rerun the same command with --resume"
-                if args.command in ("probe", "curriculum") else "")
+                if args.command in ("probe", "curriculum", "demo") else "")
         print(f"curvprobe: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:

@@ -17,6 +17,11 @@ Stages (each timed, each with a progress bar on a terminal):
    → ``mc_convergence.nc``;
 5. figures (those of `docs/estimators.md`) as PNG, and ``summary.md`` (also printed).
 
+``resume=True`` (``curvprobe demo --resume --out DIR``) continues an interrupted
+demo: the validity sweep and the MC convergence are read from their files when
+they are there, the probe run keeps its finished parts, and a finished demo's
+figures and summary are kept; the final files are those of an uninterrupted demo.
+
 :data:`FULL` and :data:`QUICK` hold the settings; the full demo is sized for
 ≤ 15 minutes on 2 CPU cores once the model is cached, ``--quick`` for ≤ 2
 minutes (measured times: ``docs/performance.md``).
@@ -36,6 +41,7 @@ import xarray as xr
 
 from curvprobe.app import _progress
 from curvprobe.app.config import load_config
+from curvprobe.criteria.spec import ESTIMATORS
 from curvprobe.results import atomic_write, save
 
 __all__ = ["FULL", "QUICK", "DemoSettings", "choose_sigmas", "run_demo"]
@@ -102,6 +108,10 @@ QUICK = DemoSettings(
 )
 
 
+_DEMO_ESTIMATORS = [name for name in ESTIMATORS if name != "gm_full"]
+"""Every estimator but ``gm_full``, which estimates one ordering (the demo averages over many)."""
+
+
 def choose_sigmas(validity: xr.Dataset) -> tuple[list[float], float, float]:
     """Probe scales from a validity sweep: ``(sigmas, σ_valid, σ_beyond)``.
 
@@ -131,19 +141,21 @@ class DemoResult:
 
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bool = False,
-             log: Callable[[str], None] | None = None, settings: DemoSettings | None = None) -> DemoResult:
-    """Run the demo into ``out`` (default ``runs/<timestamp>``); see the module docstring."""
+             log: Callable[[str], None] | None = None, settings: DemoSettings | None = None,
+             resume: bool = False) -> DemoResult:
+    """Run (or with ``resume``, continue) the demo in ``out`` (default ``runs/<timestamp>``);
+    see the module docstring."""
     from curvprobe.app.runs import RunError, default_out, run_probe
     from curvprobe.app.sources import build_problem
     from curvprobe.criteria.convergence import mc_convergence
-    from curvprobe.criteria.validity import quadratic_validity
     from curvprobe.zoo import models
 
     say = log or (lambda message: None)
     s = settings or (QUICK if quick else FULL)
     out = Path(out or default_out()).resolve()
-    if (out / "config.toml").exists() or (out / "summary.md").exists():
-        raise RunError(f"{out} already holds a demo or run; choose another --out")
+    if not resume and ((out / "config.toml").exists() or (out / "summary.md").exists()):
+        raise RunError(f"{out} already holds a demo or run; pass --resume to continue it, or choose "
+                       "another --out")
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -152,10 +164,10 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
         f"{models.cache_directory()})")
     base = load_config(None, {
         "model": "builtin:tiny-gpt", "ks": list(s.ks), "sigmas": [1e-3], "dims": list(s.dims),
-        "estimators": "all", "mc_samples": s.mc_samples, "num_data": s.num_data, "tol": s.tol,
+        "estimators": _DEMO_ESTIMATORS, "mc_samples": s.mc_samples, "num_data": s.num_data, "tol": s.tol,
         "seed": s.seed, "subspace": s.subspace, "orderings": s.orderings, "batch_size": s.batch_size,
         "point_batch": s.point_batch,
-        "validity": False,
+        "validity": True,  # stage 2's sweep, handed to run_probe (which then runs none of its own)
         "validity_samples": s.validity_samples, "out": str(out)})
     loaded = build_problem(base, progress=progress)
     problem = loaded.problem
@@ -166,12 +178,9 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     t0 = time.perf_counter()
     say(f"[2/5] quadratic validity at k = {K}: {len(s.validity_sigmas)} σ x {s.validity_samples} draws")
     out.mkdir(parents=True, exist_ok=True)
-    with _progress.bar(len(s.validity_sigmas) * s.validity_samples, "validity sweep", show=progress,
-                       unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
-        validity = quadratic_validity(problem, list(s.validity_sigmas), k=K,
-                                      mc_samples=s.validity_samples, seed=s.seed,
-                                      point_batch=s.point_batch)
-    save(validity, out / "validity.nc", overwrite=True)
+    validity = _reuse(out / "validity.nc", resume, say)
+    if validity is None:
+        validity = _validity_stage(problem, s, out, progress)
     sigmas, sigma_valid, sigma_beyond = choose_sigmas(validity)
     seconds["validity sweep"] = time.perf_counter() - t0
     say(f"      validated σ ≤ {validity.attrs['validated_sigma_max']:.3g}; probing σ = "
@@ -179,29 +188,57 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
 
     t0 = time.perf_counter()
     config = base.replace(sigmas=sigmas)
-    say(f"[3/5] stabilization over {len(s.ks)} k in [{min(s.ks)}, {K}], D ∈ {set(s.dims)}, all estimators, "
-        f"S = {s.mc_samples}, "
+    say(f"[3/5] stabilization over {len(s.ks)} k in [{min(s.ks)}, {K}], "
+        f"D ∈ {{{', '.join(map(str, s.dims))}}}, every estimator but gm_full, S = {s.mc_samples}, "
         + {"per_k": "per-k eigenspaces", "fixed": f"one eigenspace U_D of H^({K}) for all k"}.get(
             s.subspace, f"one eigenspace U_D of all {K + 1} samples for all k")
         + f" (tol {s.tol:g}), {s.orderings} orderings of the samples")
-    run = run_probe(config, problem=problem, progress=progress, validity=validity,
+    run = run_probe(config, problem=problem, resume=resume, progress=progress, validity=validity,
                     digests=loaded.digests)
     ds = run.dataset
     seconds["stabilization run"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say(f"[4/5] Monte Carlo convergence at k = {s.convergence_k}, S up to {s.convergence_samples}")
-    with _progress.bar(len(s.dims) * 2 * s.convergence_samples, "MC convergence", show=progress,
-                       unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
-        conv = mc_convergence(problem, s.convergence_k, sigmas=[sigma_valid, sigma_beyond],
-                              dims=list(s.dims), mc_samples=s.convergence_samples, seed=s.seed,
-                              tol=s.tol, point_batch=s.point_batch)
-    save(conv, out / "mc_convergence.nc", overwrite=True)
+    conv = _reuse(out / "mc_convergence.nc", resume, say)
+    if conv is None:
+        with _progress.bar(len(s.dims) * 2 * s.convergence_samples, "MC convergence", show=progress,
+                           unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
+            conv = mc_convergence(problem, s.convergence_k, sigmas=[sigma_valid, sigma_beyond],
+                                  dims=list(s.dims), mc_samples=s.convergence_samples, seed=s.seed,
+                                  tol=s.tol, point_batch=s.point_batch)
+        save(conv, out / "mc_convergence.nc", overwrite=True)
     seconds["MC convergence run"] = time.perf_counter() - t0
 
     say("[5/5] figures and summary")
-    paths, summary = _figures_and_summary(out, s, ds, validity, conv, seconds, t_all)
+    if resume and (out / "summary.md").exists():  # a finished demo: its figures and summary stand
+        say(f"      kept {out / 'summary.md'} and the figures beside it")
+        paths, summary = sorted(out.glob("*.png")), (out / "summary.md").read_text()
+    else:
+        paths, summary = _figures_and_summary(out, s, ds, validity, conv, seconds, t_all)
     return DemoResult(out, ds, validity, conv, summary, paths, seconds)
+
+
+def _validity_stage(problem, s: DemoSettings, out: Path, progress: bool) -> xr.Dataset:
+    """Stage 2: the quadratic-validity sweep at the largest k, saved as ``validity.nc``."""
+    from curvprobe.criteria.validity import quadratic_validity
+
+    with _progress.bar(len(s.validity_sigmas) * s.validity_samples, "validity sweep", show=progress,
+                       unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
+        validity = quadratic_validity(problem, list(s.validity_sigmas), k=max(s.ks),
+                                      mc_samples=s.validity_samples, seed=s.seed, point_batch=s.point_batch)
+    save(validity, out / "validity.nc", overwrite=True)
+    return validity
+
+
+def _reuse(path: Path, resume: bool, say: Callable[[str], None]) -> xr.Dataset | None:
+    """The result at ``path`` when resuming and it is there (a finished stage), else None."""
+    from curvprobe.results import load
+
+    if not (resume and path.is_file()):
+        return None
+    say(f"      resumed: kept {path.name}")
+    return load(path)
 
 
 def _figures_and_summary(out: Path, s: DemoSettings, ds: xr.Dataset, validity: xr.Dataset,

@@ -72,6 +72,7 @@ def test_minor_bad_inputs(env, files, tmp_path):
         "threads 0": (["probe", *SMALL[:-2], "--threads", "0"], ("--threads must be >= 1",)),
         "abbreviated flag": (["probe", *SMALL, "--mc-sample", "3"], ("unrecognized arguments",)),
         "resume missing dir": (["probe", *SMALL, "--resume"], ("--resume", "no run directory")),
+        "demo resume missing dir": (["demo", "--quick", "--resume"], ("--resume", "no run directory")),
         "empty config": (["probe", str(files["empty"])], ("'model' is missing", "builtin:<name>")),
         "text checkpoint": ([*module, "--checkpoint", str(files["text"])],
                             ("not a PyTorch checkpoint", "not written by torch.save")),
