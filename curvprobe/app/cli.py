@@ -563,6 +563,7 @@ def cmd_hessian(args) -> int:
     distributed = _start_ranks(config.device)
     out = Path(config.out or default_out())
     _check_fresh(out / "hessian.nc", args.overwrite)
+    check_output_dir(out)
     n = config.num_data or args.k or 256
     config = config.replace(ks=[max(n - 1, 1)], num_data=n)
     loaded = build_problem(config, progress=_show_progress(args), distributed=distributed)

@@ -34,7 +34,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
                      + [line(r) for r in cells[1:]])
 
 
-def _fmt(x: float, digits: int = 3) -> str:
+def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or not math.isfinite(x):
         return "–"
     return f"{x:.{digits}g}"
