@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from curvprobe.app.config import load_config
 from curvprobe.results import load
 
 
+@pytest.mark.slow  # two quick demos (R = 32 orderings): CI runs it in make test-slow
 def test_demo_resume_after_kill(tmp_path):
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k != "CURVPROBE_PART_DELAY"}
