@@ -583,6 +583,42 @@ def cmd_hessian(args) -> int:
     return 0
 
 
+def cmd_density(args) -> int:
+    """``curvprobe density``: the spectral density of the Hessian (or GGN) by
+    stochastic Lanczos quadrature, written as ``density.nc`` and ``density.png``.
+
+    Returns the exit status.
+    """
+    from curvprobe.app.config import load_config
+    from curvprobe.app.plots import plot_spectral_density, save_figure
+    from curvprobe.app.runs import default_out
+    from curvprobe.app.sources import build_problem
+    from curvprobe.linalg import spectral_density
+    from curvprobe.results import provenance, save
+
+    config = load_config(args.config, _overrides(args), required=("model",))
+    distributed = _start_ranks(config.device)
+    out = Path(config.out or default_out())
+    _check_fresh(out / "density.nc", args.overwrite)
+    n = config.num_data or args.k or 256
+    config = config.replace(ks=[max(n - 1, 1)], num_data=n)
+    problem = build_problem(config, progress=_show_progress(args), distributed=distributed).problem
+    op = (problem.hessian_operator if args.operator == "hessian" else problem.ggn_operator)(args.k)
+    _say(args)(f"{args.operator} spectral density over {op.k - op.start} samples: {args.probes} probes × "
+               f"{args.steps} Lanczos steps ({args.probes * args.steps} products)")
+    sd = spectral_density(op, num_probes=args.probes, lanczos_steps=args.steps, seed=config.seed)
+    ds = sd.to_dataset().assign_attrs(provenance(problem, k=op.k - op.start, operator=args.operator,
+                                                 model_source=config.model, seed=config.seed))
+    if not _is_writer():
+        return 0
+    save(ds, out / "density.nc", overwrite=True)
+    save_figure(plot_spectral_density(ds, title=f"{args.operator} spectral density, {config.model}"),
+                out / "density.png")
+    print(f"density: {out / 'density.nc'}, figure: {out / 'density.png'} (bandwidth {sd.bandwidth:.3g}, "
+          f"trace ≈ {sd.moment(1) * problem.num_params:.4g})")
+    return 0
+
+
 def cmd_curriculum(args) -> int:
     """``curvprobe curriculum``: the paper's k-decay protocol on a built-in model, seeds in parallel.
 
@@ -683,6 +719,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "validity_samples", "validity_threshold", "point_batch", "orderings"))
     _common(p)
     p.set_defaults(func=cmd_hessian)
+
+    p = sub.add_parser("density", help="spectral density of the Hessian (or GGN) by stochastic Lanczos "
+                       "quadrature: density.nc and density.png")
+    p.add_argument("config", nargs="?", default=None, help="TOML config (keys as for probe)")
+    p.add_argument("--k", type=int, default=None, help="samples of L_k (default all: num_data or 256)")
+    p.add_argument("--probes", type=int, default=10, help="random probe vectors")
+    p.add_argument("--steps", type=int, default=80, help="Lanczos steps per probe")
+    p.add_argument("--operator", choices=("hessian", "ggn"), default="hessian",
+                   help="the Hessian or the generalized Gauss–Newton matrix")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing density.nc")
+    _add_config_flags(p, skip=(*_EIGEN_KEYS, "ks", "sigmas", "validity", "validity_samples",
+                               "validity_threshold", "point_batch", "orderings"))
+    _common(p)
+    p.set_defaults(func=cmd_density)
 
     _add_curriculum_parser(sub)
 
