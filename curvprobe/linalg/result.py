@@ -62,14 +62,17 @@ class Eigenspace:
     method : str
     guard_value : float
         Top Ritz value of the final deflated guard run (NaN if no guard ran);
-        the result is certified only if it is ≤ ``θ_D + tol·|θ_1|``.
+        the result is certified only if it is ≤ ``ℓ_hi`` (``θ_D + tol·|θ_1|``
+        for ``which="largest"``; :func:`~curvprobe.linalg.guard.guard_levels`).
     miss_probability : float
         Bound on the probability, over the guard's random start, that an
-        eigenvalue above ``θ_D + tol·|θ_1|`` went unseen (NaN if no guard
-        passed): :func:`~curvprobe.linalg.guard.miss_probability` of the guard
-        run's :func:`~curvprobe.linalg.guard.christoffel_kernel` at that level.
-        A property of the guard's Krylov space, not a heuristic; typical
-        values are in ``docs/performance.md``.
+        eigenvalue beyond the guard's levels (above ``θ_D + tol·|θ_1|`` for
+        ``which="largest"``) went unseen (NaN if no guard passed):
+        :func:`~curvprobe.linalg.guard.guard_miss_probability` of the guard
+        run's :func:`~curvprobe.linalg.guard.christoffel_kernel` at the
+        levels (summed over the two ends of a two-sided guard). A property of
+        the guard's Krylov space, not a heuristic; typical values are in
+        ``docs/performance.md``.
     cost : float
         Work in units of one operator product: ``num_matvecs`` plus carried
         images (a basis carried from ``k_0`` to ``k`` samples costs
