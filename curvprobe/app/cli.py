@@ -787,8 +787,6 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``curvprobe`` console script and ``python -m curvprobe``."""
-    from curvprobe.app.runs import RunError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = warnings.showwarning
@@ -801,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RunError, FileExistsError, ValueError, TypeError, FileNotFoundError,
+    except (ConfigError, FileExistsError, ValueError, TypeError, FileNotFoundError,
             FloatingPointError) as exc:
         _traceback_if(args.debug)
         print(f"curvprobe: error{_rank()}: {_line(exc)}", file=sys.stderr)
