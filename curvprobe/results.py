@@ -1,7 +1,9 @@
 """Results as xarray Datasets: provenance attrs and netCDF save/load.
 
 This module is the one owner of result files (see ``docs/concepts.md``):
-:func:`provenance` builds the provenance attrs of every measurement,
+:func:`provenance` builds the provenance attrs of every measurement (those
+that differ between two runs of the same measurement are :data:`VOLATILE_ATTRS`,
+dropped by :func:`without_volatile` to compare results),
 :func:`encode`/:func:`decode` translate attrs to and from what netCDF can
 hold, :func:`save`/:func:`load` write and read Datasets, and
 :func:`atomic_write` is the one temporary-file-and-rename writer used for
@@ -29,6 +31,8 @@ Atomic writes
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -44,12 +48,18 @@ import xarray as xr
 
 from curvprobe._version import __version__
 
-__all__ = ["JSON_PREFIX", "atomic_write", "decode", "encode", "load", "provenance", "save"]
+__all__ = ["JSON_PREFIX", "VOLATILE_ATTRS", "atomic_write", "decode", "encode", "load", "provenance",
+           "save", "weights_digest", "without_volatile"]
 
 JSON_PREFIX = "json:"
 """Prefix of an attr that :func:`encode` stored as JSON."""
 
 _INT32 = np.iinfo(np.int32)
+
+VOLATILE_ATTRS = frozenset({"created", "host"})
+"""Provenance attrs that differ between two runs of the same measurement (when and where it
+ran): a resumed, merged or data-parallel result equals a fresh one up to these and the
+timings."""
 
 RESULT_FILE_MODE = 0o644
 """Permissions of every file :func:`atomic_write` writes (owner read-write, others read)."""
@@ -69,11 +79,15 @@ def provenance(problem=None, **extra: Any) -> dict[str, Any]:
     Returns
     -------
     dict
-        curvprobe, torch, numpy, xarray and Python versions, the torch thread
-        count, the problem's description and ``extra``, as Python values
-        (:func:`save` encodes them).
+        ``created`` (ISO 8601 UTC time, to the second) and ``host`` (network
+        name of the machine) — the :data:`VOLATILE_ATTRS` —, curvprobe,
+        torch, numpy, xarray and Python versions, the torch thread count, the
+        problem's description with ``weights_sha256`` (:func:`weights_digest`
+        of ``w*``) and ``extra``, as Python values (:func:`save` encodes them).
     """
     attrs: dict[str, Any] = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "host": platform.node(),
         "curvprobe_version": __version__,
         "torch_version": str(torch.__version__),
         "numpy_version": np.__version__,
@@ -89,9 +103,29 @@ def provenance(problem=None, **extra: Any) -> dict[str, Any]:
             "dtype": str(problem.dtype).replace("torch.", ""),
             "device": str(problem.device),
             "batch_size": problem.batch_size,
+            "weights_sha256": weights_digest(problem.params),
         })
     attrs.update(extra)
     return attrs
+
+
+def weights_digest(params: torch.Tensor) -> str:
+    """SHA-256 (hex) of a parameter vector's bytes, in its dtype: which weights were measured.
+
+    Parameters
+    ----------
+    params : Tensor
+        Flat parameter vector ``w*`` (N,), any dtype and device.
+    """
+    raw = params.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+    return hashlib.sha256(raw.tobytes()).hexdigest()
+
+
+def without_volatile(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy of ``ds`` without the :data:`VOLATILE_ATTRS`, to compare two results."""
+    out = ds.copy()
+    out.attrs = {k: v for k, v in ds.attrs.items() if k not in VOLATILE_ATTRS}
+    return out
 
 
 # --------------------------------------------------------------------------- #

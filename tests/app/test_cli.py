@@ -24,7 +24,7 @@ import xarray as xr
 
 from curvprobe.app.config import ConfigError, load_config, parse_value
 from curvprobe.criteria.spec import DEFAULT_ESTIMATORS, ESTIMATORS, default_estimators
-from curvprobe.results import load
+from curvprobe.results import load, without_volatile
 
 SMALL = ["--model", "builtin:mlp", "--ks", "4,8,16,32", "--sigmas", "0.01,0.1", "--dims", "1,2",
          "--mc-samples", "8", "--validity-samples", "4", "--guard-steps", "30", "--miss-bound", "0.05",
@@ -54,7 +54,8 @@ def assert_one_line_error(result, *needles: str) -> None:
 
 
 def without_timing(ds: xr.Dataset) -> xr.Dataset:
-    return ds.drop_vars(["stage_seconds", "stage"])
+    """``ds`` without its timings and the volatile provenance attrs (when and where it ran)."""
+    return without_volatile(ds.drop_vars(["stage_seconds", "stage"]))
 
 
 # ------------------------------------------------------------ fixtures: runs

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from curvprobe.results import load
+from curvprobe.results import load, without_volatile
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 RUN = ["--model", "builtin:mlp", "--ks", "4,8,16,32", "--sigmas", "0.01,0.1", "--dims", "1,2",
@@ -32,7 +32,8 @@ def dist_env(env: dict[str, str], **extra: str) -> dict[str, str]:
 
 
 def without_timing(ds: xr.Dataset) -> xr.Dataset:
-    return ds.drop_vars(["stage_seconds", "stage"])
+    """``ds`` without its timings and the volatile provenance attrs (when and where it ran)."""
+    return without_volatile(ds.drop_vars(["stage_seconds", "stage"]))
 
 
 @pytest.fixture(scope="module")

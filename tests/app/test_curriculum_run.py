@@ -14,7 +14,7 @@ import xarray as xr
 
 from curvprobe.app.curriculum_run import CurriculumSettings, run_curriculum
 from curvprobe.app.runs import RunError
-from curvprobe.results import load
+from curvprobe.results import load, without_volatile
 
 SETTINGS = CurriculumSettings(model="mlp", ks=(4, 8, 16, 32), seeds=(0, 1), sigmas=(1e-2,), dims=(1, 2),
                               mc_samples=4, batch_size=4, validation_samples=32)
@@ -41,8 +41,7 @@ def finished(tmp_path_factory):
 
 def _without_timing(ds: xr.Dataset) -> xr.Dataset:
     ds = ds.drop_vars([v for v in ds.data_vars if v.startswith("seconds")])
-    ds.attrs = {k: v for k, v in ds.attrs.items() if k not in ("created",)}
-    return ds
+    return without_volatile(ds)
 
 
 def test_run_keeps_every_seed_with_mean_and_spread(finished):
