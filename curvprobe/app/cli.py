@@ -105,18 +105,44 @@ def _say(args) -> Callable[[str], None]:
 
 
 def _busy_hint(args) -> None:
-    """Suggest ``--threads 1`` when the machine is oversubscribed: torch's
-    OpenMP threads spin against other processes and run several times slower."""
-    import torch
+    """The ``--threads auto`` line (count and why, again whenever it changes between stages), or
+    with an explicit ``--threads N`` a note when the machine is too busy for N threads: torch's
+    OpenMP threads wait for each other and run many times slower then
+    (:mod:`curvprobe.app.threads`)."""
+    from curvprobe.app import threads
+
+    say, n = _say(args), getattr(args, "threads", None)
+    if n == "auto":
+        threads.announce(say)
+    elif isinstance(n, int) and n > 1:
+        decision = threads.decide(probe=False)
+        if decision.threads < n:
+            say(f"note: the machine is busy; --threads auto would use {decision.threads} "
+                f"({decision.describe().split('; ', 1)[1]})")
+
+
+def _threads_arg(text: str) -> int | str:
+    """argparse type of ``--threads``: ``auto`` or an integer ≥ 1 (one-line error, exit 2)."""
+    from curvprobe.app.threads import parse_threads
 
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return
-    cores = os.cpu_count() or 1
-    if torch.get_num_threads() > 1 and load > cores + 0.5:
-        _say(args)(f"note: the machine is busy (load {load:.1f} on {cores} cores); --threads 1 is "
-                   "often several times faster then")
+        return parse_threads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _apply_threads(args) -> None:
+    """Set torch's intra-op threads from ``--threads``: the count, or with ``auto`` the count
+    :func:`curvprobe.app.threads.start_auto` picks now (and again between stages)."""
+    n = getattr(args, "threads", None)
+    if n == "auto":
+        from curvprobe.app.threads import start_auto
+
+        start_auto()
+    elif n is not None:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def _say_with_hint(args) -> Callable[[str], None]:
@@ -180,9 +206,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch intra-op threads (default: torch's choice; 1 is faster on a busy "
-                             "machine)")
+    parser.add_argument("--threads", type=_threads_arg, default="auto", metavar="N|auto",
+                        help="torch intra-op threads (default auto: one per CPU free of other work, "
+                             "re-checked between stages; see `curvprobe info`)")
 
 
 def _check_fresh(path: Path, overwrite: bool) -> None:
@@ -436,6 +462,9 @@ def cmd_info(args) -> int:
         print(f"thread pool: {pool.get('internal_api')} ({pool.get('user_api')}) "
               f"{pool.get('version') or ''} num_threads={pool.get('num_threads')} "
               f"[{Path(pool.get('filepath', '')).name}]")
+    from curvprobe.app.threads import decide
+
+    print(f"--threads auto would pick now: {decide().describe().removeprefix('threads: auto → ')}")
     blas_env = os.environ.get("CURVPROBE_BLAS_THREADS", "1 (default)")
     print(f"CURVPROBE_BLAS_THREADS={blas_env}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     devices = ["cpu"]
@@ -791,12 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
-    if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _apply_threads(args)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, FileExistsError, ValueError, TypeError, FileNotFoundError,

@@ -41,6 +41,7 @@ import xarray as xr
 
 from curvprobe.app import _progress
 from curvprobe.app.config import load_config
+from curvprobe.app.threads import between_stages
 from curvprobe.criteria.spec import ESTIMATORS
 from curvprobe.results import atomic_write, save
 
@@ -175,6 +176,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     say(f"      {problem!r}")
 
     K = max(s.ks)
+    between_stages()
     t0 = time.perf_counter()
     say(f"[2/5] quadratic validity at k = {K}: {len(s.validity_sigmas)} σ x {s.validity_samples} draws")
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +188,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     say(f"      validated σ ≤ {validity.attrs['validated_sigma_max']:.3g}; probing σ = "
         f"{', '.join(f'{x:.3g}' for x in sigmas)} (σ = {sigma_beyond:.3g} is beyond the regime)")
 
+    between_stages()
     t0 = time.perf_counter()
     config = base.replace(sigmas=sigmas)
     say(f"[3/5] stabilization over {len(s.ks)} k in [{min(s.ks)}, {K}], "
@@ -198,6 +201,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     ds = run.dataset
     seconds["stabilization run"] = time.perf_counter() - t0
 
+    between_stages()
     t0 = time.perf_counter()
     say(f"[4/5] Monte Carlo convergence at k = {s.convergence_k}, S up to {s.convergence_samples}")
     conv = _reuse(out / "mc_convergence.nc", resume, say)

@@ -12,7 +12,7 @@ A run directory holds::
                            warm start of the next k (only the last finished k's file is kept)
     parts/subspace_fixed.nc  subspace estimators for every k (``subspace = "fixed"``)
     stabilization.nc       the merged result
-    timings.json           wall time per part and per session (not in the .nc: it differs
+    timings.json           wall time and torch threads per part, and per session (not in the .nc: it differs
                            between an interrupted and an uninterrupted run)
 
 The parts are those of :func:`curvprobe.criteria.sweep.iter_parts` for the
@@ -45,6 +45,7 @@ import xarray as xr
 
 from curvprobe.app import _progress
 from curvprobe.app.config import ConfigError, ProbeConfig, load_config
+from curvprobe.app.threads import between_stages
 from curvprobe.core.distributed import Shard, barrier, broadcast_object, world
 from curvprobe.core.problem import Problem
 from curvprobe.criteria.sweep import Part, iter_parts, merge_parts, part_names
@@ -110,7 +111,8 @@ def _stage_dict(ds: xr.Dataset) -> dict[str, float]:
 class _RunDirectory:
     """The files of one run directory: parts, the last k's eigenvectors, ``timings.json``.
 
-    ``timings.json`` holds the wall time and stage seconds of every part and a
+    ``timings.json`` holds the wall time, stage seconds and torch thread count (``--threads
+    auto`` may change it between parts) of every part and a
     summary per session (what it computed and skipped). In a data-parallel run
     every rank computes every part and rank 0 alone writes; each write ends in
     a barrier, so every rank then reads the same files.
@@ -164,7 +166,8 @@ class _RunDirectory:
                     if stale.name != f"{name}.eig.pt":
                         stale.unlink(missing_ok=True)
         seconds, self.t0 = time.perf_counter() - self.t0, time.perf_counter()
-        self.timings["parts"][name] = {"seconds": round(seconds, 4), "stage_seconds": _stage_dict(ds)}
+        self.timings["parts"][name] = {"seconds": round(seconds, 4), "stage_seconds": _stage_dict(ds),
+                                       "torch_threads": torch.get_num_threads()}
         self.session["computed"].append(name)
         self.outcome.computed.append(name)
         self.flush()
@@ -251,6 +254,7 @@ def _compute_parts(problem: Problem, config: ProbeConfig, run: _RunDirectory, pr
                     part.eigenspace.vectors.detach().to("cpu", torch.float64).contiguous()
                 run.store(part.name, part.dataset, vectors)
                 bar.update(1)
+                between_stages()
     return names
 
 
