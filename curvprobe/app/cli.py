@@ -15,16 +15,18 @@ Every config key is a flag (``--mc-samples 32``; lists comma-separated:
 command with a one-line ``curvprobe: error: ...`` on stderr and exit status 2
 (no traceback; ``--debug`` shows one); nothing already on disk is overwritten
 by a failed command. Progress bars go to stderr, only on a terminal and
-without ``--quiet``; results (tables) go to stdout.
+without ``--quiet`` (without a terminal, status lines, such as one per
+finished batch of validity draws); results (tables) go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -321,9 +323,7 @@ def cmd_validity(args) -> int:
     if _is_writer():
         _busy_hint(args)
     _say(args)(f"quadratic validity at k = {k}: {len(config.sigmas)} σ x {config.validity_samples} draws")
-    with _progress.bar(len(config.sigmas) * config.validity_samples, "validity sweep",
-                       show=_show_progress(args), unit="pt") as pbar, \
-            _progress.counting(loaded.problem, on_points=pbar.update):
+    with _validity_progress(args, loaded.problem, config, k):
         ds = quadratic_validity(loaded.problem, list(config.sigmas), k=k,
                                 mc_samples=config.validity_samples, seed=config.seed,
                                 threshold=config.validity_threshold, point_batch=config.point_batch)
@@ -339,6 +339,23 @@ def cmd_validity(args) -> int:
     print(f"validated regime: σ ≤ {ds.attrs['validated_sigma_max']:.3g}")
     print(f"results: {target}")
     return 0
+
+
+@contextlib.contextmanager
+def _validity_progress(args, problem, config, k: int) -> Iterator[None]:
+    """Progress of the validity sweep: on a terminal a bar over the samples of every pass over
+    the data (loss, gradient, then per batch of draws one HVP pass and one pass per σ), else a
+    log line per finished batch of draws (none with ``--quiet``)."""
+    show = _show_progress(args)
+    batches = -(-config.validity_samples // config.point_batch)
+    passes = 2 + batches * (1 + len(config.sigmas))
+    log = _progress.DrawLog(_say(args) if not show else (lambda message: None), "validity",
+                            draws=config.validity_samples, batch=config.point_batch,
+                            num_sigmas=len(config.sigmas))
+    with _progress.bar(passes * k // problem.shard.size, f"validity sweep ({passes} passes over "
+                       f"{k} samples)", show=show, unit="sample") as pbar, \
+            _progress.counting(problem, on_points=log, on_samples=pbar.update):
+        yield
 
 
 def _file_keys(path) -> set[str]:
