@@ -249,12 +249,13 @@ def _figures_and_summary(out: Path, s: DemoSettings, ds: xr.Dataset, validity: x
                          conv: xr.Dataset, seconds: dict[str, float],
                          t_all: float) -> tuple[list[Path], str]:
     """Stage 5: the PNG figures and ``summary.md`` (``seconds`` gains ``figures`` and ``total``)."""
-    from curvprobe.app.plots import save_figure, stabilization_figures
+    from curvprobe.app.plots import STABILIZATION_RUN, save_figure, stabilization_figures
     from curvprobe.app.report import summary_markdown
 
     t0 = time.perf_counter()
-    extra = {k: v for k, v in seconds.items() if k != "stabilization run"}
-    figures = stabilization_figures(ds, validity=validity, convergence=conv, extra_timings=extra)
+    extra = {k: v for k, v in seconds.items() if k != STABILIZATION_RUN}
+    # the figure draws the run's own stages in the run's place, so its bars are in run order
+    figures = stabilization_figures(ds, validity=validity, convergence=conv, extra_timings=dict(seconds))
     paths = [save_figure(fig, out / f"{name}.png") for name, fig in figures.items()]
     seconds["figures"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all

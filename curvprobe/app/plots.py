@@ -28,7 +28,11 @@ Sections (each self-contained; add new ones below, with their own helpers):
   against k),
   :func:`stabilization_figures` (all of those that the given Datasets allow).
   A result over several orderings is drawn through its ordering averages
-  (:func:`curvprobe.criteria.decomposition.estimates`).
+  (:func:`curvprobe.criteria.decomposition.estimates`). Criteria in loss
+  (Δ₁, sphere) and in loss^p (Δ_p and its estimators) never share a y axis
+  (:func:`unit_groups`, units from the ``estimator_units`` coordinate); axes
+  are labelled in words with their units, and panels comparing one quantity
+  share their y scale.
 - Curriculum (:mod:`curvprobe.app.curriculum_run`): :func:`plot_curriculum`
   (criteria against k, mean ± std across seeds, validation loss on a second axis).
 - Spectral density (:func:`curvprobe.spectral_density`, ``curvprobe density``):
@@ -39,6 +43,7 @@ Sections (each self-contained; add new ones below, with their own helpers):
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -55,6 +60,10 @@ from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
 __all__ = [
     "CRITERION_LABELS",
+    "STABILIZATION_RUN",
+    "SURROGATE_TIMING_NOTE",
+    "criterion_axis_label",
+    "estimator_units",
     "plot_alpha_by_layer_type",
     "plot_alpha_fits",
     "plot_captured_fraction",
@@ -69,9 +78,11 @@ __all__ = [
     "plot_stage_timings",
     "plot_subspace_ratio",
     "plot_validity",
+    "pretty_units",
     "save_figure",
     "slope_or_none",
     "stabilization_figures",
+    "unit_groups",
 ]
 
 
@@ -335,15 +346,87 @@ def _sigma_label(ds: xr.Dataset, sigma: float) -> str:
     return f"σ = {sigma:.3g}{flag}"
 
 
+_SUPERSCRIPTS = str.maketrans("0123456789.-", "⁰¹²³⁴⁵⁶⁷⁸⁹·⁻")
+
+
+def estimator_units(ds: xr.Dataset, estimator: str) -> str:
+    """Units of ``estimator``'s value in ``ds``: its ``estimator_units`` coordinate, else the
+    registry's (:meth:`curvprobe.criteria.spec.Estimator.units` at the Dataset's ``p``)."""
+    if "estimator_units" in ds.coords and _has(ds, estimator):
+        return str(ds["estimator_units"].sel(estimator=estimator).values)
+    return ESTIMATORS[estimator].units(float(ds.attrs.get("p", 2)))
+
+
+def pretty_units(units: str) -> str:
+    """``loss^2`` → ``loss²`` (powers as superscripts)."""
+    base, _, power = units.partition("^")
+    return base + power.translate(_SUPERSCRIPTS)
+
+
+def unit_groups(ds: xr.Dataset, estimators: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The present ``estimators`` grouped by the units of their value, in order of first
+    appearance: ``[(units, [names])]``. Δ₁-type criteria (means of |δ|, loss) and Δ_p-type
+    ones (means of |δ|^p, loss^p) never share a y axis."""
+    groups: dict[str, list[str]] = {}
+    for est in estimators:
+        if _has(ds, est):
+            groups.setdefault(estimator_units(ds, est), []).append(est)
+    return list(groups.items())
+
+
+def criterion_axis_label(units: str) -> str:
+    """The y-axis label of criteria in ``units``, in words with the units."""
+    if units == "loss":
+        return "|loss change| (loss)"
+    power = units.partition("^")[2]
+    what = "mean squared loss change" if power == "2" else f"mean |loss change|^{power}"
+    return f"{what} ({pretty_units(units)})"
+
+
+def _criterion_label(est: str, dim: int, fit) -> str:
+    """Legend entry: the estimator's label (with its D) and its fitted slope in k."""
+    label = CRITERION_LABELS.get(est, est)
+    if ESTIMATORS[est].space == SUBSPACE:
+        label = label.replace("^(D)", f"^({dim})") + ("" if "^(" in label else f", D={dim}")
+    if fit is not None:
+        label += f": slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
+    return label
+
+
+def _draw_criteria(ax, value: xr.DataArray, stderr: xr.DataArray, k: np.ndarray, sigma: float,
+                   dim: int, names: Sequence[str]) -> None:
+    """One panel of :func:`plot_criteria_vs_k`: ``names`` (one unit) against k at ``sigma``."""
+    for est in names:
+        cell: dict[str, Any] = {"sigma": sigma, "dim": dim, "estimator": est}
+        y, se = value.sel(cell).values, stderr.sel(cell).values
+        ok = np.isfinite(y) & (y > 0)
+        label = _criterion_label(est, dim, slope_or_none(k, y))
+        style = dict(color=_COLORS.get(est), ms=4, lw=1.2, label=label)
+        if est == "gm":
+            ax.plot(k[ok], y[ok], "--", **style)
+        else:
+            ax.errorbar(k[ok], y[ok], yerr=np.where(np.isfinite(se[ok]), se[ok], 0), fmt="o-",
+                        capsize=2, **style)
+    if "direct_mc" in names:
+        y0 = value.sel(sigma=sigma, dim=dim, estimator="direct_mc").values
+        ok = np.isfinite(y0) & (y0 > 0)
+        if ok.any():
+            k0, v0 = k[ok][0], y0[ok][0]
+            ax.plot(k, v0 * (k / k0) ** -2.0, ":", color="0.5", lw=1, label="k⁻² reference")
+
+
 def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
                        estimators: Sequence[str] = ("delta1", "full_mc", "direct_mc", "gm"),
                        sigmas: Sequence[float] | None = None) -> Figure:
-    """Criteria against k on log–log axes, one panel per σ, with fitted slopes.
+    """Criteria against k on log–log axes, one column per σ, one row per unit, with fitted slopes.
 
-    Each legend entry gives the OLS slope of log value on log k with its 95 %
-    confidence interval; error bars are ±1 standard error. The dotted line is
-    k⁻² through the first Δ₂^(D) point (the rate bound's order). A result over
-    several orderings shows the ordering averages and their standard errors.
+    Criteria in loss (Δ₁, sphere: means of |δ_k|) and in loss^p (Δ_p and its
+    estimators: means of |δ_k|^p) are on separate rows, each row on one
+    shared y scale. Each legend entry gives the OLS slope of log value on
+    log k with its 95 % confidence interval; error bars are ±1 standard
+    error. The dotted line is k⁻² through the first Δ₂^(D) point (the rate
+    bound's order). A result over several orderings shows the ordering
+    averages and their standard errors.
 
     Parameters
     ----------
@@ -354,82 +437,93 @@ def plot_criteria_vs_k(ds: xr.Dataset, *, dim: int | None = None,
     estimators
         Which criteria to draw (those present).
     sigmas
-        Panels (default every σ).
+        Columns (default every σ).
     """
     dim = int(ds["dim"].values.max()) if dim is None else int(dim)
     sigmas = list(ds["sigma"].values) if sigmas is None else list(sigmas)
-    ncols = len(sigmas)
-    fig = _figure(4.6 * ncols, 4.0)
-    axes = np.atleast_1d(fig.subplots(1, ncols, squeeze=False)).ravel()
+    groups = unit_groups(ds, estimators) or [("loss", [])]
+    fig = _figure(4.6 * len(sigmas), 3.4 * len(groups) + 0.5)
+    axes = fig.subplots(len(groups), len(sigmas), squeeze=False, sharex=True, sharey="row")
     k = ds["k"].values.astype(float)
     value, stderr = estimates(ds)
-    for ax, sigma in zip(axes, sigmas):
-        for est in estimators:
-            if not _has(ds, est):
-                continue
-            cell: dict[str, Any] = {"sigma": sigma, "dim": dim, "estimator": est}
-            y, se = value.sel(cell).values, stderr.sel(cell).values
-            fit = slope_or_none(k, y)
-            label = CRITERION_LABELS.get(est, est)
-            if ESTIMATORS[est].space == SUBSPACE:
-                label = label.replace("^(D)", f"^({dim})") + ("" if "^(" in label else f", D={dim}")
-            if fit is not None:
-                label += f": slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
-            ok = np.isfinite(y) & (y > 0)
-            style = dict(color=_COLORS.get(est), ms=4, lw=1.2, label=label)
-            if est == "gm":
-                ax.plot(k[ok], y[ok], "--", **style)
-            else:
-                ax.errorbar(k[ok], y[ok], yerr=np.where(np.isfinite(se[ok]), se[ok], 0), fmt="o-",
-                            capsize=2, **style)
-        if _has(ds, "direct_mc"):
-            y0 = value.sel(sigma=sigma, dim=dim, estimator="direct_mc").values
-            ok = np.isfinite(y0) & (y0 > 0)
-            if ok.any():
-                k0, v0 = k[ok][0], y0[ok][0]
-                ax.plot(k, v0 * (k / k0) ** -2.0, ":", color="0.5", lw=1, label="k⁻² reference")
-        _k_axis(ax)
-        ax.set_yscale("log")
-        ax.set_xlabel("k (samples)")
-        ax.set_ylabel("criterion")
-        ax.set_title(_sigma_label(ds, sigma), fontsize=9)
-        ax.legend(fontsize=6.5, loc="lower left")
-        ax.grid(True, which="major", alpha=0.3)
-    fig.suptitle("Stabilization criteria against k", fontsize=11)
+    for row, (units, names) in enumerate(groups):
+        for col, sigma in enumerate(sigmas):
+            ax = axes[row, col]
+            _draw_criteria(ax, value, stderr, k, sigma, dim, names)
+            _k_axis(ax)
+            ax.set_yscale("log")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=7, loc="lower left")
+            if row == 0:
+                ax.set_title(_sigma_label(ds, sigma), fontsize=9)
+            if row == len(groups) - 1:
+                ax.set_xlabel("k (samples)")
+            if col == 0:
+                ax.set_ylabel(criterion_axis_label(units))
+    fig.suptitle("Stabilization criteria against k (rows: units of the criterion)", fontsize=11)
     return fig
+
+
+def _ratio(ds: xr.Dataset, cell: dict[str, Any], numerator: str,
+           denominator: str) -> tuple[np.ndarray, np.ndarray]:
+    """``numerator / denominator`` at ``cell`` over k (of the ordering means, if any) with its
+    standard error by the delta method.
+
+    The two estimates draw independent noise (different streams), so their
+    Monte Carlo errors add in quadrature. Over several orderings they share
+    each ordering's samples; that part of the error is the spread over the
+    orderings of the paired residuals ``num_r − ratio · den_r`` (the ratio
+    estimator's variance), which keeps their correlation.
+    """
+    value, stderr = estimates(ds)
+    num, den = (value.sel({**cell, "estimator": e}).values for e in (numerator, denominator))
+    ratio = num / den
+    several = "ordering" in ds["value"].dims
+    mc = ds["ordering_mc_stderr"] if several else stderr
+    se_num, se_den = (mc.sel({**cell, "estimator": e}).values for e in (numerator, denominator))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = ratio**2 * ((se_num / num) ** 2 + (se_den / den) ** 2)
+        if several:
+            per = [ds["value"].sel({**cell, "estimator": e}).transpose("k", "ordering").values
+                   for e in (numerator, denominator)]
+            residual = per[0] - ratio[:, None] * per[1]
+            var = var + residual.var(axis=1, ddof=1) / residual.shape[1] / den**2
+    return ratio, np.sqrt(var)
 
 
 def plot_subspace_ratio(ds: xr.Dataset, *, numerator: str = "direct_mc",
                         denominator: str = "full_mc") -> Figure:
-    """Δ₂^(D)/Δ₂ against k, one line per (D, σ).
+    """Δ₂^(D)/Δ₂ against k, one panel per σ (shared y scale), one line per D with ±1 standard error.
 
-    Colour encodes D, line style and marker encode σ; the grey line is 1.
+    Over several orderings the ratio of the ordering means. The standard
+    error is the delta method's (see ``_ratio``: independent Monte Carlo
+    draws, paired orderings). The grey line is 1.
     """
-    fig = _figure(6.0, 4.2)
-    ax = fig.subplots()
+    sigmas = list(ds["sigma"].values)
+    fig = _figure(4.2 * len(sigmas), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(sigmas), squeeze=False, sharey=True)).ravel()
     if not (_has(ds, numerator) and _has(ds, denominator)):
-        ax.text(0.5, 0.5, f"needs {numerator} and {denominator}", ha="center", transform=ax.transAxes)
+        axes[0].text(0.5, 0.5, f"needs {numerator} and {denominator}", ha="center",
+                     transform=axes[0].transAxes)
         return fig
     k = ds["k"].values.astype(float)
-    value, _ = estimates(ds)
-    styles = ["-", "--", ":", "-."]
-    markers = "osD^v"
-    for si, sigma in enumerate(ds["sigma"].values):
-        for di, D in enumerate(ds["dim"].values):
-            num = value.sel(sigma=sigma, dim=D, estimator=numerator).values
-            den = value.sel(sigma=sigma, dim=D, estimator=denominator).values
-            ratio = num / den
-            ok = np.isfinite(ratio) & (ratio > 0)
-            ax.plot(k[ok], ratio[ok], styles[si % 4], marker=markers[si % 5], ms=3.5, color=f"C{di}",
-                    label=f"D={int(D)}, {_sigma_label(ds, float(sigma))}")
-    ax.axhline(1.0, color="0.5", lw=1)
-    _k_axis(ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("k (samples)")
-    ax.set_ylabel(f"{numerator} / {denominator}")
-    ax.set_title("Subspace probe vs full space: Δ₂^(D) / Δ₂")
-    ax.legend(fontsize=6.5, ncol=1 if ds.sizes["sigma"] * ds.sizes["dim"] <= 6 else 2)
-    ax.grid(True, which="major", alpha=0.3)
+    dims = list(ds["dim"].values)
+    for ax, sigma in zip(axes, sigmas):
+        for di, D in enumerate(dims):
+            ratio, se = _ratio(ds, {"sigma": sigma, "dim": D}, numerator, denominator)
+            ok = np.isfinite(ratio)
+            ax.errorbar(k[ok] * (1 + 0.03 * (di - (len(dims) - 1) / 2)), ratio[ok],
+                        yerr=np.where(np.isfinite(se[ok]), se[ok], 0), fmt="o-", ms=3.5, lw=1.1,
+                        capsize=2, color=f"C{di}", label=f"D = {int(D)}")
+        ax.axhline(1.0, color="0.5", lw=1)
+        _k_axis(ax)
+        ax.set_xlabel("k (samples)")
+        ax.set_title(_sigma_label(ds, float(sigma)), fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, title="subspace dimension", title_fontsize=7)
+    axes[0].set_ylabel(f"ratio {CRITERION_LABELS.get(numerator, numerator)}\n"
+                       f"/ {CRITERION_LABELS.get(denominator, denominator)} (±1 s.e.)")
+    fig.suptitle("Subspace probe against the full space: Δ₂^(D) / Δ₂", fontsize=11)
     return fig
 
 
@@ -467,18 +561,35 @@ def plot_validity(validity: xr.Dataset) -> Figure:
     return fig
 
 
-def plot_mc_convergence(conv: xr.Dataset, *, sigmas: Sequence[float] | None = None) -> Figure:
+def _regime(*datasets: xr.Dataset | None) -> float:
+    """``validated_sigma_max`` from the first Dataset that records it (NaN if none does)."""
+    for ds in datasets:
+        if ds is not None and "validated_sigma_max" in ds.attrs:
+            return float(ds.attrs["validated_sigma_max"])
+    return float("nan")
+
+
+def plot_mc_convergence(conv: xr.Dataset, *, sigmas: Sequence[float] | None = None,
+                        validity: xr.Dataset | None = None) -> Figure:
     """Direct MC and quadratic MC against the number of draws S, with GM.
 
-    One panel per (σ, D); running means over nested prefixes of the same draws
-    with ±1 standard error.
+    One panel per (σ, D), one shared y scale per row (σ); running means over
+    nested prefixes of the same draws with ±1 standard error. With the
+    validated regime (``validity``, or ``validated_sigma_max`` in ``conv``'s
+    attrs), panels beyond it are shaded and say so: there the surrogate
+    estimators (quadratic MC, GM) are proxies, not the criterion.
     """
     sigmas = list(conv["sigma"].values) if sigmas is None else list(sigmas)
     dims = list(conv["dim"].values)
-    fig = _figure(3.4 * len(dims), 3.0 * len(sigmas))
-    axes = fig.subplots(len(sigmas), len(dims), squeeze=False)
+    regime = _regime(validity, conv)
+    units = pretty_units(str(conv["value"].attrs.get("units", "loss^2")))
+    fig = _figure(3.4 * len(dims), 3.0 * len(sigmas) + 0.4)
+    axes = fig.subplots(len(sigmas), len(dims), squeeze=False, sharey="row")
     S = conv["S"].values
     for r, sigma in enumerate(sigmas):
+        beyond = math.isfinite(regime) and float(sigma) > regime
+        tag = " — beyond the validated regime" if beyond else (
+            " — validated" if math.isfinite(regime) else "")
         for c, D in enumerate(dims):
             ax = axes[r, c]
             cell = conv.sel(sigma=sigma, dim=D)
@@ -488,17 +599,22 @@ def plot_mc_convergence(conv: xr.Dataset, *, sigmas: Sequence[float] | None = No
                 ax.errorbar(S * (1 + 0.04 * (j - 0.5)), y, yerr=se, fmt="o-", ms=3.5, capsize=2,
                             color=_COLORS[est], label=CRITERION_LABELS[est])
             gm = float(cell["value"].sel(estimator="gm").values[-1])
-            ax.axhline(gm, color="k", ls="--", lw=1, label="GM")
+            ax.axhline(gm, color="k", ls="--", lw=1, label=CRITERION_LABELS["gm"])
+            if beyond:
+                ax.set_facecolor("#fdf0ee")
             ax.set_xscale("log", base=2)
-            ax.set_title(f"σ = {float(sigma):.3g}, D = {int(D)}", fontsize=8.5)
+            ax.set_title(f"σ = {float(sigma):.3g}, D = {int(D)}{tag}", fontsize=8,
+                         color="C3" if beyond else "k")
             ax.tick_params(labelsize=7)
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
             if r == len(sigmas) - 1:
                 ax.set_xlabel("Monte Carlo draws S")
             if c == 0:
-                ax.set_ylabel("estimate of Δ₂^(D)")
-    axes[0, 0].legend(fontsize=6.5)
-    fig.suptitle(f"Monte Carlo convergence to GM at k = {conv.attrs.get('k', '?')}", fontsize=11)
+                ax.set_ylabel(f"estimate of Δ₂^(D) ({units})")
+    axes[0, 0].legend(fontsize=7)
+    note = (f"; shaded: σ beyond the validated regime σ ≤ {regime:.3g}" if math.isfinite(regime)
+            else "; validated regime unknown")
+    fig.suptitle(f"Monte Carlo convergence to GM at k = {conv.attrs.get('k', '?')}{note}", fontsize=10)
     return fig
 
 
@@ -538,10 +654,10 @@ def plot_gm_agreement(ds: xr.Dataset, *, k: int | None = None) -> Figure:
                         color="w" if shown[i, j] < -1.5 else "k")
         ax.set_xticks(range(len(xlabels)), xlabels, fontsize=7)
         ax.set_yticks(range(len(ylabels)), ylabels)
-        ax.set_xlabel("σ  (* beyond the validated regime)")
-        ax.set_ylabel("D")
+        ax.set_xlabel("probe scale σ  (* beyond the validated regime)")
+        ax.set_ylabel("subspace dimension D")
         ax.set_title(title, fontsize=9)
-        fig.colorbar(image, ax=ax, label="log₁₀ |Direct − GM| / |Direct|")
+        fig.colorbar(image, ax=ax, label="log₁₀ relative gap |direct MC − GM| / |direct MC|")
     fig.suptitle("Agreement of the closed form GM with direct Monte Carlo", fontsize=11)
     return fig
 
@@ -556,24 +672,68 @@ _STAGE_LABELS = {
     "eval_surrogate": "III: eval surrogates (quad MC, GM, CV)",
 }
 
+STABILIZATION_RUN = "stabilization run"
+"""Key of ``extra`` timings standing for the whole stabilization run: :func:`plot_stage_timings`
+draws the run's own stages (``stage_seconds``) in its place, so the bars follow the run order."""
+
+SURROGATE_TIMING_NOTE = (
+    "Quadratic MC and GM evaluate only the D-dimensional surrogate (O(S·D²) and O(D²) flops, "
+    "microseconds): their bars are per-call overhead of a few tiny tensor operations, so GM can "
+    "show slower than quadratic MC. Direct MC and CV run S perturbed forward passes over k + 1 "
+    "samples: that is the cost GM removes.")
+"""Caption of the per-estimator panel of :func:`plot_stage_timings`."""
+
+
+def _stage_bars(ds: xr.Dataset, extra: Mapping[str, float] | None) -> dict[str, float]:
+    """Bar label → seconds in run order: ``extra`` in its order with :data:`STABILIZATION_RUN`
+    replaced by ``ds``'s stages (which come first when ``extra`` does not name the run)."""
+    own = {}
+    if "stage_seconds" in ds:
+        own = {_STAGE_LABELS.get(str(s), str(s)): float(v)
+               for s, v in zip(ds["stage"].values, ds["stage_seconds"].values)}
+    extra = dict(extra or {})
+    if STABILIZATION_RUN not in extra:
+        return {**own, **extra}
+    bars: dict[str, float] = {}
+    for name, seconds in extra.items():
+        bars.update(own if name == STABILIZATION_RUN and own else {name: seconds})
+    return bars
+
+
+def _estimator_seconds(ax, convergence: xr.Dataset) -> None:
+    """The right panel of :func:`plot_stage_timings`: evaluation seconds per estimator."""
+    ests = [str(e) for e in convergence["estimator"].values]
+    sec = convergence["eval_seconds"].median(("sigma", "dim"))
+    vals = np.maximum(np.array([float(sec.sel(estimator=e)) for e in ests]), 1e-9)
+    ax.bar(range(len(ests)), vals, color=[_COLORS.get(e, "C0") for e in ests])
+    for i, v in enumerate(vals):
+        ax.text(i, v, f"{v:.2g} s", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(ests)), [CRITERION_LABELS.get(e, e).replace(" (", "\n(") for e in ests],
+                  fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("wall time per (σ, D), median (s)")
+    speedup = float(sec.sel(estimator="direct_mc") / sec.sel(estimator="gm"))
+    ax.set_title(f"Stage III at k = {convergence.attrs.get('k', '?')}, S = "
+                 f"{convergence.attrs.get('max_samples', '?')}: GM ≈ {speedup:,.0f}× faster "
+                 "than direct MC", fontsize=9)
+    ax.set_xlabel(textwrap.fill(SURROGATE_TIMING_NOTE, 80), fontsize=6.5, loc="left")
+
 
 def plot_stage_timings(ds: xr.Dataset, *, convergence: xr.Dataset | None = None,
                        extra: Mapping[str, float] | None = None) -> Figure:
-    """Wall time per stage, and per-estimator evaluation cost.
+    """Wall time per stage, in run order, and per-estimator evaluation cost.
 
-    Left: ``ds.stage_seconds`` (plus ``extra`` stages such as the validity
-    sweep), log scale. Right (if ``convergence`` is given): seconds to evaluate
-    each estimator for one (σ, D) at S draws — median over σ and D — with the
-    direct-MC / GM ratio (the paper's stage-III speed-up).
+    Left: ``ds.stage_seconds`` with ``extra`` stages such as the validity
+    sweep (a :data:`STABILIZATION_RUN` entry of ``extra`` places the run's
+    stages among them), top to bottom in the order they ran, log scale.
+    Right (if ``convergence`` is given): seconds to evaluate each estimator
+    for one (σ, D) at S draws — median over σ and D — with the direct-MC / GM
+    ratio (the paper's stage-III speed-up) and :data:`SURROGATE_TIMING_NOTE`.
     """
     ncols = 2 if convergence is not None else 1
-    fig = _figure(5.5 * ncols, 4.0)
+    fig = _figure(5.8 * ncols, 4.4)
     axes = np.atleast_1d(fig.subplots(1, ncols, squeeze=False)).ravel()
-    stages = {}
-    if "stage_seconds" in ds:
-        stages = {_STAGE_LABELS.get(str(s), str(s)): float(v)
-                  for s, v in zip(ds["stage"].values, ds["stage_seconds"].values)}
-    stages.update(extra or {})
+    stages = _stage_bars(ds, extra)
     names = list(stages)
     values = np.maximum(np.array([stages[n] for n in names], dtype=float), 1e-6)
     ax = axes[0]
@@ -584,23 +744,11 @@ def plot_stage_timings(ds: xr.Dataset, *, convergence: xr.Dataset | None = None,
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("wall time (s)")
-    ax.set_title("Stage timings", fontsize=10)
-    ax.set_xlim(values.min() / 3, values.max() * 20)
+    ax.set_title("Stage timings, in run order", fontsize=10)
+    if len(values):
+        ax.set_xlim(values.min() / 3, values.max() * 20)
     if convergence is not None:
-        ax = axes[1]
-        ests = [str(e) for e in convergence["estimator"].values]
-        sec = convergence["eval_seconds"].median(("sigma", "dim"))
-        vals = np.maximum(np.array([float(sec.sel(estimator=e)) for e in ests]), 1e-9)
-        ax.bar(range(len(ests)), vals, color=[_COLORS.get(e, "C0") for e in ests])
-        for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.2g} s", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(ests)), ests)
-        ax.set_yscale("log")
-        ax.set_ylabel("seconds per (σ, D)")
-        speedup = float(sec.sel(estimator="direct_mc") / sec.sel(estimator="gm"))
-        ax.set_title(f"Stage III at k = {convergence.attrs.get('k', '?')}, S = "
-                     f"{convergence.attrs.get('max_samples', '?')}: GM ≈ {speedup:,.0f}× faster "
-                     "than direct MC", fontsize=9)
+        _estimator_seconds(axes[1], convergence)
     return fig
 
 
@@ -625,7 +773,7 @@ def plot_captured_fraction(ds: xr.Dataset, *, estimator: str | None = None) -> F
     name = next((n for n in names if _has(ds, n)), None)
     sigmas = list(ds["sigma"].values)
     fig = _figure(4.6 * len(sigmas), 4.0)
-    axes = np.atleast_1d(fig.subplots(1, len(sigmas), squeeze=False)).ravel()
+    axes = np.atleast_1d(fig.subplots(1, len(sigmas), squeeze=False, sharey=True)).ravel()
     if name is None or "captured_fraction" not in ds:
         axes[0].text(0.5, 0.5, "needs p = 2, full_mc and a subspace estimator", ha="center",
                      transform=axes[0].transAxes)
@@ -651,10 +799,15 @@ def plot_captured_fraction(ds: xr.Dataset, *, estimator: str | None = None) -> F
         share = ax.twinx()
         share.fill_between(k, 0, ds["delta1_share"].sel(sigma=sigma).values, color="0.5", alpha=0.12)
         share.set_ylim(0, 1.05)
-        share.set_ylabel("Δ₁²/Δ₂ (band)", fontsize=8, color="0.4")
+        if ax is axes[-1]:
+            share.set_ylabel("share of Δ₁² in Δ₂ (grey band)", fontsize=8, color="0.4")
+        else:
+            share.tick_params(right=False, labelright=False)
         _k_axis(ax)
         ax.set_xlabel("k (samples)")
-        ax.set_ylabel(f"(Δ₂^(D) − Δ₁²)/(Δ₂ − Δ₁²)  [{name}]")
+        if ax is axes[0]:
+            ax.set_ylabel(f"captured fraction (Δ₂^(D) − Δ₁²)/(Δ₂ − Δ₁²)\n"
+                          f"Δ₂^(D) by {CRITERION_LABELS.get(name, name)} (ratio, ±1 s.e.)")
         ax.set_title(_sigma_label(ds, sigma) + "  (hollow: Δ₂ − Δ₁² unresolved)", fontsize=8.5)
         ax.legend(fontsize=6.5, loc="best")
         ax.grid(True, which="major", alpha=0.3)
@@ -679,7 +832,7 @@ def stabilization_figures(ds: xr.Dataset | None = None, *, validity: xr.Dataset 
     if validity is not None:
         figures["validity"] = plot_validity(validity)
     if convergence is not None:
-        figures["mc_convergence"] = plot_mc_convergence(convergence)
+        figures["mc_convergence"] = plot_mc_convergence(convergence, validity=validity)
     return figures
 
 
@@ -688,17 +841,44 @@ def stabilization_figures(ds: xr.Dataset | None = None, *, validity: xr.Dataset 
 # =========================================================================== #
 
 
+def _draw_seeds(ax, ds: xr.Dataset, k: np.ndarray, sigma: float, dim: int, names: Sequence[str]) -> None:
+    """One panel of :func:`plot_curriculum`: ``names`` (one unit), mean ± std and each seed."""
+    for est in names:
+        cell = {"sigma": sigma, "dim": dim, "estimator": est}
+        mean, std = ds["seed_mean"].sel(cell).values, ds["seed_std"].sel(cell).values
+        color = _COLORS.get(est)
+        ax.plot(k, mean, "o-", color=color, ms=4, lw=1.4,
+                label=_criterion_label(est, dim, slope_or_none(k, mean)))
+        if np.isfinite(std).any():
+            low = np.maximum(mean - std, ds["value"].sel(cell).min("seed").values)
+            ax.fill_between(k, low, mean + std, color=color, alpha=0.18)
+        for s in range(ds.sizes["seed"]):
+            ax.plot(k, ds["value"].sel(cell).isel(seed=s).values, "-", color=color, lw=0.5, alpha=0.5)
+
+
+def _validation_loss(ax, ds: xr.Dataset, k: np.ndarray) -> None:
+    """The validation loss (mean ± std across seeds) on a right axis of ``ax``."""
+    right = ax.twinx()
+    vm, vs = ds["validation_loss_mean"].values, ds["validation_loss_std"].values
+    right.plot(k, vm, "s--", color="C4", ms=3, lw=1, label="validation loss")
+    if np.isfinite(vs).any():
+        right.fill_between(k, vm - vs, vm + vs, color="C4", alpha=0.12)
+    right.set_ylabel("validation loss (loss)", color="C4")
+    right.legend(fontsize=7, loc="upper right")
+
+
 def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
                     estimators: Sequence[str] = ("delta1", "full_mc", "direct_mc", "gm")) -> Figure:
     """Criteria against k along training, mean ± std across seeds, with the validation loss.
 
-    One panel per σ. Each criterion: the mean over seeds (line, with the OLS
-    slope of its logarithm on log k and 95 % interval in the legend), a band
-    of ± one standard deviation across seeds (its lower edge clipped at the
-    smallest seed's value, the log axis has no room below 0), and each seed
-    as a thin line. Right axis: the validation loss at the weights of
-    each k (mean ± std across seeds). From
-    :func:`curvprobe.app.curriculum_run.run_curriculum`.
+    One column per σ, one row per unit of the criteria (loss: Δ₁; loss^p:
+    Δ_p and its estimators), each row on one shared y scale. Each criterion:
+    the mean over seeds (line, with the OLS slope of its logarithm on log k
+    and 95 % interval in the legend), a band of ± one standard deviation
+    across seeds (its lower edge clipped at the smallest seed's value, the
+    log axis has no room below 0), and each seed as a thin line. Right axis
+    of the first row: the validation loss at the weights of each k (mean ±
+    std across seeds). From :func:`curvprobe.app.curriculum_run.run_curriculum`.
 
     Parameters
     ----------
@@ -711,44 +891,30 @@ def plot_curriculum(ds: xr.Dataset, *, dim: int | None = None,
     """
     dim = int(ds["dim"].values.max()) if dim is None else int(dim)
     sigmas = list(ds["sigma"].values)
-    fig = _figure(max(7.5, 5.2 * len(sigmas)), 4.6)
-    axes = np.atleast_1d(fig.subplots(1, len(sigmas), squeeze=False)).ravel()
+    groups = unit_groups(ds, estimators) or [("loss", [])]
+    fig = _figure(max(7.5, 5.2 * len(sigmas)), 3.8 * len(groups) + 0.4)
+    axes = fig.subplots(len(groups), len(sigmas), squeeze=False, sharex=True, sharey="row")
     k = ds["k"].values.astype(float)
-    seeds = ds.sizes["seed"]
-    for ax, sigma in zip(axes, sigmas):
-        for est in estimators:
-            if not _has(ds, est):
-                continue
-            cell = {"sigma": sigma, "dim": dim, "estimator": est}
-            mean, std = ds["seed_mean"].sel(cell).values, ds["seed_std"].sel(cell).values
-            label = CRITERION_LABELS.get(est, est)
-            fit = slope_or_none(k, mean)
-            if fit is not None:
-                label += f": slope {fit.slope:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]"
-            color = _COLORS.get(est)
-            ax.plot(k, mean, "o-", color=color, ms=4, lw=1.4, label=label)
-            if np.isfinite(std).any():
-                low = np.maximum(mean - std, ds["value"].sel(cell).min("seed").values)
-                ax.fill_between(k, low, mean + std, color=color, alpha=0.18)
-            for s in range(seeds):
-                ax.plot(k, ds["value"].sel(cell).isel(seed=s).values, "-", color=color, lw=0.5, alpha=0.5)
-        _k_axis(ax)
-        ax.set_yscale("log")
-        ax.set_xlabel("k (samples seen − 1 at the measurement)")
-        ax.set_ylabel("criterion")
-        ax.grid(True, which="major", alpha=0.3)
-        if "validation_loss_mean" in ds:
-            right = ax.twinx()
-            vm, vs = ds["validation_loss_mean"].values, ds["validation_loss_std"].values
-            right.plot(k, vm, "s--", color="C4", ms=3, lw=1, label="validation loss")
-            if np.isfinite(vs).any():
-                right.fill_between(k, vm - vs, vm + vs, color="C4", alpha=0.12)
-            right.set_ylabel("validation loss", color="C4")
-            right.legend(fontsize=6.5, loc="upper right")
-        ax.set_title(f"σ = {float(sigma):.3g}, D = {dim}, {seeds} seed(s)", fontsize=9)
-        ax.legend(fontsize=6.5, loc="lower left")
+    for row, (units, names) in enumerate(groups):
+        for col, sigma in enumerate(sigmas):
+            ax = axes[row, col]
+            _draw_seeds(ax, ds, k, sigma, dim, names)
+            _k_axis(ax)
+            ax.set_yscale("log")
+            ax.grid(True, which="major", alpha=0.3)
+            if row == 0:
+                ax.set_title(f"σ = {float(sigma):.3g}, D = {dim}, {ds.sizes['seed']} seed(s)", fontsize=9)
+                if "validation_loss_mean" in ds:
+                    _validation_loss(ax, ds, k)
+            if row == len(groups) - 1:
+                ax.set_xlabel("k (samples seen − 1 at the measurement)")
+            if col == 0:
+                ax.set_ylabel(criterion_axis_label(units))
+            ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Criteria along training (curriculum protocol), mean ± std across seeds", fontsize=10)
     return fig
+
+
 
 
 # =========================================================================== #
