@@ -66,12 +66,14 @@ test-notebooks: $(NOTEBOOKS_STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests/test_notebooks.py -m notebooks $(PYTEST_ARGS)
 
 # The hf extra's oldest supported transformers (4.46.3, with its tokenizers and hub), installed
-# beside the venv into .hf-oldest and put first on the path for the adapter tests.
+# beside the venv into .hf-oldest and put first on the path for the adapter tests. Its hub (<1.0)
+# needs requests, which the current transformers no longer pulls into the venv.
 HF_OLDEST := .hf-oldest
 .PHONY: test-hf-oldest
 
 $(HF_OLDEST)/.installed: $(STAMP)
 	$(PIP) install --quiet --no-deps --target $(HF_OLDEST) "transformers==4.46.3" "tokenizers>=0.20,<0.21" "huggingface-hub<1.0"
+	$(PIP) install --quiet --target $(HF_OLDEST) "requests>=2.26"
 	touch $(HF_OLDEST)/.installed
 
 test-hf-oldest: $(HF_OLDEST)/.installed
