@@ -84,3 +84,20 @@ def test_public_names_in_a_fresh_process():
             "assert curvprobe.linalg.top_eigenspace is top_eigenspace; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_moved_module_paths_still_import_with_a_warning():
+    """The 0.1 module paths (curvprobe._compat) work with the lazy package: a fresh process."""
+    code = ("import warnings\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from curvprobe.problem import Problem\n"
+            "    import curvprobe.plots as old_plots\n"
+            "import curvprobe\n"
+            "assert Problem is curvprobe.Problem\n"
+            "assert old_plots.plot_validity is curvprobe.app.plots.plot_validity\n"
+            "print(sorted({str(w.message).split(' moved')[0] for w in caught\n"
+            "              if issubclass(w.category, DeprecationWarning)}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['curvprobe.plots', 'curvprobe.problem']"
