@@ -592,6 +592,32 @@ def _capped_top_k(problem, layers: list[str] | None, top_k: int, say: Callable[[
     return smallest.max_rank
 
 
+def _count_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer ≥ ``low`` (one-line error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a positive finite number (one-line error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+    return value
+
+
 def cmd_hessian(args) -> int:
     """``curvprobe hessian``: the Hessian spectrum report (both ends, trace, density, every layer).
 
@@ -610,14 +636,17 @@ def cmd_hessian(args) -> int:
     out = Path(config.out or default_out())
     _check_fresh(out / "hessian.nc", args.overwrite)
     check_output_dir(out)
-    n = config.num_data or args.k or 256
+    n = config.num_data or args.k or 128
     config = config.replace(ks=[max(n - 1, 1)], num_data=n)
     loaded = build_problem(config, progress=_show_progress(args), distributed=distributed)
     say = _say(args)
     say(f"Hessian report over {args.k or loaded.problem.num_samples} samples: top {args.top}, bottom "
-        f"{args.bottom}, trace, density, top {args.layer_top} of every layer")
+        f"{args.bottom}, trace ({args.trace_matvecs} products), density ({args.density_probes} probes × "
+        f"{args.density_steps} steps), top {args.layer_top} of every layer")
     ds = hessian_report(loaded.problem, k=args.k, top=args.top, bottom=args.bottom, layer_top=args.layer_top,
-                        tol=config.tol, seed=config.seed)
+                        tol=config.tol, bottom_tol=args.bottom_tol, layer_tol=args.layer_tol,
+                        trace_matvecs=args.trace_matvecs, density_probes=args.density_probes,
+                        density_steps=args.density_steps, seed=config.seed)
     ds.attrs["model_source"] = config.model
     if not _is_writer():
         return 0
@@ -753,18 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_spectrum)
 
-    p = sub.add_parser("hessian", help="Hessian spectrum report: top/bottom eigenvalues, trace, density, "
-                       "per-layer top eigenvalues")
-    p.add_argument("config", nargs="?", default=None, help="TOML config (keys as for probe)")
-    p.add_argument("--k", type=int, default=None, help="samples of L_k (default all: num_data or 256)")
-    p.add_argument("--top", type=int, default=10, help="eigenpairs at the largest end")
-    p.add_argument("--bottom", type=int, default=5, help="eigenpairs at the smallest end")
-    p.add_argument("--layer-top", type=int, default=4, help="top eigenvalues of every layer (0: skip)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing hessian.nc")
-    _add_config_flags(p, skip=(*(key for key in _EIGEN_KEYS if key != "tol"), "ks", "sigmas", "validity",
-                               "validity_samples", "validity_threshold", "point_batch", "orderings"))
-    _common(p)
-    p.set_defaults(func=cmd_hessian)
+    _add_hessian_parser(sub)
 
     p = sub.add_parser("density", help="spectral density of the Hessian (or GGN) by stochastic Lanczos "
                        "quadrature: density.nc and density.png")
@@ -786,6 +804,33 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_info)
     return parser
+
+
+def _add_hessian_parser(sub) -> None:
+    """The ``hessian`` sub-command's arguments: what to solve, and each part's products."""
+    p = sub.add_parser("hessian", help="Hessian spectrum report: top/bottom eigenvalues, trace, density, "
+                       "per-layer top eigenvalues")
+    p.add_argument("config", nargs="?", default=None, help="TOML config (keys as for probe)")
+    p.add_argument("--k", type=int, default=None, help="samples of L_k (default all: num_data or 128)")
+    p.add_argument("--top", type=int, default=10, help="eigenpairs at the largest end")
+    p.add_argument("--bottom", type=int, default=5, help="eigenpairs at the smallest end")
+    p.add_argument("--layer-top", type=int, default=2, help="top eigenvalues of every layer (0: skip)")
+    p.add_argument("--bottom-tol", type=_positive_float, default=None, metavar="TOL",
+                   help="relative residual of the bottom pairs, as a fraction of the spectral scale "
+                        "(largest |θ| seen, ≤ ‖H‖; default --tol)")
+    p.add_argument("--layer-tol", type=_positive_float, default=None, metavar="TOL",
+                   help="relative residual of every layer's pairs (default --tol)")
+    p.add_argument("--trace-matvecs", type=_count_at_least(3), default=30, metavar="M",
+                   help="Hutch++ products for tr H (its standard error is reported; 60: the old default)")
+    p.add_argument("--density-probes", type=_count_at_least(1), default=4, metavar="P",
+                   help="SLQ probe vectors of the density (10: the old default)")
+    p.add_argument("--density-steps", type=_count_at_least(1), default=40, metavar="S",
+                   help="Lanczos steps per SLQ probe; bandwidth: the width over S (80: the old default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing hessian.nc")
+    _add_config_flags(p, skip=(*(key for key in _EIGEN_KEYS if key != "tol"), "ks", "sigmas", "validity",
+                               "validity_samples", "validity_threshold", "point_batch", "orderings"))
+    _common(p)
+    p.set_defaults(func=cmd_hessian)
 
 
 def _add_demo_parser(sub) -> None:

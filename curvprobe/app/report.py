@@ -297,12 +297,35 @@ def curriculum_markdown(ds: xr.Dataset, *, notes: Sequence[str] = (),
     return "\n".join(lines) + "\n"
 
 
+def _hessian_tolerances(ds: xr.Dataset) -> str:
+    """The residual tolerance of each part and what it is relative to."""
+    attrs = ds.attrs
+    text = (f"- residual tolerances: top {attrs.get('tol')} of |θ_1| = {_fmt(attrs.get('top_scale'), 4)}; "
+            f"bottom {attrs.get('bottom_tol', attrs.get('tol'))} of s = {_fmt(attrs.get('bottom_scale'), 4)} "
+            "(the largest |θ| its solve saw, ≤ ‖H‖)")
+    if "layer_eigenvalue" in ds:
+        text += f"; layers {attrs.get('layer_tol', attrs.get('tol'))} of each block's |θ_1|"
+    return text
+
+
+def _hessian_convergence(ds: xr.Dataset) -> str:
+    """One line: every eigenpair certified, or which parts have pairs that are not."""
+    missed = {part: n for part, n in ds.attrs.get("not_converged", {}).items() if n}
+    if not missed:
+        return "- every eigenpair converged and certified (residual within its tolerance, guard passed)"
+    parts = ", ".join(f"{part} {n}" for part, n in missed.items())
+    return (f"- **NOT CONVERGED**: {parts} eigenpair(s) missed their tolerance or guard within the "
+            "solver's budget (rows marked 'no'); a smaller --bottom/--layer-top or a looser "
+            "--bottom-tol/--layer-tol converges sooner")
+
+
 def hessian_markdown(ds: xr.Dataset, *, title: str = "curvprobe Hessian report",
                      notes: Sequence[str] = ()) -> str:
     """The Markdown summary of a :func:`curvprobe.spectral.hessian.hessian_report` Dataset."""
     model = (f"- model: {ds.attrs.get('model', '?')} (N = {ds.attrs.get('num_params')}, k = "
-             f"{ds.attrs.get('k')} samples, {ds.attrs.get('dtype')}, tol {ds.attrs.get('tol')})")
-    lines = [f"# {title}", "", model, *[f"- {note}" for note in notes], ""]
+             f"{ds.attrs.get('k')} samples, {ds.attrs.get('dtype')})")
+    lines = [f"# {title}", "", model, _hessian_tolerances(ds), _hessian_convergence(ds),
+             *[f"- {note}" for note in notes], ""]
     for end, dim in (("top", "rank"), ("bottom", "bottom_rank")):
         rows = [[int(r), _fmt(float(v), 6), _fmt(float(res), 2), "yes" if c else "no"]
                 for r, v, res, c in zip(ds[dim].values, ds[f"{end}_eigenvalue"].values,
@@ -310,18 +333,19 @@ def hessian_markdown(ds: xr.Dataset, *, title: str = "curvprobe Hessian report",
         bound = _fmt(ds.attrs.get(f"{end}_miss_probability"), 2)
         lines += [f"## {end.capitalize()} eigenvalues (miss bound {bound})", "",
                   table(["rank", "eigenvalue", "rel. residual", "converged"], rows), ""]
+    products = ds.attrs.get("products", {})
+    trace = (f"tr H = {_fmt(float(ds['trace']), 6)} ± {_fmt(float(ds['trace_stderr']), 2)} (Hutch++, "
+             f"{products.get('trace', '?')} products, ± one standard error); ")
     density = (f"SLQ density over {ds.sizes['probe']} probes × {ds.sizes['step']} steps, bandwidth "
                f"{_fmt(ds.attrs.get('density_bandwidth'), 3)}.")
-    lines += ["## Trace and density", "",
-              f"tr H = {_fmt(float(ds['trace']), 6)} ± {_fmt(float(ds['trace_stderr']), 2)} (Hutch++); "
-              + density, ""]
+    lines += ["## Trace and density", "", trace + density, ""]
     if "layer_eigenvalue" in ds:
         rows = [[str(layer), *(_fmt(float(v), 4) for v in ds["layer_eigenvalue"].sel(layer=layer).values),
                  f"{int(ds['layer_converged'].sel(layer=layer).sum())}/{ds.sizes['layer_rank']}"]
                 for layer in ds["layer"].values]
         head = ["layer", *(f"λ{int(r)}" for r in ds["layer_rank"].values), "converged"]
         lines += ["## Per-layer top eigenvalues", "", table(head, rows), ""]
-    timing, products = ds.attrs.get("seconds", {}), ds.attrs.get("products", {})
+    timing = ds.attrs.get("seconds", {})
     if timing:
         rows = [[part, products.get(part, "–"), _fmt(sec, 3)] for part, sec in timing.items()]
         lines += ["## Cost", "", table(["part", "products", "seconds"], rows), ""]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import curvprobe.spectral.hessian as hessian_module
+from curvprobe.app.report import hessian_markdown
 from curvprobe.spectral.hessian import hessian_report
 
 from conftest import dense_hessian, mlp_problem
@@ -22,3 +25,47 @@ def test_report_matches_the_dense_spectrum():
     assert abs((density * (grid[1] - grid[0])).sum() - 1) < 0.05  # a probability density on its grid
     assert ds["layer_converged"].all()
     assert set(ds.attrs["products"]) == {"top", "bottom", "trace", "density", "layers"}
+
+
+def test_settings_and_certificates_are_recorded():
+    problem = mlp_problem(n=24)
+    ds = hessian_report(problem, top=3, bottom=2, layer_top=1, tol=1e-8, bottom_tol=1e-6, layer_tol=1e-5,
+                        trace_matvecs=12, density_probes=2, density_steps=10)
+    attrs = ds.attrs
+    assert (attrs["tol"], attrs["bottom_tol"], attrs["layer_tol"]) == (1e-8, 1e-6, 1e-5)
+    assert (attrs["trace_matvecs"], attrs["density_probes"], attrs["density_steps"]) == (12, 2, 10)
+    assert attrs["products"]["trace"] == 12 and attrs["products"]["density"] == 20
+    assert attrs["not_converged"] == {"top": 0, "bottom": 0, "layers": 0}
+    assert (ds["bottom_residual"] <= 1e-6).all() and (ds["layer_residual"] <= 1e-5).all()
+    lam = torch.linalg.eigvalsh(dense_hessian(problem)).numpy()
+    assert attrs["bottom_scale"] <= abs(lam).max() * (1 + 1e-9)  # s never exceeds ‖H‖
+    assert attrs["top_scale"] == pytest.approx(lam[-1], rel=1e-8)
+    assert "every eigenpair converged and certified" in hessian_markdown(ds)
+
+
+def test_a_starved_solve_is_reported_not_converged(monkeypatch):
+    """An eigensolve that runs out of products keeps its flags False; the
+    ``not_converged`` count and the summary say so."""
+    problem = mlp_problem(n=24)
+    solve = hessian_module.top_eigenspace
+
+    def starved(op, D, **options):
+        return solve(op, D, **options, max_matvecs=6 if options.get("which") == "smallest" else None)
+
+    monkeypatch.setattr(hessian_module, "top_eigenspace", starved)
+    with pytest.warns(Warning, match="not converged"):
+        ds = hessian_report(problem, top=2, bottom=2, layer_top=0, tol=1e-8, trace_matvecs=6,
+                            density_probes=1, density_steps=5)
+    missed = int((~ds["bottom_converged"].values).sum())
+    assert missed > 0 and ds["top_converged"].all()
+    assert ds.attrs["not_converged"] == {"top": 0, "bottom": missed}
+    summary = hessian_markdown(ds)
+    assert f"NOT CONVERGED**: bottom {missed}" in summary and "every eigenpair" not in summary
+
+
+@pytest.mark.parametrize(("name", "value"), [("trace_matvecs", 2), ("density_probes", 0), ("bottom_tol", 0.0),
+                                             ("layer_tol", float("nan")), ("top", 0)])
+def test_bad_settings_raise_before_any_product(name, value):
+    problem = mlp_problem(n=24)
+    with pytest.raises(ValueError, match=name):
+        hessian_report(problem, **{name: value})
