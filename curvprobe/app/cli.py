@@ -473,6 +473,10 @@ def cmd_info(args) -> int:
         affinity = os.cpu_count()
     print(f"cpu: {os.cpu_count()} logical cores ({affinity} usable); torch intra-op threads "
           f"{torch.get_num_threads()}, inter-op threads {torch.get_num_interop_threads()}")
+    # the package imports lazily: load the BLAS libraries the measurements use, so that
+    # their thread pools (and the CURVPROBE_BLAS_THREADS limit) are listed
+    import numpy as np  # noqa: F401
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_info
 
     for pool in threadpool_info():
