@@ -62,6 +62,18 @@ def test_cgroup_quota_v2_v1_and_unlimited(tmp_path):
     assert threads.cpu_quota(tmp_path / "nothing") is None
 
 
+def test_proc_stat_ticks_count_only_the_allowed_cpus(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\n"
+                    "cpu0 50 0 50 0 0 0 0 0 0 0\n"        # fully busy
+                    "cpu1 0 0 0 90 10 0 0 0 0 0\n"        # idle and iowait
+                    "cpu2 10 0 0 80 0 0 0 10 0 0\n"       # steal counts as busy
+                    "intr 12345\n")
+    assert threads._cpu_ticks({0, 1}, stat) == (100.0, 200.0)
+    assert threads._cpu_ticks({1, 2}, stat) == (20.0, 200.0)
+    assert threads._cpu_ticks({7}, stat) is None
+
+
 @pytest.mark.parametrize(("text", "expected"), [("auto", "auto"), ("AUTO", "auto"), ("3", 3), ("1", 1)])
 def test_parse_threads(text, expected):
     assert threads.parse_threads(text) == expected
