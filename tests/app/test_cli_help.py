@@ -101,3 +101,13 @@ def test_moved_module_paths_still_import_with_a_warning():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['curvprobe.plots', 'curvprobe.problem']"
+
+
+def test_info_still_lists_the_blas_thread_pool(env):
+    """``info`` loads the BLAS itself now that importing curvprobe does not (threadpoolctl lists
+    only loaded libraries), so the one-thread BLAS limit stays visible."""
+    result = subprocess.run([sys.executable, "-m", "curvprobe", "info"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    pools = [line for line in result.stdout.splitlines() if line.startswith("thread pool:")]
+    assert any("(blas)" in line and "num_threads=1" in line for line in pools), result.stdout
