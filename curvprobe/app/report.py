@@ -185,24 +185,74 @@ def timing_table(ds: xr.Dataset, extra: Mapping[str, float] | None = None,
     return text
 
 
-def eigen_table(ds: xr.Dataset) -> str:
-    rows = []
+def _eigen_ks(ds: xr.Dataset) -> np.ndarray:
+    """The k whose eigenspace was solved (one for a fixed or pooled subspace)."""
     ks = ds["k"].values
     if ds.attrs.get("subspace") in ("fixed", "pooled"):  # one eigenspace serves every k
         ks = ks[int(np.argmax(ds["hvps"].values)):][:1]
-    for k in ks:
+    return ks
+
+
+def _converged(ds: xr.Dataset, k: int) -> np.ndarray:
+    """Per pair at ``k``: the residual test ``residual ≤ tol`` (the ``converged``
+    variable of a result from before it meant that, recomputed)."""
+    tol = ds.attrs.get("tol")
+    res = ds["residuals"].sel(k=k).values
+    return res <= tol if tol is not None else ds["converged"].sel(k=k).values
+
+
+def certificate_cell(ds: xr.Dataset, k: int) -> str:
+    """``"yes (≤ β)"``, ``"no (p > β)"`` or ``"no bound"``: the eigenspace at ``k``
+    against the stated miss bound ``β`` (the ``miss_bound`` attr)."""
+    bound = float(ds.attrs.get("miss_bound", math.nan))
+    if not math.isfinite(bound):
+        return "no bound"
+    if "certified" in ds and bool(ds["certified"].sel(k=k)):
+        return f"yes (≤ {bound:g})"
+    miss = float(ds["miss_probability"].sel(k=k)) if "miss_probability" in ds else math.nan
+    return f"no ({_fmt(miss, 2)} > {bound:g})" if math.isfinite(miss) and miss > bound else "no"
+
+
+def certificate_line(ds: xr.Dataset) -> str:
+    """One sentence: how many pairs converged (residual ≤ tol) and whether the
+    eigenspace is certified at the stated miss bound — "certified" only then."""
+    ks = _eigen_ks(ds)
+    conv = np.stack([_converged(ds, k) for k in ks])
+    per = f"{int(conv[0].sum())}/{conv.shape[1]}" if len(ks) == 1 else (
+        f"{int(conv.sum())}/{conv.size} pairs over {len(ks)} k")
+    miss = (np.array([float(ds["miss_probability"].sel(k=k)) for k in ks]) if "miss_probability" in ds
+            else np.full(len(ks), math.nan))
+    worst = _fmt(float(np.nanmax(miss)) if np.isfinite(miss).any() else math.nan, 2)
+    bound = float(ds.attrs.get("miss_bound", math.nan))
+    if not math.isfinite(bound):
+        return (f"converged {per}; miss probability {worst} — not certified (no miss bound stated: "
+                "set miss_bound)")
+    certified = "certified" in ds and all(bool(ds["certified"].sel(k=k)) for k in ks)
+    if certified:
+        return f"converged {per}; certified at miss probability ≤ {bound:g} (the miss bound; reached {worst})"
+    if bool(conv.all()) and np.isfinite(miss).all() and float(miss.max()) > bound:
+        return f"converged {per}; not certified: miss probability {worst} > {bound:g} (the miss bound)"
+    return (f"converged {per}; not certified at miss probability ≤ {bound:g} (the miss bound): a pair "
+            "did not converge or the guard found a miss it could not repair")
+
+
+def eigen_table(ds: xr.Dataset) -> str:
+    """Per solved k: HVPs, the largest residual, pairs converged, the miss
+    probability, the certificate at the stated bound and θ₁, θ_D."""
+    rows = []
+    for k in _eigen_ks(ds):
         res = ds["residuals"].sel(k=k).values
-        conv = ds["converged"].sel(k=k).values
+        conv = _converged(ds, k)
         ev = ds["eigenvalues"].sel(k=k).values
         K = int(ds["k"].max())
         label = {"fixed": f"{K} (fixed: all k)", "pooled": f"{K}+1 samples (pooled: all k)"}.get(
             str(ds.attrs.get("subspace")), int(k))
         miss = float(ds["miss_probability"].sel(k=k)) if "miss_probability" in ds else math.nan
         rows.append([label, int(ds["hvps"].sel(k=k)), _fmt(float(np.nanmax(res)), 2),
-                     f"{int(conv.sum())}/{conv.size}", _fmt(miss, 2), _fmt(float(ev[0]), 4),
-                     _fmt(float(ev[-1]), 4)])
-    return table(["k", "HVPs", "max residual", "certified", "miss bound", "θ₁", f"θ_{ds.sizes['rank']}"],
-                 rows)
+                     f"{int(conv.sum())}/{conv.size}", _fmt(miss, 2), certificate_cell(ds, k),
+                     _fmt(float(ev[0]), 4), _fmt(float(ev[-1]), 4)])
+    return table(["k", "HVPs", "max residual", "converged", "miss probability", "certified", "θ₁",
+                  f"θ_{ds.sizes['rank']}"], rows)
 
 
 def summary_markdown(ds: xr.Dataset, *, validity: xr.Dataset | None = None,
@@ -251,7 +301,7 @@ def summary_markdown(ds: xr.Dataset, *, validity: xr.Dataset | None = None,
     lines += ["", "## Stage timings", "", timing_table(ds, extra_timings, convergence)]
     if ds["hvps"].values.sum() > 0:
         lines += ["", "## Eigensolver certificates (top-D of H^(k), relative residuals ‖Hu−θu‖/|θ₁|)", "",
-                  eigen_table(ds)]
+                  certificate_line(ds), "", eigen_table(ds)]
     return "\n".join(lines) + "\n"
 
 
@@ -345,8 +395,9 @@ def hessian_markdown(ds: xr.Dataset, *, title: str = "curvprobe Hessian report",
                 for layer in ds["layer"].values]
         head = ["layer", *(f"λ{int(r)}" for r in ds["layer_rank"].values), "converged"]
         lines += ["## Per-layer top eigenvalues", "", table(head, rows), ""]
-    timing = ds.attrs.get("seconds", {})
+    timing, cpu = ds.attrs.get("seconds", {}), ds.attrs.get("cpu_seconds", {})
     if timing:
-        rows = [[part, products.get(part, "–"), _fmt(sec, 3)] for part, sec in timing.items()]
-        lines += ["## Cost", "", table(["part", "products", "seconds"], rows), ""]
+        rows = [[part, products.get(part, "–"), _fmt(sec, 3), _fmt(cpu.get(part), 3)]
+                for part, sec in timing.items()]
+        lines += ["## Cost", "", table(["part", "products", "wall s", "CPU s"], rows), ""]
     return "\n".join(lines)

@@ -35,6 +35,7 @@ def test_settings_and_certificates_are_recorded():
     assert (attrs["tol"], attrs["bottom_tol"], attrs["layer_tol"]) == (1e-8, 1e-6, 1e-5)
     assert (attrs["trace_matvecs"], attrs["density_probes"], attrs["density_steps"]) == (12, 2, 10)
     assert attrs["products"]["trace"] == 12 and attrs["products"]["density"] == 20
+    assert set(attrs["cpu_seconds"]) == set(attrs["seconds"]) == set(attrs["products"])
     assert attrs["not_converged"] == {"top": 0, "bottom": 0, "layers": 0}
     assert (ds["bottom_residual"] <= 1e-6).all() and (ds["layer_residual"] <= 1e-5).all()
     lam = torch.linalg.eigvalsh(dense_hessian(problem)).numpy()
