@@ -15,6 +15,7 @@ the thread choices rather than that noise.
 A run slower than ``--cap`` times the fastest finished run so far is
 stopped and reported as "> cap" (it cannot be the best); with the whole
 script under ``nice``, the load and the demo share the same priority.
+Ctrl-C prints the table of the runs finished so far.
 
     nice -n 10 python benchmarks/threads.py [--rounds 2] [--explicit 1 2] [--cap 3] [--out DIR]
 """
@@ -86,6 +87,8 @@ def main() -> None:
                 rows.append((r, threads, seconds, before, picks(lines)))
                 print(f"round {r} threads {threads}: {seconds} s, load {before:.2f}, auto {picks(lines)}",
                       file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # Ctrl-C: the table of the runs finished so far
+        print(f"interrupted after {len(rows)} runs", file=sys.stderr)
     finally:
         for proc in load:
             proc.kill()
