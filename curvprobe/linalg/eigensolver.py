@@ -8,8 +8,10 @@ carrying its own certificate: the relative residuals
 
     r_i = ‖A u_i − θ_i u_i‖ / |θ_1|,
 
-the number of operator products used, and per-pair ``converged`` flags
-(``r_i ≤ tol`` *and* the missed-eigenvalue guard passed).
+the number of operator products used, per-pair ``converged`` flags
+(``r_i ≤ tol`` *and* the missed-eigenvalue guard passed) and, at a stated
+miss bound ``max_miss_probability``, the certificate
+(:attr:`~curvprobe.linalg.result.Eigenspace.certified`).
 
 Method ``"lanczos"`` (default) composes the solvers of this package:
 
@@ -38,8 +40,10 @@ Method ``"lanczos"`` (default) composes the solvers of this package:
    most ``D`` products (else the start is the D previous vectors).
 4. **Guard**: :func:`~curvprobe.linalg.guard.missed_eigenvalue_guard` runs
    ``guard_steps`` Lanczos steps on the deflated operator ``P A P``
-   (``P = I − U Uᵀ``), repairs missed eigenvalues, and bounds the probability
-   that one above ``θ_D + tol·|θ_1|`` went unseen.
+   (``P = I − U Uᵀ``), repairs missed eigenvalues (only those, not ``D`` new
+   pairs), and bounds the probability that one above ``θ_D + tol·|θ_1|``
+   went unseen; with ``max_miss_probability`` it runs until that bound is
+   reached.
 
 Method ``"block"``: the cold start runs block Lanczos from ``b`` random
 vectors (``block_size``, default :data:`BLOCK_SIZE`), one batched ``matmat``
@@ -243,7 +247,7 @@ def _ritz_pairs(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *,
 
 def _certified(op: LinearOperator, run: KrylovRun, checked: GuardResult, D: int, tol: float,
                start: int, start_cost: float, which: str = "largest", scale: float | None = None,
-               method: str = "lanczos") -> Eigenspace:
+               method: str = "lanczos", miss_bound: float | None = None) -> Eigenspace:
     """The ``D`` pairs of the guarded run that ``which`` selects, sorted
     decreasing, with relative residuals and the work spent since ``start`` /
     ``start_cost``."""
@@ -263,7 +267,8 @@ def _certified(op: LinearOperator, run: KrylovRun, checked: GuardResult, D: int,
     return Eigenspace(values[order].clone(), vectors[:, order].contiguous(), rel,
                       op.num_matvecs - start, converged, tol, method, checked.guard_value,
                       checked.miss_probability, op.cost - start_cost, basis, image,
-                      op if basis is not None else None, which, scale, checked.guard_low)
+                      op if basis is not None else None, which, scale, checked.guard_low,
+                      math.nan if miss_bound is None else float(miss_bound))
 
 
 def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str = "lanczos",
@@ -307,10 +312,13 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     max_guard_rounds : int
         Missed-eigenvalue repairs before giving up the certificate.
     max_miss_probability : float, optional
-        Certify only if :attr:`~curvprobe.linalg.result.Eigenspace.miss_probability`
-        falls to this level; the guard then stops as soon as it does, within
-        ``guard_steps`` (raise both together: ``docs/performance.md``).
-        Default: the guard's fixed ``guard_steps`` certify, the bound is reported.
+        The miss bound ``β`` to certify at
+        (:attr:`~curvprobe.linalg.result.Eigenspace.certified`): the guard
+        runs until its :attr:`~curvprobe.linalg.result.Eigenspace.miss_probability`
+        falls to ``β``, within ``guard_steps`` (raise both together:
+        ``docs/performance.md``), else the pairs are not converged.
+        Default: the guard's fixed ``guard_steps`` decide ``converged`` and
+        the bound they reached is reported; the result is not certified.
     keep_basis : bool
         Return the final basis and its image (memory 2 × N × basis_size
         float64) for a carried warm start at the next k.
@@ -342,7 +350,8 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
                                       max_miss_probability=max_miss_probability, basis_size=m,
                                       max_matvecs=budget - (op.num_matvecs - start), generator=generator,
                                       which=which, scale=scale, basis_dtype=basis_dtype)
-    result = _certified(op, run, checked, D, tol, start, start_cost, which, scale, method)
+    result = _certified(op, run, checked, D, tol, start, start_cost, which, scale, method,
+                        max_miss_probability)
     _warn_if_uncertified(result, spent=op.num_matvecs - start, budget=budget)
     return result
 

@@ -11,7 +11,14 @@ orthonormal, and their certificate:
 * the work spent: operator products, and their cost in product units when
   part of it was carried from a previous solve.
 
-A pair is ``converged`` when ``r_i ≤ tol`` and the guard passed.
+Words. A pair is ``converged`` when ``r_i ≤ tol`` and the guard passed
+(found no missed eigenvalue — at the bound, when one was asked for). The
+eigenspace is *certified* only at a stated miss bound
+(:attr:`Eigenspace.miss_bound`, ``max_miss_probability`` of the solve):
+every pair converged and the guard's miss bound fell to it
+(:attr:`Eigenspace.certified`). Without a stated bound the guard's fixed
+steps decide ``converged`` and the bound they reached is reported, e.g.
+0.2 — that is not a certificate.
 
 At the other ends (``which``; :func:`~curvprobe.linalg.eigensolver.top_eigenspace`)
 the residuals are relative to :attr:`Eigenspace.scale`, the largest ``|θ|``
@@ -57,7 +64,8 @@ class Eigenspace:
     num_matvecs : int
         Operator products (vectors) used, guard included.
     converged : Tensor (D,) bool
-        ``residuals ≤ tol`` and the missed-eigenvalue guard passed.
+        ``residuals ≤ tol`` and the missed-eigenvalue guard passed (at
+        :attr:`miss_bound`, when stated).
     tol : float
     method : str
     guard_value : float
@@ -94,6 +102,9 @@ class Eigenspace:
     guard_low : float
         Bottom Ritz value of the final two-sided guard run (NaN for
         ``"largest"``): certified only if it is ≥ ``ℓ_lo``.
+    miss_bound : float
+        The stated miss bound ``β`` the guard ran to (``max_miss_probability``;
+        NaN if none was stated): :attr:`certified` is at this level.
     """
 
     values: Tensor
@@ -112,6 +123,7 @@ class Eigenspace:
     which: str = "largest"
     scale: float = math.nan
     guard_low: float = math.nan
+    miss_bound: float = math.nan
 
     @property
     def D(self) -> int:
@@ -122,6 +134,13 @@ class Eigenspace:
     def all_converged(self) -> bool:
         """Every pair converged (and so the guard passed)."""
         return bool(self.converged.all())
+
+    @property
+    def certified(self) -> bool:
+        """Every pair converged and the guard's miss bound is at most the
+        stated :attr:`miss_bound` (False when no bound was stated)."""
+        return (self.all_converged and math.isfinite(self.miss_bound)
+                and self.miss_probability <= self.miss_bound)
 
     @property
     def ritz_matrix(self) -> Tensor:
