@@ -112,10 +112,12 @@ FIELDS: tuple[Field, ...] = (
     Field("basis_dtype", "str", "float64", "storage of the Krylov basis (float32 halves its memory; "
           "Gram and Rayleigh–Ritz arithmetic and the certificate stay float64)",
           choices=("float64", "float32")),
-    Field("guard_steps", "int", 10, "Lanczos steps of the eigensolver's missed-eigenvalue guard "
-          "(the most it runs when miss_bound is set)"),
-    Field("miss_bound", "float", 0.0, "certify an eigenspace only if the probability that its guard "
-          "missed an eigenvalue is at most this (0: the guard's steps certify, the bound is reported)"),
+    Field("guard_steps", "int", 40, "the most Lanczos steps of the eigensolver's missed-eigenvalue "
+          "guard per run: with miss_bound it stops as soon as its bound reaches it (not certified if "
+          "these run out first); with miss_bound = 0 it runs them all"),
+    Field("miss_bound", "float", 0.05, "certify an eigenspace at this miss bound: the guard runs until "
+          "the probability that it missed an eigenvalue is at most this (0: no bound, the guard's "
+          "steps decide and the probability is reported, not certified)"),
     Field("validity", "bool", True, "run the quadratic-validity sweep at k = max(ks) and flag σ "
           "beyond the validated regime"),
     Field("validity_samples", "int", 16, "draws of the validity sweep"),
@@ -356,8 +358,8 @@ class ProbeConfig:
     max_hvps: int = 0
     basis_size: int = 0
     basis_dtype: str = "float64"
-    guard_steps: int = 10
-    miss_bound: float = 0.0
+    guard_steps: int = 40
+    miss_bound: float = 0.05
     validity: bool = True
     validity_samples: int = 16
     validity_threshold: float = 0.1

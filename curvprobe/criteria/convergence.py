@@ -185,7 +185,8 @@ def _convergence_dataset(value: np.ndarray, stderr: np.ndarray, seconds: np.ndar
                             {"long_name": f"top eigenvalues of H^({spec.ks[0]})", "units": "loss/param²"}),
             "residuals": (("rank",), es.residuals.cpu().numpy(),
                           {"long_name": "relative residual ‖Hu−θu‖/|θ₁|", "units": "1"}),
-            "converged": (("rank",), es.converged.cpu().numpy(), {"long_name": "certified eigenpair"}),
+            "converged": (("rank",), es.converged.cpu().numpy(),
+                          {"long_name": "converged eigenpair: residual ≤ tol and the guard passed"}),
         },
         coords={
             "S": ("S", np.asarray(counts, dtype=np.int64), {"long_name": "Monte Carlo draws S"}),

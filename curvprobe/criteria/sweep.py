@@ -35,6 +35,7 @@ entries, ``U_D`` the first D eigenvectors).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -170,6 +171,7 @@ class _EigenRecord:
     hvps: np.ndarray = field(init=False)
     cost: np.ndarray = field(init=False)
     miss: np.ndarray = field(init=False)
+    certified: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.values = np.full((self.num_k, self.D), np.nan)
@@ -178,16 +180,18 @@ class _EigenRecord:
         self.hvps = np.zeros(self.num_k, dtype=np.int64)
         self.cost = np.zeros(self.num_k)
         self.miss = np.full(self.num_k, np.nan)
+        self.certified = np.zeros(self.num_k, dtype=bool)
 
     def record(self, j: int, es: Eigenspace, first: bool = True) -> None:
         """Row ``j`` from ``es``; its HVP counts only where it was solved
         (``first``; a fixed subspace serves every k)."""
         self.values[j] = es.values.cpu().numpy()
         self.residuals[j] = es.residuals.cpu().numpy()
-        self.converged[j] = es.converged.cpu().numpy()
+        self.converged[j] = (es.residuals <= es.tol).cpu().numpy()  # the residual test
         self.hvps[j] = es.num_matvecs if first else 0
         self.cost[j] = es.cost if first else 0.0
         self.miss[j] = es.miss_probability
+        self.certified[j] = es.certified
 
 
 # ------------------------------------------------------------- the parts
@@ -423,7 +427,11 @@ def _variables(spec: StabilizationSpec, est: Sequence[str], table: _Table, eig: 
                                                      "units": "loss/param²"}),
         "residuals": (("k", "rank"), eig.residuals,
                       {"long_name": "relative residual ‖Hu−θu‖/|θ₁|", "units": "1"}),
-        "converged": (("k", "rank"), eig.converged, {"long_name": "certified eigenpair"}),
+        "converged": (("k", "rank"), eig.converged,
+                      {"long_name": "converged eigenpair: relative residual ≤ tol"}),
+        "certified": (("k",), eig.certified,
+                      {"long_name": "eigenspace certified: every pair converged, no missed eigenvalue "
+                                    "found and the guard's miss probability ≤ the miss_bound attr"}),
         "hvps": (("k",), eig.hvps, {"long_name": "Hessian-vector products of the eigensolver",
                                     "units": "1"}),
         "hvp_cost": (("k",), eig.cost,
@@ -483,7 +491,28 @@ def _dataset(problem: Problem, spec: StabilizationSpec, ks: Sequence[int], est: 
             }.get(str(spec.subspace), "U_D from H^(k) for each k, warm-started")
     return xr.Dataset(_variables(spec, est, table, eig, a, stages), coords=coords,
                       attrs={**provenance(problem), "measurement": "stabilization", **spec.attrs(),
-                             "subspace_note": note})
+                             "subspace_note": note, "miss_bound": miss_bound(spec)})
+
+
+def miss_bound(spec: StabilizationSpec) -> float:
+    """The miss bound the eigenspaces are certified at: ``max_miss_probability``
+    of ``spec.eigen_options``, NaN when none is stated (nothing is certified)."""
+    bound = spec.eigen_options.get("max_miss_probability")
+    return math.nan if bound is None else float(bound)
+
+
+def _certificate_attrs(merged: xr.Dataset) -> None:
+    """Set ``eigen_certified`` (1: every eigenspace certified at the
+    ``miss_bound`` attr, 0: not, or no bound stated) and warn when a pair did
+    not converge or, at a stated bound, an eigenspace is not certified."""
+    bound = float(merged.attrs.get("miss_bound", math.nan))
+    certified = "certified" in merged and bool(merged["certified"].all())
+    merged.attrs["eigen_certified"] = int(certified)
+    if not bool(merged["converged"].all()):
+        warnings.warn("some eigenpairs are not converged (see the 'converged' variable)", stacklevel=3)
+    elif math.isfinite(bound) and not certified:
+        warnings.warn(f"the eigenspace is not certified at miss probability ≤ {bound:g} (see the "
+                      "'certified' and 'miss_probability' variables)", stacklevel=3)
 
 
 def _stage_seconds(ds: xr.Dataset) -> dict[str, float]:
@@ -546,8 +575,8 @@ def merge_parts(parts: Sequence[xr.Dataset], estimators: Sequence[str] | None = 
     merged = merged.assign(stage_seconds=("stage", np.array(list(stages.values()), dtype=float),
                                           {"long_name": "wall time per stage, summed over parts",
                                            "units": "s"}))
-    if sub is not None and not bool(merged["converged"].all()):
-        warnings.warn("some eigenpairs are not certified (see the 'converged' variable)", stacklevel=2)
+    if sub is not None:
+        _certificate_attrs(merged)
     merged = curvature_decomposition(merged)
     return regime_flags(merged, validity) if validity is not None else merged
 
@@ -596,10 +625,13 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
         (units per estimator in the ``estimator_units`` coordinate: loss^p,
         or loss for ``delta1`` and ``sphere``) and ``mc_samples``; per-k
         eigensolver diagnostics over (``k``, ``rank``): ``eigenvalues``,
-        ``residuals``, ``converged``; ``hvps``, ``hvp_cost``,
-        ``miss_probability`` (k); the surrogate coefficients ``a`` (k),
-        ``c_norm`` and ``trace_B`` (k, dim); ``stage_seconds`` over ``stage``;
-        the spec and provenance as attrs. At p = 2 also the curvature part
+        ``residuals``, ``converged`` (relative residual ≤ tol); ``hvps``,
+        ``hvp_cost``, ``miss_probability`` and ``certified`` (k: every pair
+        converged and ``miss_probability`` ≤ the ``miss_bound`` attr, the
+        ``max_miss_probability`` of ``eigen_kwargs``, NaN when none is stated;
+        attr ``eigen_certified`` 1 when every k is certified); the surrogate
+        coefficients ``a`` (k), ``c_norm`` and ``trace_B`` (k, dim);
+        ``stage_seconds`` over ``stage``; the spec and provenance as attrs. At p = 2 also the curvature part
         (:func:`~curvprobe.criteria.decomposition.curvature_decomposition`).
         With ``orderings = R > 1``: ``value``, ``stderr``, ``a``, ``c_norm``
         and ``trace_B`` gain an ``ordering`` dimension (ordering 0 is the
