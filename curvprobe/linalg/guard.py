@@ -35,9 +35,10 @@ the pair is solved once more to the tolerance the leak leaves). Then the
 guard repeats on the merged set, with the level of its ``D``-th value; any
 missed eigenvalue the repair did not reach is the next round's.
 
-What is certified. A pair *converged* when its residual is within ``tol``.
-The guard adds the miss bound: the probability, over its random start, that
-an eigenvalue beyond the level went unseen. Given a bound ``β``
+What is certified. A pair *converged* when its residual is within ``tol``
+and the guard found no miss it could not repair. The guard adds the miss
+bound (below): the probability, over its random start, that an eigenvalue
+beyond the level went unseen. Given a bound ``β``
 (``max_miss_probability``) the guard runs until its bound falls to ``β``
 (or its steps run out: then not certified), and the result is *certified at
 miss probability ≤ β*: an event of probability at most ``β`` whatever the
