@@ -625,12 +625,10 @@ def stabilization(problem: Problem, ks: Sequence[int], *, sigmas: Sequence[float
         (units per estimator in the ``estimator_units`` coordinate: loss^p,
         or loss for ``delta1`` and ``sphere``) and ``mc_samples``; per-k
         eigensolver diagnostics over (``k``, ``rank``): ``eigenvalues``,
-        ``residuals``, ``converged`` (relative residual ≤ tol); ``hvps``,
-        ``hvp_cost``, ``miss_probability`` and ``certified`` (k: every pair
-        converged and ``miss_probability`` ≤ the ``miss_bound`` attr, the
-        ``max_miss_probability`` of ``eigen_kwargs``, NaN when none is stated;
-        attr ``eigen_certified`` 1 when every k is certified); the surrogate
-        coefficients ``a`` (k), ``c_norm`` and ``trace_B`` (k, dim);
+        ``residuals``, ``converged`` (residual ≤ tol); ``hvps``, ``hvp_cost``,
+        ``miss_probability``, ``certified`` (k: ≤ the ``miss_bound`` attr, the
+        stated ``max_miss_probability`` or NaN; attr ``eigen_certified``); the
+        surrogate coefficients ``a`` (k), ``c_norm`` and ``trace_B`` (k, dim);
         ``stage_seconds`` over ``stage``; the spec and provenance as attrs. At p = 2 also the curvature part
         (:func:`~curvprobe.criteria.decomposition.curvature_decomposition`).
         With ``orderings = R > 1``: ``value``, ``stderr``, ``a``, ``c_norm``

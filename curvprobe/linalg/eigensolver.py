@@ -312,13 +312,10 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
     max_guard_rounds : int
         Missed-eigenvalue repairs before giving up the certificate.
     max_miss_probability : float, optional
-        The miss bound ``β`` to certify at
-        (:attr:`~curvprobe.linalg.result.Eigenspace.certified`): the guard
-        runs until its :attr:`~curvprobe.linalg.result.Eigenspace.miss_probability`
-        falls to ``β``, within ``guard_steps`` (raise both together:
-        ``docs/performance.md``), else the pairs are not converged.
-        Default: the guard's fixed ``guard_steps`` decide ``converged`` and
-        the bound they reached is reported; the result is not certified.
+        The miss bound ``β`` to certify at (:attr:`~curvprobe.linalg.result.Eigenspace.certified`):
+        the guard runs until its miss probability falls to ``β``, within
+        ``guard_steps`` (raise both together), else not converged. Default:
+        ``guard_steps`` decide ``converged``, the bound is reported, nothing certified.
     keep_basis : bool
         Return the final basis and its image (memory 2 × N × basis_size
         float64) for a carried warm start at the next k.
