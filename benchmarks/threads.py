@@ -15,7 +15,7 @@ the thread choices rather than that noise.
 A run slower than ``--cap`` times the fastest finished run so far is
 stopped and reported as "> cap" (it cannot be the best); with the whole
 script under ``nice``, the load and the demo share the same priority.
-Ctrl-C prints the table of the runs finished so far.
+Ctrl-C (or SIGTERM) prints the table of the runs finished so far.
 
     nice -n 10 python benchmarks/threads.py [--rounds 2] [--explicit 1 2] [--cap 3] [--out DIR]
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,8 @@ def main() -> None:
 
     usable = usable_cpus(len(affinity()), cpu_quota())
     root = args.out or Path(tempfile.mkdtemp(prefix="curvprobe-threads-"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     load = start_load(usable)
     rows: list[tuple[int, str, float | None, float, str]] = []
     try:
@@ -87,7 +90,7 @@ def main() -> None:
                 rows.append((r, threads, seconds, before, picks(lines)))
                 print(f"round {r} threads {threads}: {seconds} s, load {before:.2f}, auto {picks(lines)}",
                       file=sys.stderr, flush=True)
-    except KeyboardInterrupt:  # Ctrl-C: the table of the runs finished so far
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the table of the runs finished so far
         print(f"interrupted after {len(rows)} runs", file=sys.stderr)
     finally:
         for proc in load:
