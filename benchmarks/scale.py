@@ -42,7 +42,7 @@ import torch
 HERE = Path(__file__).resolve()
 SECTIONS = ("ranks", "gpt2", "lm30m", "projection")
 KS, SIGMAS, DIMS, MC = [64, 128, 256, 512], [1e-3, 1e-2], [1, 4], 16
-LM30M_BASIS = 32  # Lanczos basis of the ≈30M eigensolve: 32 float32 vectors ≈ 3.7 GB (ARPACK's default 2·16 + 1)
+LM30M_BASIS = 32  # the ≈30M eigensolve's basis: 32 float32 vectors ≈ 3.7 GB (ARPACK's 2·16 + 1)
 
 
 # --------------------------------------------------------------------- utilities
