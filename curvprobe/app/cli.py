@@ -438,6 +438,8 @@ def cmd_plot(args) -> int:
             figures["spectral_transfer"] = plots.plot_spectral_transfer(spectra)
             if "bic" in spectra:
                 figures["rank_profile_bic"] = plots.plot_rank_profile_bic(spectra)
+        if "kronecker_alignment" in found:
+            figures["kronecker"] = plots.plot_kronecker_alignment(found["kronecker_alignment"])
     for name, fig in figures.items():
         print(save_figure(fig, out / f"{name}.png"))
     return 0
@@ -524,7 +526,7 @@ def cmd_spectrum(args) -> int:
     Returns the exit status.
     """
     from curvprobe.app.config import load_config
-    from curvprobe.app.report import table
+    from curvprobe.app.report import kronecker_table, table
     from curvprobe.app.runs import default_out
     from curvprobe.app.sources import build_problem
     from curvprobe.results import save
@@ -570,13 +572,16 @@ def cmd_spectrum(args) -> int:
         kron.attrs["model_source"] = config.model
         if _is_writer():
             save(kron, out / "kronecker.nc", overwrite=True)
+            print(kronecker_table(kron))
     if not _is_writer():
         return 0
     from curvprobe.app import plots
 
     plots.save_figure(plots.plot_alpha_fits(spectra), out / "alpha_fits.png")
     plots.save_figure(plots.plot_spectral_transfer(spectra), out / "spectral_transfer.png")
-    print(f"results: {out / 'spectra.nc'}")
+    if args.kronecker:
+        plots.save_figure(plots.plot_kronecker_alignment(kron), out / "kronecker.png")
+    print(f"results: {out / 'spectra.nc'}" + (f", {out / 'kronecker.nc'}" if args.kronecker else ""))
     return 0
 
 

@@ -14,7 +14,9 @@ Sections (each self-contained; add new ones below, with their own helpers):
   :func:`plot_alpha_fits` (log h vs log σ per layer with the α line),
   :func:`plot_spectral_transfer` (measured s vs αγ across layers),
   :func:`plot_rank_profile_bic` (rank-profile BIC winners),
-  :func:`plot_alpha_by_layer_type` (α by layer type).
+  :func:`plot_alpha_by_layer_type` (α by layer type); from
+  :func:`curvprobe.spectral.kronecker_alignment`: :func:`plot_kronecker_alignment`
+  (α against its predictions β + φ and 2 + φ per layer).
 - Stabilization (the figures of `docs/estimators.md`) — from :func:`curvprobe.stabilization`,
   :func:`curvprobe.quadratic_validity` and :func:`curvprobe.criteria.convergence.mc_convergence`:
   :func:`plot_criteria_vs_k` (Δ₁, Δ₂, Δ₂^(D) and GM against k, log–log, with
@@ -71,6 +73,7 @@ __all__ = [
     "plot_curriculum",
     "plot_gm_agreement",
     "plot_hessian_report",
+    "plot_kronecker_alignment",
     "plot_mc_convergence",
     "plot_rank_profile_bic",
     "plot_spectral_density",
@@ -292,6 +295,35 @@ def plot_alpha_by_layer_type(spectra: SpectraLike, *, by: str = "layer_group") -
     ax.set_title(f"α by {by.replace('_', ' ')}")
     if any(label for label, _ in labelled):
         ax.legend(fontsize=7)
+    return fig
+
+
+def plot_kronecker_alignment(kron: xr.Dataset) -> Figure:
+    """Per layer: the measured α, its parts β and φ, and the predictions β + φ and 2 + φ.
+
+    Layers whose fit is undefined (NaN) have no marker.
+
+    Parameters
+    ----------
+    kron
+        A ``kronecker_alignment`` Dataset (per-layer ``alpha``, ``beta``, ``phi``,
+        ``alpha_pred_beta_phi``, ``alpha_pred_2_phi``; dimensionless slopes).
+    """
+    names = [str(n) for n in kron.layer.values]
+    fig = _figure(max(4.5, 0.9 * len(names) + 2.0), 4.0)
+    ax = fig.subplots()
+    x = np.arange(len(names), dtype=np.float64)
+    series = [("alpha", "α (measured)", "o", "k"), ("beta", "β", "s", "C0"), ("phi", "φ", "v", "C1"),
+              ("alpha_pred_beta_phi", "β + φ", "D", "C2"), ("alpha_pred_2_phi", "2 + φ", "x", "C3")]
+    for i, (var, label, marker, color) in enumerate(series):
+        ax.plot(x + 0.08 * (i - 2), kron[var].values.astype(np.float64), marker, color=color, ms=6,
+                mfc="none" if var.startswith("alpha_pred") else color, ls="none", label=label)
+    ax.axhline(2.0, color="0.5", ls="--", lw=1)
+    ax.axhline(0.0, color="0.8", lw=0.8)
+    ax.set_xticks(x, [_short(n) for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("slope on log σ_k")
+    ax.set_title("Kronecker alignment: α = β + φ per layer")
+    ax.legend(fontsize=7)
     return fig
 
 

@@ -21,7 +21,8 @@ from curvprobe.app.plots import slope_or_none
 from curvprobe.criteria.decomposition import estimates
 from curvprobe.criteria.spec import ESTIMATORS, SUBSPACE
 
-__all__ = ["curriculum_markdown", "curvature_table", "hessian_markdown", "summary_markdown", "table"]
+__all__ = ["curriculum_markdown", "curvature_table", "hessian_markdown", "kronecker_table",
+           "summary_markdown", "table"]
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -38,6 +39,15 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or not math.isfinite(x):
         return "–"
     return f"{x:.{digits}g}"
+
+
+def kronecker_table(kron: xr.Dataset) -> str:
+    """Per layer of a ``kronecker_alignment`` Dataset: α, β, φ, the predictions
+    β + φ and 2 + φ of α, R² of the α fit and the median χ (undefined: ``–``)."""
+    columns = ("alpha", "beta", "phi", "alpha_pred_beta_phi", "alpha_pred_2_phi", "r2_alpha", "chi_median")
+    rows = [[str(name)] + [_fmt(float(kron[var].sel(layer=name))) for var in columns]
+            for name in kron["layer"].values]
+    return table(["layer", "α", "β", "φ", "β + φ", "2 + φ", "R²(α)", "median χ"], rows)
 
 
 def _has(ds: xr.Dataset, est: str) -> bool:
