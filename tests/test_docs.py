@@ -6,8 +6,10 @@ and every page is in the navigation. (``make docs`` builds the site with
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import re
+import textwrap
 from pathlib import Path
 
 import curvprobe
@@ -50,3 +52,40 @@ def test_every_page_is_in_the_nav():
     notebooks = [f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")]
     missing = [p for p in pages + notebooks if p not in config]
     assert not missing, f"pages missing from the nav of mkdocs.yml: {missing}"
+
+
+def _python_snippets() -> list[tuple[str, str]]:
+    """(page, code) of every ```python block of README.md and docs/**/*.md."""
+    pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    return [(page.relative_to(ROOT).as_posix(), code) for page in pages
+            for code in re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S)]
+
+
+def _saves_without_overwrite(code: str) -> list[str]:
+    """Source of each curvprobe ``save(...)`` call (``torch.save`` excepted) that does not pass
+    ``overwrite=True``: run twice, such a snippet raises FileExistsError after its compute."""
+    bad = []
+    for node in ast.walk(ast.parse(textwrap.dedent(code))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+        overwrite = any(k.arg == "overwrite" and isinstance(k.value, ast.Constant) and k.value.value is True
+                        for k in node.keywords)
+        if name == "save" and owner != "torch" and not overwrite:
+            bad.append(ast.unparse(node))
+    return bad
+
+
+def test_the_save_check_flags_a_save_without_overwrite():
+    flagged = _saves_without_overwrite('curvprobe.save(ds, "a.nc")\ntorch.save(v, h)')
+    assert flagged == ["curvprobe.save(ds, 'a.nc')"]
+    assert not _saves_without_overwrite('results.save(ds, "a.nc", overwrite=True)')
+
+
+def test_doc_snippets_can_run_twice_in_a_row():
+    snippets = _python_snippets()
+    assert any("save(" in code for _, code in snippets)
+    bad = [(page, call) for page, code in snippets for call in _saves_without_overwrite(code)]
+    assert not bad, f"snippets whose save() refuses the file a first run wrote (pass overwrite=True): {bad}"
