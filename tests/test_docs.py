@@ -89,3 +89,19 @@ def test_doc_snippets_can_run_twice_in_a_row():
     assert any("save(" in code for _, code in snippets)
     bad = [(page, call) for page, code in snippets for call in _saves_without_overwrite(code)]
     assert not bad, f"snippets whose save() refuses the file a first run wrote (pass overwrite=True): {bad}"
+
+
+def test_every_referenced_image_exists_and_no_figure_is_stored_twice():
+    pages = [ROOT / "README.md", *DOCS.rglob("*.md")]
+    missing = [(page.name, ref) for page in pages
+               for ref in re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", page.read_text(encoding="utf-8"))
+               if not (page.parent / ref).is_file()]
+    assert not missing, f"image references without a file: {missing}"
+    seen: dict[bytes, str] = {}
+    copies = []
+    for png in sorted(DOCS.rglob("*.png")):
+        content = png.read_bytes()
+        if content in seen:
+            copies.append((seen[content], png.relative_to(ROOT).as_posix()))
+        seen.setdefault(content, png.relative_to(ROOT).as_posix())
+    assert not copies, f"the same figure stored twice (keep one, in docs/images): {copies}"
