@@ -744,6 +744,10 @@ _EIGEN_KEYS = ("dims", "estimators", "mc_samples", "p", "subspace", "tol", "max_
                "basis_dtype", "guard_steps", "miss_bound")
 """Config keys of the stabilization measurement alone (hidden from ``validity`` and ``spectrum``)."""
 
+_PROBE_GRID_KEYS = ("ks", "sigmas", "validity", "validity_samples", "validity_threshold", "point_batch",
+                    "orderings")
+"""Config keys of the probe's k/σ grid and validity sweep (hidden from the spectrum commands)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``curvprobe`` argument parser: one sub-command per ``cmd_*`` function."""
@@ -786,8 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="comma-separated parameter names or globs")
     p.add_argument("--kronecker", action="store_true", help="also the Kronecker alignment decomposition")
     p.add_argument("--overwrite", action="store_true", help="replace existing spectra.nc / kronecker.nc")
-    _add_config_flags(p, skip=(*_EIGEN_KEYS, "ks", "sigmas", "validity", "validity_samples",
-                                            "validity_threshold", "point_batch", "orderings"))
+    _add_config_flags(p, skip=(*_EIGEN_KEYS, *_PROBE_GRID_KEYS))
     _common(p)
     p.set_defaults(func=cmd_spectrum)
 
@@ -802,8 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", choices=("hessian", "ggn"), default="hessian",
                    help="the Hessian or the generalized Gauss–Newton matrix")
     p.add_argument("--overwrite", action="store_true", help="replace an existing density.nc")
-    _add_config_flags(p, skip=(*_EIGEN_KEYS, "ks", "sigmas", "validity", "validity_samples",
-                               "validity_threshold", "point_batch", "orderings"))
+    _add_config_flags(p, skip=(*_EIGEN_KEYS, *_PROBE_GRID_KEYS))
     _common(p)
     p.set_defaults(func=cmd_density)
 
@@ -836,8 +838,7 @@ def _add_hessian_parser(sub) -> None:
     p.add_argument("--density-steps", type=_count_at_least(1), default=40, metavar="S",
                    help="Lanczos steps per SLQ probe; bandwidth: the width over S (80: the old default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing hessian.nc")
-    _add_config_flags(p, skip=(*(key for key in _EIGEN_KEYS if key != "tol"), "ks", "sigmas", "validity",
-                               "validity_samples", "validity_threshold", "point_batch", "orderings"))
+    _add_config_flags(p, skip=(*(key for key in _EIGEN_KEYS if key != "tol"), *_PROBE_GRID_KEYS))
     _common(p)
     p.set_defaults(func=cmd_hessian)
 
