@@ -17,7 +17,7 @@ behind each row:
 5. ``gm_full`` against ``full_mc`` on tiny-gpt at every σ of the grid inside
    the validated regime: agreement in combined standard errors and the wall
    time to equal standard error, ``(t_mc · SE_mc²) / (t_gm · SE_gm²)``
-   (gm_full's one set of Hutch++ moments charged in full to every σ);
+   (gm_full's one set of moments charged in full to every σ);
 6. wall time to a certified top-20 at 1e-3 on tiny-gpt: ``method="block"``
    against single-vector Lanczos and scipy's ``eigsh`` (best of
    ``--repeats`` interleaved runs each; the HVP count may be higher).
@@ -189,12 +189,14 @@ def _l1_to_dense(grid: np.ndarray, dens: np.ndarray, lam: np.ndarray, h: float) 
     return float(np.trapezoid(np.abs(dens - ref), grid))
 
 
-def gm_full_row(samples: int, mc_samples: int, hutch: int) -> dict:
+def gm_full_row(samples: int, mc_samples: int, units: int) -> dict:
     """gm_full against full_mc at every σ of the grid inside the validated regime.
 
-    The Hutch++ moments of ``B_k`` do not depend on σ: one set serves every σ
-    (as in :func:`curvprobe.stabilization`), so gm_full's wall time is charged
-    in full to each σ, and full_mc's per σ (its draws are per σ).
+    The moments of ``B_k`` (``units`` two-level Hutchinson units,
+    :func:`curvprobe.criteria.engine.full_space_moments`) do not depend on σ:
+    one set serves every σ (as in :func:`curvprobe.stabilization`), so
+    gm_full's wall time is charged in full to each σ, and full_mc's per σ (its
+    draws are per σ).
     """
     problem = builtin_problem("tiny-gpt", num_samples=samples + 1, batch_size=64, progress=False)
     k = samples
@@ -206,7 +208,7 @@ def gm_full_row(samples: int, mc_samples: int, hutch: int) -> dict:
     mc = curvprobe.stabilization(problem, [k], sigmas=sigmas, estimators=["full_mc"], mc_samples=mc_samples)
     t_mc = (time.perf_counter() - t0) / len(sigmas)
     t0 = time.perf_counter()
-    moments = engine.full_space_moments(problem, k, hutch, seed=0, stream=NOISE_STREAMS["gm_full"])
+    moments = engine.full_space_moments(problem, k, units, seed=0, stream=NOISE_STREAMS["gm_full"])
     a_k = float(problem.per_sample_losses(stop=k + 1)[k] - problem.loss(k=k)) / (k + 1)
     t_gm = time.perf_counter() - t0
     rows = []
@@ -218,7 +220,7 @@ def gm_full_row(samples: int, mc_samples: int, hutch: int) -> dict:
                      "z": abs(gm - mc_v) / math.hypot(mc_se, gm_se),
                      "speedup": (t_mc * mc_se**2) / (t_gm * gm_se**2)})
     return {"rows": rows, "regime": regime, "k": k, "t_mc": t_mc, "t_gm": t_gm, "N": problem.num_params,
-            "S": mc_samples, "hutch": hutch}
+            "S": mc_samples, "units": units, "r": engine.default_probes_per_unit(k)}
 
 
 def eigensolver_row(samples: int, repeats: int, block_size: int) -> dict:
@@ -432,8 +434,8 @@ def _sigmas(gm: dict) -> str:
 def _gm_details(r: dict) -> None:
     gm = r["gm"]
     print(f"\n### gm_full vs full_mc (tiny-gpt, N = {gm['N']:,}, k = {gm['k']})\n")
-    print(f"Wall time per σ: full_mc (S = {gm['S']}) {gm['t_mc']:.1f} s; gm_full ({gm['hutch']} Hutch++ "
-          f"products, one set for every σ) {gm['t_gm']:.1f} s.\n")
+    print(f"Wall time per σ: full_mc (S = {gm['S']}) {gm['t_mc']:.1f} s; gm_full ({gm['units']} units of "
+          f"1 + {gm['r'] + 1} products, one set for every σ) {gm['t_gm']:.1f} s.\n")
     print("| σ | full_mc | gm_full | \\|Δ\\| / combined SE | wall time to equal SE: full_mc / gm_full |")
     print("|---|---|---|---|---|")
     for row in gm["rows"]:
