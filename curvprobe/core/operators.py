@@ -50,8 +50,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vjp, vmap
 
-HVPKernel = Callable[[Callable[[Tensor], Tensor], Tensor, Tensor], Tensor]
-"""``(f, x, V) -> ∇²f(x) V`` for a scalar ``f`` of ``x`` (n,) and ``V`` (n, m)."""
+HVPKernel = Callable[[Callable[[Tensor], Tensor], Tensor, Tensor, Tensor], None]
+"""``(f, x, V, out)``: ``out += ∇²f(x) V`` in place, for a scalar ``f`` of
+``x`` (n,), ``V`` (n, m) of any floating dtype and a float64 ``out`` (n, m)."""
 
 ParameterSpec = str | Iterable[str] | nn.Module | Callable[[str], bool]
 """A parameter subset: a name or shell glob, several of them, a module (its
@@ -343,13 +344,12 @@ class BlockHessianOperator(LinearOperator):
         problem = self.problem
         chunk_hvp, size = self.kernel(problem.hvp_mode, V.shape[1], problem.batch_size)
         total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
-        Vd = V.to(problem.dtype)
         for a, b in problem.local_chunks(self.start, self.k, size):
 
             def chunk_loss(x: Tensor, a: int = a, b: int = b) -> Tensor:
                 return problem.chunk_losses(self.block.embed(x, self.w), a, b).sum()
 
-            total += chunk_hvp(chunk_loss, self.x0, Vd).double()
+            chunk_hvp(chunk_loss, self.x0, V, total)
         return problem.all_reduce(total) / (self.k - self.start)
 
 

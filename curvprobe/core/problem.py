@@ -38,6 +38,7 @@ from curvprobe.core.operators import (
     BlockHessianOperator,
     GGNOperator,
     HessianOperator,
+    HVPKernel,
     ParameterSpec,
     parameter_block,
 )
@@ -403,13 +404,12 @@ class Problem:
         V = self._check_vectors(v)
         chunk_hvp, size = hvp_kernel(mode or self.hvp_mode, V.shape[1], self.batch_size)
         total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
-        Vd = V.to(self.dtype)
         for a, b in self.local_chunks(start, stop, size):
 
             def chunk_loss(x: Tensor, a: int = a, b: int = b) -> Tensor:
                 return self.chunk_losses(x, a, b).sum()
 
-            total += chunk_hvp(chunk_loss, w, Vd).double()
+            chunk_hvp(chunk_loss, w, V, total)
         out = self.all_reduce(total) / (stop - start)
         return out[:, 0] if v.dim() == 1 else out
 
@@ -509,9 +509,9 @@ def _check_finite(x: Tensor, what: str) -> None:
         raise FloatingPointError(f"non-finite {what}: the model or data produce NaN/inf at this point")
 
 
-def hvp_kernel(mode: str, num_vectors: int, batch_size: int
-               ) -> tuple[Callable[[Callable[[Tensor], Tensor], Tensor, Tensor], Tensor], int]:
-    """The HVP kernel ``(f, w, V) -> ∇²f(w) V`` for ``mode`` (one of
+def hvp_kernel(mode: str, num_vectors: int, batch_size: int) -> tuple[HVPKernel, int]:
+    """The HVP kernel ``(f, w, V, out)``, which adds ``∇²f(w) V`` into the
+    float64 accumulator ``out`` (N, m) in place, for ``mode`` (one of
     :data:`HVP_MODES`) and a batch of ``num_vectors`` columns, and the samples
     per chunk to run it on. ``"auto"`` picks forward-over-reverse from
     :data:`VMAP_MIN_VECTORS` columns on, when its chunks would still hold
@@ -532,25 +532,29 @@ def hvp_kernel(mode: str, num_vectors: int, batch_size: int
     return _hvp_forward_over_reverse, max(1, batch_size // max(1, num_vectors))
 
 
-def _hvp_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor) -> Tensor:
-    """``∇²f(w) V`` by reverse-over-reverse, one gradient graph reused for all
-    columns of ``V`` (N, m); returns (N, m)."""
+def _hvp_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, out: Tensor) -> None:
+    """``out += ∇²f(w) V`` by reverse-over-reverse, one gradient graph reused
+    for the columns of ``V`` (N, m) in turn, each converted to ``w``'s dtype
+    on its own and added into the float64 ``out`` (N, m) as it comes: no
+    (N, m) copy of ``V`` or of the product is made."""
     wr = w.detach().requires_grad_(True)
     value = f(wr)
     _check_finite(value.detach(), "loss")
     (g,) = torch.autograd.grad(value, wr, create_graph=True)
     m = V.shape[1]
-    cols = [torch.autograd.grad(g, wr, V[:, j], retain_graph=j < m - 1)[0] for j in range(m)]
-    return torch.stack(cols, dim=1)
+    for j in range(m):
+        out[:, j] += torch.autograd.grad(g, wr, V[:, j].to(w.dtype), retain_graph=j < m - 1)[0]
 
 
-def _hvp_forward_over_reverse(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor) -> Tensor:
-    """``∇²f(w) V`` by ``jvp`` of ``grad``, vmapped over the columns of V (N, m)."""
+def _hvp_forward_over_reverse(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, out: Tensor) -> None:
+    """``out += ∇²f(w) V`` by ``jvp`` of ``grad``, vmapped over the columns of
+    ``V`` (N, m) (converted to ``w``'s dtype: the batch is one tensor)."""
     grad_f = grad(f)
 
     def single(v: Tensor) -> Tensor:
         return jvp(grad_f, (w,), (v,))[1]
 
     if V.shape[1] == 1:
-        return single(V[:, 0])[:, None]
-    return vmap(single)(V.T).T
+        out[:, 0] += single(V[:, 0].to(w.dtype))
+    else:
+        out += vmap(single)(V.T.to(w.dtype)).T

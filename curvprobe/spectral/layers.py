@@ -455,7 +455,7 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     w = problem.params
     base = problem.functional_params(w)
     x0 = w[layer.flat]
-    Vd = V.to(device=problem.device, dtype=problem.dtype)
+    V = V.to(problem.device)
     total = torch.zeros(V.shape, dtype=torch.float64, device=problem.device)
     for a, b in problem.local_chunks(0, stop, size):
         batch = problem.chunk_batch(a, b)
@@ -463,7 +463,7 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
         def chunk_loss(x: Tensor, batch: Batch = batch) -> Tensor:
             return problem.loss_on({**base, layer.name: x.view(layer.param_shape)}, batch).sum()
 
-        total += chunk_hvp(chunk_loss, x0, Vd).double()
+        chunk_hvp(chunk_loss, x0, V, total)
     return problem.all_reduce(total) / stop
 
 
