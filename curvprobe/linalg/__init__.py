@@ -18,7 +18,7 @@ One concept per module:
   Lanczos quadrature.
 """
 
-from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_ritz, ritz_order
+from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_pairs, ritz_order
 from curvprobe.linalg.davidson import block_davidson
 from curvprobe.linalg.density import SpectralDensity, spectral_density
 from curvprobe.linalg.eigensolver import BLOCK_SIZE, METHODS, top_eigenspace
@@ -56,7 +56,7 @@ __all__ = [
     "deflated_power_iteration",
     "deflation_shift",
     "eigensolver_memory",
-    "explicit_ritz",
+    "explicit_pairs",
     "guard_levels",
     "guard_miss_probability",
     "guard_stop_rule",

@@ -24,8 +24,8 @@ is an ``(N, b)`` tensor, an orthonormal basis an ``(N, m)`` tensor ``Q`` with
 * :func:`basis_t_matmul`, :func:`basis_matmul` — ``Qᵀ W`` and ``Q C`` for a
   basis stored in float32: float64 arithmetic on chunks of rows, so no
   float64 copy of the basis is ever made.
-* :func:`explicit_ritz` — Rayleigh–Ritz on a subspace with its image from
-  real operator products, and explicit residuals.
+* :func:`explicit_pairs` — orthonormalised vectors as Rayleigh-quotient
+  pairs, with residuals from real operator products.
 
 Basis storage (``basis_dtype``): a basis may be stored in float32 to halve
 its memory; every product with it (Gram coefficients, projections,
@@ -59,6 +59,10 @@ BASIS_DTYPES = (torch.float64, torch.float32)
 GRAM_CHUNK_BYTES = 2**22
 """Bytes of the float64 copy of one row chunk of a float32 basis (4 MiB)."""
 
+EXPLICIT_BLOCK = 4
+"""Columns per batched product of :func:`explicit_pairs`: its memory beyond
+the vectors is this many float64 N-vectors and one product's working set."""
+
 
 @dataclass
 class KrylovRun:
@@ -69,7 +73,9 @@ class KrylovRun:
     values : Tensor (nev,) float64
         Ritz values ``θ_1 ≥ … ≥ θ_nev``.
     vectors : Tensor (N, nev) float64
-        Orthonormal Ritz vectors ``U``.
+        Orthonormal Ritz vectors ``U`` (float32 from a Lanczos run on a
+        float32 basis: the rounded combination, certified afterwards by
+        :func:`explicit_pairs`).
     residuals : Tensor (nev,) float64
         Absolute residual norms ``‖A u_i − θ_i u_i‖``.
     F, S : Tensor (N, b) and (nev, b) float64
@@ -242,44 +248,48 @@ def project_out(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     return W, C
 
 
-def explicit_ritz(op: LinearOperator, X: Tensor, nev: int, which: str = "largest",
-                  scale: float = math.nan, *, keep_residuals: bool = True) -> KrylovRun:
-    """Rayleigh–Ritz on ``span(X)`` (N, p) with its image from ``p`` real
-    products, and explicit residuals: the certificate of a solve whose basis
-    was stored in float32.
+def explicit_pairs(op: LinearOperator, X: Tensor, which: str = "largest",
+                   scale: float = math.nan) -> KrylovRun:
+    """The columns of ``X`` (N, p), orthonormalised, as Rayleigh-quotient
+    pairs with residuals from real products: the certificate of a solve
+    whose basis was stored in float32.
 
-    ``X`` is orthonormalised in place (two Cholesky–QR passes, float64),
-    ``A X`` is applied (``p`` products, one ``matmat``), ``T = Xᵀ A X``
-    (p, p) is diagonalised (``T S = S Θ``, ordered by ``which``, see
-    :func:`ritz_order`) and the ``nev`` wanted pairs are ``U = X S``,
-    ``R = (A X) S − U Θ``, ``‖A u − θ u‖ = ‖r‖``: residuals of the returned
-    float64 vectors from real products, not from a recurrence. Memory: ``X``
-    (overwritten) and one (N, p) float64 image (the combinations are done in
-    place on row chunks).
+    ``X`` (float32 or float64) is orthonormalised in float64 by two
+    Cholesky–QR passes (a float64 ``X`` in place, else a float64 copy
+    ``U``); then ``θ_i = u_iᵀ A u_i`` and ``r_i = ‖A u_i − θ_i u_i‖`` come
+    from ``p`` products, applied :data:`EXPLICIT_BLOCK` columns at a time
+    and never stored: residuals of the returned float64 vectors
+    themselves, not of a recurrence or of a stored image. Memory: ``U``
+    and one block of :data:`EXPLICIT_BLOCK` products (N-vectors, float64).
 
     Returns
     -------
     KrylovRun
-        ``nev`` pairs, ``F = R`` (N, nev) and ``S = I`` — or, without
-        ``keep_residuals``, an empty factor (N, 0), (nev, 0) and ``R`` freed
-        (a guard then computes the residuals of its repairs from real
-        products as well) — ``T`` the projected matrix (on the host),
+        The ``p`` pairs in the order of ``which`` (:func:`ritz_order` after
+        sorting ``θ`` decreasing), absolute residuals, an empty residual
+        factor ``F`` (N, 0), ``S`` (p, 0), ``T = diag(θ)`` on the host and
         ``scale`` as given.
     """
+    U = X if X.dtype == torch.float64 else X.to(torch.float64, memory_format=torch.contiguous_format)
     for _ in range(2):
-        R_chol = torch.linalg.cholesky((X.T @ X).cpu()).to(X.device)
-        _rows_times_(X, torch.linalg.inv(R_chol).T)
-    AX = op.matmat(X)
-    T = (X.T @ AX).cpu()
-    theta, S = torch.linalg.eigh(0.5 * (T + T.T))
-    theta, S = theta.flip(0), S.flip(1)
-    order = ritz_order(theta, which)[:nev]
-    theta, S = theta[order].to(X.device), S[:, order].to(X.device)
-    U, AU = _rows_times_(X, S), _rows_times_(AX, S)
-    R = AU.sub_(U * theta)
-    residuals, width = R.norm(dim=0), nev if keep_residuals else 0
-    return KrylovRun(theta, U, residuals, R if keep_residuals else R[:, :0],
-                     torch.eye(nev, width, dtype=torch.float64, device=X.device), T, scale=scale)
+        R_chol = torch.linalg.cholesky(basis_t_matmul(U, U).cpu()).to(U.device)
+        _rows_times_(U, torch.linalg.inv(R_chol).T)
+    p = U.shape[1]
+    theta = torch.empty(p, dtype=torch.float64, device=U.device)
+    residuals = torch.empty_like(theta)
+    for a in range(0, p, EXPLICIT_BLOCK):
+        block = U[:, a:a + EXPLICIT_BLOCK]
+        image = op.matmat(block)
+        theta[a:a + EXPLICIT_BLOCK] = (block * image).sum(dim=0)
+        residuals[a:a + EXPLICIT_BLOCK] = image.sub_(block * theta[a:a + EXPLICIT_BLOCK]).norm(dim=0)
+    desc = theta.argsort(descending=True)
+    order = desc[ritz_order(theta[desc], which)]
+    step = _row_chunk(U.shape[0], p)
+    for a in range(0, U.shape[0], step):  # reorder the columns in place, row chunk by row chunk
+        U[a:a + step] = U[a:a + step, order]
+    theta, residuals = theta[order], residuals[order]
+    return KrylovRun(theta, U, residuals, U[:, :0], torch.zeros(p, 0, dtype=torch.float64, device=U.device),
+                     torch.diag(theta).cpu(), scale=scale)
 
 
 def _rows_times_(X: Tensor, C: Tensor) -> Tensor:

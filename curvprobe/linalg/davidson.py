@@ -33,7 +33,7 @@ residual scale is the largest ``|θ|`` of the Rayleigh–Ritz step (a lower
 bound on ``‖A‖``). With ``basis_dtype=torch.float32`` the basis and its image
 are stored in float32 (float64 Rayleigh–Ritz arithmetic on row chunks); the
 residuals are then estimates at float32 round-off of ``A Q``, and the caller
-certifies with :func:`~curvprobe.linalg._krylov.explicit_ritz`.
+certifies with :func:`~curvprobe.linalg._krylov.explicit_pairs`.
 
 The measurements behind the block size and the reach are in
 ``docs/performance.md``.

@@ -82,7 +82,7 @@ Basis storage (``basis_dtype``): ``torch.float32`` stores the Lanczos and
 Davidson bases in float32 (half the memory, :func:`eigensolver_memory`),
 with float64 Gram and Rayleigh–Ritz arithmetic. The returned vectors are
 float64, and their residuals come from ``D`` real products on them
-(:func:`~curvprobe.linalg._krylov.explicit_ritz`), not from the recurrence,
+(:func:`~curvprobe.linalg._krylov.explicit_pairs`), not from the recurrence,
 so ``converged`` is true only where the true residual is within ``tol``.
 
 The measured HVP counts and wall times behind these choices (warm against
@@ -99,7 +99,7 @@ import torch
 from torch import Tensor
 
 from curvprobe.core.operators import LinearOperator
-from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_ritz, random_unit, ritz_order
+from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_pairs, random_unit, ritz_order
 from curvprobe.linalg.davidson import block_davidson
 from curvprobe.linalg.guard import GuardResult, missed_eigenvalue_guard
 from curvprobe.linalg.lanczos import thick_restart_lanczos
@@ -208,15 +208,18 @@ def _krylov_solve(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, 
     """The Ritz pairs before the guard and their residual scale (None: the
     run's ``max |θ|``, for ``which="largest"``). With a float32 basis the
     pairs are re-certified from real products
-    (:func:`~curvprobe.linalg._krylov.explicit_ritz`)."""
+    (:func:`~curvprobe.linalg._krylov.explicit_pairs`), from a float64 copy
+    of their vectors made after the run is dropped (the run's float32
+    vectors and the copy are held together only for the copy)."""
     run = _ritz_pairs(op, D, init, tol=tol, basis_size=basis_size, budget=budget,
                       generator=generator, keep_basis=keep_basis, which=which, block=block,
                       basis_dtype=basis_dtype)
     scale = None if which == "largest" else _run_scale(run, which)
-    if basis_dtype != torch.float64:
-        run = explicit_ritz(op, run.vectors, run.vectors.shape[1], which,
-                            math.nan if scale is None else scale, keep_residuals=False)
-    return run, scale
+    if basis_dtype == torch.float64:
+        return run, scale
+    vectors = run.vectors.to(torch.float64)
+    del run
+    return explicit_pairs(op, vectors, which, math.nan if scale is None else scale), scale
 
 
 def _ritz_pairs(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *, tol: float,
@@ -264,7 +267,9 @@ def _certified(op: LinearOperator, run: KrylovRun, checked: GuardResult, D: int,
     assert scale is not None
     rel = residuals[order] / scale if scale > 0 else residuals[order]
     converged = (rel <= tol) & checked.certified
-    return Eigenspace(values[order].clone(), vectors[:, order].contiguous(), rel,
+    if vectors.shape[1] != D or not torch.equal(order, torch.arange(D, device=order.device)):
+        vectors = vectors[:, order]  # a copy only when pairs are dropped or reordered
+    return Eigenspace(values[order].clone(), vectors.contiguous(), rel,
                       op.num_matvecs - start, converged, tol, method, checked.guard_value,
                       checked.miss_probability, op.cost - start_cost, basis, image,
                       op if basis is not None else None, which, scale, checked.guard_low,

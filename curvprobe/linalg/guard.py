@@ -101,7 +101,7 @@ from scipy.special import betainc
 from torch import Tensor
 
 from curvprobe.core.operators import DeflatedOperator, LinearOperator
-from curvprobe.linalg._krylov import KrylovRun, explicit_ritz, orthonormalize_against, random_unit
+from curvprobe.linalg._krylov import KrylovRun, explicit_pairs, orthonormalize_against, random_unit
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 
 GUARD_TOL = 1e-10
@@ -302,7 +302,7 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         The scale ``s`` of the levels and repairs (default ``max |θ|`` of the run).
     basis_dtype : torch.dtype
         Basis storage of the guard and repair runs; with float32 a repair's
-        pairs are re-certified by :func:`~curvprobe.linalg._krylov.explicit_ritz`.
+        pairs are re-certified by :func:`~curvprobe.linalg._krylov.explicit_pairs`.
 
     Returns
     -------
@@ -430,16 +430,14 @@ def _repair(deflated: DeflatedOperator, nev: int, x0: Tensor, *, tol: float, bas
             basis_dtype: torch.dtype) -> KrylovRun:
     """The missed pairs at one end of the deflated operator, from the guard's
     extreme Ritz vector ``x0`` (N, 1). With a float32 basis the pairs are
-    projected off ``span(V)`` (its round-off), re-solved by
-    :func:`~curvprobe.linalg._krylov.explicit_ritz` and given their residuals
-    under ``A`` itself from real products (an empty residual factor, so the
-    merge adds nothing to them)."""
+    projected off ``span(V)`` (its round-off) and certified by
+    :func:`~curvprobe.linalg._krylov.explicit_pairs` under ``A`` itself
+    (``xᵀ P A P x = xᵀ A x`` for ``x ⟂ V``): residuals from real products,
+    an empty residual factor, so the merge adds nothing to them."""
     extra = thick_restart_lanczos(deflated, nev, x0, tol=tol, basis_size=basis_size,
                                   max_matvecs=max_matvecs, generator=generator, scale=scale,
                                   which=which, basis_dtype=basis_dtype)
     if basis_dtype == torch.float64:
         return extra
-    X = orthonormalize_against(extra.vectors, deflated.V)
-    run = explicit_ritz(deflated, X, X.shape[1], which, scale, keep_residuals=False)
-    run.residuals = (deflated.op.matmat(run.vectors) - run.vectors * run.values).norm(dim=0)
-    return run
+    X = orthonormalize_against(extra.vectors.to(torch.float64), deflated.V)
+    return explicit_pairs(deflated.op, X, which, scale)

@@ -36,7 +36,7 @@ memory): the operator is applied to the stored vectors and every product
 with the basis is float64 (:func:`~curvprobe.linalg._krylov.basis_t_matmul`),
 so the relation holds for the stored basis up to its loss of orthogonality
 (≈ float32 round-off); the residuals it gives are then estimates, and the
-caller certifies with :func:`~curvprobe.linalg._krylov.explicit_ritz`.
+caller certifies with :func:`~curvprobe.linalg._krylov.explicit_pairs`.
 
 Host synchronisation: the projected matrix ``T`` lives on the host. A step
 reads there only small tensors — the ``b`` flags of the DGKS test and one
@@ -63,7 +63,6 @@ from curvprobe.core.operators import LinearOperator
 from curvprobe.linalg._krylov import (
     GRAM_CHUNK_BYTES,
     KrylovRun,
-    basis_matmul,
     next_block,
     orthonormal_block,
     project_out,
@@ -125,6 +124,7 @@ def thick_restart_lanczos(op: LinearOperator, nev: int, X0: Tensor, *, tol: floa
     # the basis, preallocated with one Krylov vector per row: the projections
     # Qᵀ W and Q C then read contiguous memory (docs/performance.md)
     rows = torch.empty(m + X0.shape[1], n, dtype=basis_dtype, device=op.device)
+    X0 = X0.to(torch.float64)
     size = used = 0
     seen = 0.0  # largest |Ritz value| so far: a lower bound on ‖A‖
     X, T = next_block(X0, rows[:0].T, generator, 0.0), torch.zeros(0, 0, dtype=torch.float64)
@@ -217,20 +217,31 @@ def _thick_restart(rows: Tensor, S: Tensor, size: int, nev: int, m: int, b: int)
     """Overwrite the leading basis rows with the best ``p`` Ritz vectors
     ``Z = Q S_p`` and return ``p = max(nev, min(m − b, nev + ⌊(m − nev)/2⌋))``."""
     p = max(nev, min(m - b, nev + (m - nev) // 2))
-    coefficients = S[:, :p].T.to(rows.device)
+    _combine_rows_(rows, S[:, :p].T, size)
+    return p
+
+
+def _combine_rows_(rows: Tensor, C: Tensor, size: int) -> None:
+    """``rows[:p] ← C rows[:size]`` in place for ``C`` (p, size), ``p ≤ size``:
+    a float32 basis in float64 column chunks (each reads its own columns
+    before writing them), so no copy of the basis is made."""
+    coefficients = C.to(rows.device)
+    p = coefficients.shape[0]
     if rows.dtype == torch.float64:
         rows[:p] = coefficients @ rows[:size]
-    else:  # column chunks in float64: each reads its own columns before writing them
-        step = max(1, GRAM_CHUNK_BYTES // (8 * size))
-        for a in range(0, rows.shape[1], step):
-            rows[:p, a : a + step] = coefficients @ rows[:size, a : a + step].double()
-    return p
+        return
+    step = max(1, GRAM_CHUNK_BYTES // (8 * size))
+    for a in range(0, rows.shape[1], step):
+        rows[:p, a : a + step] = coefficients @ rows[:size, a : a + step].double()
 
 
 def _lanczos_run(Q: Tensor, T: Tensor, W: Tensor, theta: Tensor, S: Tensor, res: Tensor,
                  wanted: int, keep_basis: bool, scale: float) -> KrylovRun:
     """The run's ``wanted`` Ritz pairs and residual factor; with ``keep_basis``
-    also ``Q`` and ``A Q = Q T + W E_lastᵀ``."""
+    also ``Q`` and ``A Q = Q T + W E_lastᵀ``. A float32 basis is
+    overwritten by its Ritz vectors (:func:`_combine_rows_`), returned in
+    float32 (N, wanted): the basis and the vectors are never held in float64
+    together."""
     size, b, device = Q.shape[1], W.shape[1], W.device
     S = S.to(device)
     S_last = S[size - b :, :wanted].T.contiguous()
@@ -238,5 +249,10 @@ def _lanczos_run(Q: Tensor, T: Tensor, W: Tensor, theta: Tensor, S: Tensor, res:
     if keep_basis:
         basis, image = Q.clone(), Q @ T.to(device)
         image[:, size - b :] += W
-    return KrylovRun(theta[:wanted].to(device), basis_matmul(Q, S[:, :wanted]),
-                     res[:wanted].to(device), W, S_last, T, basis, image, scale)
+    if Q.dtype == torch.float64:
+        vectors = Q @ S[:, :wanted]
+    else:
+        _combine_rows_(Q.T, S[:, :wanted].T, size)
+        vectors = Q[:, :wanted].contiguous()
+    return KrylovRun(theta[:wanted].to(device), vectors, res[:wanted].to(device), W, S_last, T, basis, image,
+                     scale)

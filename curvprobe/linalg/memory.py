@@ -2,39 +2,54 @@
 
 An eigensolve holds a Krylov basis of ``m`` (``basis_size``) vectors of
 length ``N`` in ``basis_dtype`` (itemsize ``s``: 8 bytes for float64, 4 for
-float32), float64 Ritz vectors, a few float64 working blocks of width ``b``
-(the block size) and, at any moment, one operator product. With ``D``
-wanted pairs and ``j`` guard steps the phases need, in bytes,
+float32), the ``D`` wanted float64 Ritz vectors once the solve ends, a few
+float64 working blocks of width ``b`` (the block size) and, at any moment,
+one operator product. With ``j`` guard steps the phases need, in bytes:
 
-* **solve** (Lanczos): ``(m + b) N s + (D + 4 b) N · 8``; a Davidson warm
-  start keeps ``Q`` and ``A Q``: ``2 m N s + 3 D N · 8``;
-* **explicit certificate** (float32 basis only,
-  :func:`~curvprobe.linalg._krylov.explicit_ritz`): ``(2 D + b) N · 8`` —
-  the vectors and their image;
-* **guard**: ``(D + f) N · 8 + (j + 1) N s + 3 N · 8``, with ``f = b`` (the
-  Lanczos residual factor; float64 basis) or ``0`` (float32: residuals are
-  explicit);
+float64 basis (``s = 8``)
+
+* **solve** (Lanczos): ``(m + b) N · 8 + (D + 4 b) N · 8`` (the Ritz
+  vectors are formed beside the basis); a Davidson warm start keeps ``Q``
+  and ``A Q``: ``2 m N s + 3 D N · 8``;
+* **guard**: ``(D + b) N · 8 + (j + 1) N · 8 + 3 N · 8`` (the found
+  vectors, their residual factor, the guard's basis);
 * **repair** (only when the guard finds a missed eigenvalue): a Lanczos run
-  of up to ``D`` pairs on the deflated operator,
-  ``(D + f) N · 8 + (m + 1) N s + (D + 3) N · 8`` (float32: at least the
-  ``3 D N · 8`` of its explicit certificate);
-* ``keep_basis``: ``2 m N · 8`` more, returned with the result.
+  on the deflated operator, ``(D + b) N · 8 + (m + 1) N · 8 + (D + 3) N · 8``.
 
-The estimate is the largest phase plus ``hvp_bytes``, the working memory of
-one operator product (for a Hessian, dominated by the model's activations
-and their double-backward buffers over one chunk, not by ``N``). For
-``m ≫ D`` it is ``≈ m · N · s + one HVP``, and a float32 basis halves it;
-with the default ``m = 3 D`` the float64 Ritz vectors take a comparable
-share (``D = 20``: 840 N bytes in float64 against 588 N in float32, the
-repair phase; 680 N against 436 N without a repair). The measured peaks are
-in ``docs/performance.md``.
+float32 basis (``s = 4``)
+
+* **solve**: ``(m + b + D) N s + 4 b N · 8`` — the Ritz vectors are formed
+  in the basis rows and copied out in float32
+  (:func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`);
+* **certificate**: ``D N (s + 8)`` while the vectors are copied to float64,
+  then ``D N · 8 + 2 c N · 8`` with ``c`` =
+  :data:`~curvprobe.linalg._krylov.EXPLICIT_BLOCK` columns per product
+  (:func:`~curvprobe.linalg._krylov.explicit_pairs`: no image is stored);
+* **guard**: ``D N · 8 + (j + 1) N s + 3 N · 8`` (residuals are explicit,
+  no factor);
+* **repair**: ``D N · 8 + (m + 1 + r) N s + 3 N · 8`` for ``r`` missed
+  pairs solved (the model takes ``r = 2``: one eigenvalue missed, solved
+  with one more), and their certificate ``(D + 3 r) N · 8``.
+
+Either way ``keep_basis`` adds ``2 m N · 8``, returned with the result. The
+estimate is the largest phase plus ``hvp_bytes``, the working memory of one
+operator product (for a Hessian, dominated by the model's activations and
+their double-backward buffers over one chunk, not by ``N``: the product
+accumulates into its float64 output in place,
+:meth:`~curvprobe.core.problem.Problem.hvp`). For ``m ≫ D`` it is
+``≈ m · N · s + one HVP`` and a float32 basis halves it; with the default
+``m = 3 D`` the Ritz vectors take a comparable share (``D = 20``, ``m = 60``:
+840 N bytes in float64 against 436 N in float32, both in a repair). The measured peaks are in
+``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from curvprobe.linalg._krylov import BASIS_DTYPES
+from curvprobe.linalg._krylov import BASIS_DTYPES, EXPLICIT_BLOCK
+
+_REPAIRED_PAIRS = 2  # pairs a float32 repair solves in the model: one missed eigenvalue and one more
 
 
 def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch.float64, *,
@@ -73,14 +88,17 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
     if min(N, basis_size, D, block_size) < 1 or min(hvp_bytes, guard_steps) < 0:
         raise ValueError("N, basis_size, D and block_size must be >= 1, hvp_bytes and guard_steps >= 0")
     s, m, b = torch.finfo(basis_dtype).bits // 8, int(basis_size), int(block_size)
-    explicit = basis_dtype != torch.float64
-    f = 0 if explicit else b
-    phases = [(m + b) * N * s + (D + 4 * b) * N * 8,
-              (D + f) * N * 8 + (guard_steps + 1) * N * s + 3 * N * 8,
-              (D + f) * N * 8 + (m + 1) * N * s + (D + 3) * N * 8]
+    if basis_dtype == torch.float64:
+        phases = [(m + b) * N * 8 + (D + 4 * b) * N * 8,
+                  (D + b) * N * 8 + (guard_steps + 1) * N * 8 + 3 * N * 8,
+                  (D + b) * N * 8 + (m + 1) * N * 8 + (D + 3) * N * 8]
+    else:
+        r, c = _REPAIRED_PAIRS, EXPLICIT_BLOCK
+        phases = [(m + b + D) * N * s + 4 * b * N * 8,
+                  D * N * (s + 8), D * N * 8 + 2 * c * N * 8,
+                  D * N * 8 + (guard_steps + 1) * N * s + 3 * N * 8,
+                  D * N * 8 + (m + 1 + r) * N * s + 3 * N * 8, (D + 3 * r) * N * 8]
     if warm_start:
         phases.append(2 * m * N * s + 3 * D * N * 8)
-    if explicit:
-        phases += [(2 * D + b) * N * 8, 3 * D * N * 8]
     kept = 2 * m * N * 8 if keep_basis else 0
     return int(max(phases) + kept + hvp_bytes)

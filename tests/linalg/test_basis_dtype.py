@@ -17,7 +17,7 @@ from linalg_cases import check_certified, check_certified_end, random_symmetric,
 
 from curvprobe import MatrixOperator, top_eigenspace
 from curvprobe.core.operators import LinearOperator
-from curvprobe.linalg import eigensolver_memory, explicit_ritz
+from curvprobe.linalg import eigensolver_memory, explicit_pairs
 from curvprobe.linalg._krylov import basis_t_matmul
 
 from conftest import dense_hessian
@@ -108,18 +108,26 @@ def test_float32_gram_products_accumulate_in_float64():
     assert not torch.allclose((Q.T @ W.float()).double(), exact, rtol=1e-9, atol=1e-9)
 
 
-def test_explicit_ritz_residuals_are_real():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_explicit_pairs_residuals_are_real(dtype):
+    """Orthonormalised float64 vectors, Rayleigh quotients and residuals of
+    exactly those vectors from p products in blocks; a float32 input is
+    copied, a float64 one overwritten."""
     rng = np.random.default_rng(3)
     A = random_symmetric(spectrum("spread", 90, rng), rng)
-    X = torch.as_tensor(np.linalg.eigh(A)[1][:, -4:] + 1e-3 * rng.standard_normal((90, 4)))
+    X = torch.as_tensor(np.linalg.eigh(A)[1][:, -6:] + 1e-3 * rng.standard_normal((90, 6))).to(dtype)
     op = MatrixOperator(A)
-    run = explicit_ritz(op, X.clone(), 4)
-    assert op.num_matvecs == 4
+    run = explicit_pairs(op, X.clone(), "largest")
+    assert op.num_matvecs == 6
     U = run.vectors
-    assert torch.allclose(U.T @ U, torch.eye(4, dtype=torch.float64), atol=1e-12)
+    assert U.dtype == torch.float64 and U.is_contiguous()
+    assert torch.allclose(U.T @ U, torch.eye(6, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(run.values, (U * (torch.as_tensor(A) @ U)).sum(dim=0), rtol=1e-12)
     R = torch.as_tensor(A) @ U - U * run.values
-    assert torch.allclose(R, run.F, atol=1e-12) and torch.allclose(R.norm(dim=0), run.residuals)
+    assert torch.allclose(R.norm(dim=0), run.residuals, rtol=1e-9, atol=1e-14)
     assert torch.all(run.values[:-1] >= run.values[1:])
+    low = explicit_pairs(MatrixOperator(A), X.clone(), "smallest")
+    assert torch.equal(low.values, run.values.flip(0))
 
 
 def test_memory_model_formula():
@@ -129,7 +137,7 @@ def test_memory_model_formula():
     f64 = eigensolver_memory(N, m, torch.float64, D=D)
     f32 = eigensolver_memory(N, m, torch.float32, D=D)
     assert f64 == (D + 1) * N * 8 + (m + 1) * N * 8 + (D + 3) * N * 8 == 840 * N
-    assert f32 == D * N * 8 + (m + 1) * N * 4 + (D + 3) * N * 8 == 588 * N
+    assert f32 == D * N * 8 + (m + 1 + 2) * N * 4 + 3 * N * 8 == 436 * N
     big = 2000
     ratio = eigensolver_memory(N, big, torch.float32, D=D) / eigensolver_memory(N, big, torch.float64, D=D)
     assert 0.5 < ratio < 0.55
@@ -184,5 +192,5 @@ def test_measured_peak_follows_the_memory_model():
         assert result["converged"]
         grew[name] = result["grew"]
         model = eigensolver_memory(N, 24, dtype, D=8)
-        assert 0.8 * model <= grew[name] <= 1.15 * model, (name, grew[name] / model)
-    assert grew["float32"] < 0.85 * grew["float64"]
+        assert 0.75 * model <= grew[name] <= 1.05 * model, (name, grew[name] / model)
+    assert grew["float32"] < 0.55 * grew["float64"]
