@@ -291,7 +291,7 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         Certify only if the miss bound falls to this level; the guard run
         then stops as soon as it does.
     basis_size : int
-        Basis bound of the repair solves.
+        Basis bound of the solve; a repair's is :func:`repair_basis_size`.
     max_matvecs : int
         Operator products the guard may spend, repairs included.
     generator : torch.Generator
@@ -337,12 +337,22 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         top = guard_value > high
         side, x0 = ("largest", guard.vectors[:, :1]) if top else ("smallest", guard.vectors[:, -1:])
         nev = min(missed_count(guard.T, low, high, top) + 1, D, n - vectors.shape[1] - 1)
-        extra = _solve_missed(deflated, (F, S), nev, x0, tol=tol, basis_size=basis_size,
+        extra = _solve_missed(deflated, (F, S), nev, x0, tol=tol,
+                              basis_size=repair_basis_size(basis_size, vectors.shape[1], nev, basis_dtype),
                               max_matvecs=max(max_matvecs - (op.num_matvecs - start), 1),
                               generator=generator, scale=scale, which=side, basis_dtype=basis_dtype)
         values, vectors, residuals, F, S = _merge((values, vectors, residuals, F, S), extra)
         repaired = True  # the merged pairs lie outside the run's basis
     return GuardResult(values, vectors, residuals, guard_value, miss, certified, repaired, guard_low)
+
+
+def repair_basis_size(m: int, found: int, nev: int, basis_dtype: torch.dtype) -> int:
+    """Basis bound of a repair solving ``nev`` pairs beside ``found`` float64
+    vectors: the solve's ``m`` with a float64 basis; with a float32 one (a
+    memory-bound solve) the rows those vectors displaced, ``m − found − nev``
+    (at least ``2 nev + 2``), so that a repair peaks no higher than the
+    solve (:mod:`~curvprobe.linalg.memory`)."""
+    return m if basis_dtype == torch.float64 else max(m - found - nev, 2 * nev + 2)
 
 
 def _merge(found: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], extra: KrylovRun

@@ -27,9 +27,12 @@ float32 basis (``s = 4``)
   (:func:`~curvprobe.linalg._krylov.explicit_pairs`: no image is stored);
 * **guard**: ``D N · 8 + (j + 1) N s + 3 N · 8`` (residuals are explicit,
   no factor);
-* **repair**: ``D N · 8 + (m + 1 + r) N s + 3 N · 8`` for ``r`` missed
+* **repair**: ``D N · 8 + (m_r + 1 + r) N s + 3 N · 8`` for ``r`` missed
   pairs solved (the model takes ``r = 2``: one eigenvalue missed, solved
-  with one more), and their certificate ``(D + 3 r) N · 8``.
+  with one more) in a basis of
+  ``m_r = max(m − D − r, 2 r + 2)`` rows
+  (:func:`~curvprobe.linalg.guard.repair_basis_size`: at most the solve's
+  peak), and their certificate ``(D + 3 r) N · 8``.
 
 Either way ``keep_basis`` adds ``2 m N · 8``, returned with the result. The
 estimate is the largest phase plus ``hvp_bytes``, the working memory of one
@@ -39,8 +42,8 @@ accumulates into its float64 output in place,
 :meth:`~curvprobe.core.problem.Problem.hvp`). For ``m ≫ D`` it is
 ``≈ m · N · s + one HVP`` and a float32 basis halves it; with the default
 ``m = 3 D`` the Ritz vectors take a comparable share (``D = 20``, ``m = 60``:
-840 N bytes in float64 against 436 N in float32, both in a repair). The measured peaks are in
-``docs/performance.md``.
+840 N bytes in float64, in a repair, against 356 N in float32, at the end
+of the solve). The measured peaks are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from __future__ import annotations
 import torch
 
 from curvprobe.linalg._krylov import BASIS_DTYPES, EXPLICIT_BLOCK
+from curvprobe.linalg.guard import repair_basis_size
 
 _REPAIRED_PAIRS = 2  # pairs a float32 repair solves in the model: one missed eigenvalue and one more
 
@@ -97,7 +101,8 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
         phases = [(m + b + D) * N * s + 4 * b * N * 8,
                   D * N * (s + 8), D * N * 8 + 2 * c * N * 8,
                   D * N * 8 + (guard_steps + 1) * N * s + 3 * N * 8,
-                  D * N * 8 + (m + 1 + r) * N * s + 3 * N * 8, (D + 3 * r) * N * 8]
+                  D * N * 8 + (repair_basis_size(m, D, r, basis_dtype) + 1 + r) * N * s + 3 * N * 8,
+                  (D + 3 * r) * N * 8]
     if warm_start:
         phases.append(2 * m * N * s + 3 * D * N * 8)
     kept = 2 * m * N * 8 if keep_basis else 0

@@ -131,16 +131,18 @@ def test_explicit_pairs_residuals_are_real(dtype):
 
 
 def test_memory_model_formula():
-    """The phases of the model: the repair phase is the peak at the default
-    basis (m = 3 D); the basis alone dominates when m ≫ D, and float32 halves it."""
+    """The phases of the model: at the default basis (m = 3 D) the peak is
+    the repair in float64 and the end of the solve in float32 (a float32
+    repair gets the rows its vectors displaced); the basis alone dominates
+    when m ≫ D, and float32 halves it."""
     N, m, D = 124_000_000, 60, 20
     f64 = eigensolver_memory(N, m, torch.float64, D=D)
     f32 = eigensolver_memory(N, m, torch.float32, D=D)
     assert f64 == (D + 1) * N * 8 + (m + 1) * N * 8 + (D + 3) * N * 8 == 840 * N
-    assert f32 == D * N * 8 + (m + 1 + 2) * N * 4 + 3 * N * 8 == 436 * N
+    assert f32 == (m + 1 + D) * N * 4 + 4 * N * 8 == 356 * N
     big = 2000
     ratio = eigensolver_memory(N, big, torch.float32, D=D) / eigensolver_memory(N, big, torch.float64, D=D)
-    assert 0.5 < ratio < 0.55
+    assert 0.45 < ratio < 0.55
     assert eigensolver_memory(N, m, torch.float32, D=D, hvp_bytes=7) == f32 + 7
     assert eigensolver_memory(N, m, D=D, keep_basis=True) == f64 + 2 * m * N * 8
     with pytest.raises(ValueError, match="basis_dtype"):
