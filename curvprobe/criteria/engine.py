@@ -75,11 +75,11 @@ from curvprobe.linalg.trace import rademacher
 __all__ = ["FULL_SPACE_CLOSED_FORMS", "FULL_SPACE_PROBES", "SUBSPACE_CELLS", "FullSpaceMoments",
            "HessianDifference", "SubspaceCoefficients", "SubspaceDraws", "all_k_increments",
            "all_k_losses", "coefficients_fixed", "coefficients_from_samples", "coefficients_per_k",
-           "default_probes_per_unit", "estimate", "full_space_moments", "gm_full", "increments",
-           "mean_stderr", "moment", "noise", "ordering_mean_stderr", "orderings", "per_k_increments",
-           "permuted_increments", "probe_perturbations", "running_mean_stderr", "subspace_derivatives",
-           "subspace_estimator", "subspace_increments", "subspace_losses", "surrogate_terms",
-           "surrogate_values", "unit_terms"]
+           "default_probes_per_unit", "default_sketch_size", "estimate", "full_space_moments", "gm_full",
+           "increments", "mean_stderr", "moment", "noise", "ordering_mean_stderr", "orderings",
+           "per_k_increments", "permuted_increments", "probe_perturbations", "running_mean_stderr",
+           "sample_sketch", "subspace_derivatives", "subspace_estimator", "subspace_increments",
+           "subspace_losses", "surrogate_terms", "surrogate_values", "unit_terms"]
 
 
 # ------------------------------------------------------------- draws and moments
@@ -551,76 +551,104 @@ class FullSpaceMoments:
 
 
 def default_probes_per_unit(k: int) -> int:
-    """``r = ⌈k/4⌉`` probes on sample k+1 per unit of :func:`full_space_moments`.
+    """``r = ⌈k/8⌉`` deflated probes on sample k+1 per unit of :func:`full_space_moments`.
 
     An HVP over k samples costs about ``k/4`` single-sample ones on tiny-gpt
-    (84 ms against 5.6 ms per column at k = 64, 17-column blocks), so the unit spends about as
-    long on sample k+1 as on the mean: with per-probe variances ``v₁, v₂`` and
-    costs ``c₁, c₂`` this cost-balanced split makes ``(cost × variance)`` per
-    unit ``2 (c₁v₁ + c₂v₂)``, within 2× of the optimum ``(√(c₁v₁) + √(c₂v₂))²``
-    whatever the variances.
+    (84 ms against 5.6 ms per column at k = 64, 17-column blocks), so a unit
+    spends about half as long on sample k+1 as on the mean: after deflation
+    the mean's probe holds most of the variance there (measured: r = 8
+    against 4 and 16 at k = 64).
     """
-    return max(1, math.ceil(int(k) / 4))
+    return max(1, math.ceil(int(k) / 8))
+
+
+def default_sketch_size(k: int, n: int) -> int:
+    """``s = min(k, 64, N)`` columns of the sketch of ``H_{k+1}`` (its QR costs
+    ``N s²``; on tiny-gpt, k = 64, 50–64 columns were best)."""
+    return max(0, min(int(k), 64, int(n)))
+
+
+def sample_sketch(B: HessianDifference, s: int, generator: torch.Generator) -> tuple[Tensor, float, float]:
+    """Hutch++'s exact part of ``B₁ = H_{k+1}/(k+1)``: ``(Q, tr(Qᵀ B₁ Q),
+    ‖B₁ Q‖²_F)`` with ``Q = orth(B₁ S)`` (N, s), ``S`` Rademacher — 2s
+    single-sample products. ``‖B₁ Q‖²_F = tr(Qᵀ B₁² Q)``."""
+    n = B.shape[0]
+    if s == 0:
+        return torch.zeros(n, 0, dtype=torch.float64, device=B.device), 0.0, 0.0
+    Q = torch.linalg.qr(B.sample_part(rademacher(n, s, generator, B.device)))[0]
+    Z = B.sample_part(Q)
+    return Q, float((Q * Z).sum()), float((Z * Z).sum())
 
 
 def unit_terms(sample_products: Tensor, probes: Tensor, mean_product: Tensor) -> tuple[float, float]:
-    """One unit's ``(t, f)``: unbiased for ``(tr B_k, ‖B_k‖²_F)``.
+    """One unit's ``(t, f)``: given ``Q``, unbiased for ``(tr(P B₁ P) − tr B_m,
+    tr(P B₁² P) − 2⟨B₁, B_m⟩ + ‖B_m‖²_F)``, ``P = I − Q Qᵀ``.
 
-    ``probes`` (N, r+1) are random ``v_0..v_r`` with ``E vvᵀ = I``, ``sample_products`` (N, r+1)
-    their ``B₁ v_i`` with ``B₁ = H_{k+1}/(k+1)``, ``mean_product`` (N,) is
-    ``B_m v_0`` with ``B_m = H^(k)/(k+1)`` (so ``B_k = B₁ − B_m``):
+    ``probes`` (N, r+1) are ``v_0`` and ``x_i = P v_i`` (i = 1..r), the ``v``
+    random with ``E vvᵀ = I``; ``sample_products`` (N, r+1) their products
+    with ``B₁ = H_{k+1}/(k+1)``; ``mean_product`` (N,) is ``B_m v_0`` with
+    ``B_m = H^(k)/(k+1)`` (so ``B_k = B₁ − B_m``):
 
-        t = mean_i v_iᵀ B₁ v_i − v_0ᵀ B_m v_0,
-        f = mean_i ‖B₁ v_i‖² − (2 (B₁ v_0)ᵀ (B_m v_0) − ‖B_m v_0‖²),
+        t = mean_i x_iᵀ B₁ x_i − v_0ᵀ B_m v_0,
+        f = mean_i ‖B₁ x_i‖² − (2 (B₁ v_0)ᵀ (B_m v_0) − ‖B_m v_0‖²),
 
     since ``E vᵀAv = tr A`` and ``‖B₁ − B_m‖²_F = ‖B₁‖²_F − 2⟨B₁, B_m⟩ + ‖B_m‖²_F``.
-    With ``r = 0`` this is Hutchinson's ``(v_0ᵀ B_k v_0, ‖B_k v_0‖²)``.
     """
-    t1 = float((probes * sample_products).sum(dim=0).mean())
-    f1 = float((sample_products * sample_products).sum(dim=0).mean())
+    X, W = probes[:, 1:], sample_products[:, 1:]
+    t1, f1 = float((X * W).sum(dim=0).mean()), float((W * W).sum(dim=0).mean())
     t2 = float(probes[:, 0] @ mean_product)
     f2 = float(2 * (sample_products[:, 0] @ mean_product) - mean_product @ mean_product)
     return t1 - t2, f1 - f2
 
 
 def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, stream: int,
-                       probes_per_unit: int | None = None) -> FullSpaceMoments:
-    """``‖c_k‖²``, and ``tr B_k`` and ``‖B_k‖²_F`` by two-level Hutchinson from
-    ``u = num_matvecs`` independent units (:func:`unit_terms`).
+                       probes_per_unit: int | None = None, sketch_size: int | None = None
+                       ) -> FullSpaceMoments:
+    """``‖c_k‖²``, and ``tr B_k`` and ``‖B_k‖²_F`` by two-level Hutchinson:
+    Hutch++'s exact part of the new sample's Hessian plus ``u = num_matvecs``
+    independent units (:func:`unit_terms`).
 
     ``B_k = B₁ − B_m`` splits into the new sample's Hessian ``B₁ =
     H_{k+1}/(k+1)``, which holds most of the probe variance and whose
     products are cheap (one sample), and the mean's ``B_m = H^(k)/(k+1)``,
-    whose products cost k samples but vary little. Unit j spends one product
-    with ``B_m`` and ``r + 1`` with ``B₁`` (``r = probes_per_unit``, default
-    :func:`default_probes_per_unit`) on Rademacher probes (``E vvᵀ = I``
+    whose products cost k samples but vary little. A sketch of ``B₁``
+    (``s = sketch_size`` columns, default :func:`default_sketch_size`;
+    :func:`sample_sketch`) gives ``Q`` and the exact parts ``tr(Qᵀ B₁ Q)``,
+    ``tr(Qᵀ B₁² Q)``, added to ``trace`` and ``frobenius``. Unit j spends one
+    product with ``B_m`` on ``v_0`` and ``r + 1`` with ``B₁`` on ``v_0`` and
+    ``P v_1 .. P v_r`` (``r = probes_per_unit``, default
+    :func:`default_probes_per_unit`). Probes are Rademacher (``E vvᵀ = I``
     exactly, variance of ``vᵀAv`` at most the Gaussian one): ``v_0`` is row j
-    of a (u, N) draw keyed by ``(seed, stream, 0)``, ``v_1..v_r`` the rows of
-    an (r, N) draw keyed by ``(seed, stream, j + 1)``; the same at every k.
-    The unit terms are i.i.d. and unbiased, so their means are the estimates
-    and their spread the standard error.
+    of a (u, N) draw keyed by ``(seed, stream, 0)``, ``S`` keyed by ``(seed,
+    stream, 1)``, ``v_1..v_r`` the rows of an (r, N) draw keyed by ``(seed,
+    stream, j + 2)``. Given ``Q`` the unit terms are i.i.d. and unbiased, so
+    their means are the estimates and their spread the standard error (its
+    square unbiased for the conditional variance, whose mean over ``Q`` is
+    the total variance: the exact parts add none).
 
     The split pays when ``B₁`` holds most of the variance: ``Var t ≈
-    2‖B₁‖²_F/(r+1) + 2‖B_m‖²_F`` for ``⟨B₁, B_m⟩ ≪ ‖B₁‖²_F`` (tiny-gpt, k =
-    64: 0.03 ‖B₁‖²_F), against Hutchinson's ``2‖B_k‖²_F``. When the
-    per-sample Hessians share most of their mass, ``B₁ − B_m`` cancels inside
-    one product and ``probes_per_unit=0`` (Hutchinson on ``B_k``) is better.
+    2‖P B₁ P‖²_F/r + 2‖B_m‖²_F`` for ``⟨B₁, B_m⟩ ≪ ‖B₁‖²_F`` (tiny-gpt, k =
+    64: 0.03 ‖B₁‖²_F), against Hutchinson's ``2‖B_k‖²_F``; when the
+    per-sample Hessians share most of their mass, ``B₁ − B_m`` would cancel
+    inside one product and Hutchinson on ``B_k`` is the better estimator.
     """
     n, u = problem.num_params, int(num_matvecs)
     r = default_probes_per_unit(k) if probes_per_unit is None else int(probes_per_unit)
-    if u < 1 or r < 0:
-        raise ValueError(f"need num_matvecs >= 1 and probes_per_unit >= 0, got {u}, {r}")
+    s = default_sketch_size(k, n) if sketch_size is None else min(int(sketch_size), n)
+    if u < 1 or r < 1 or s < 0:
+        raise ValueError(f"need num_matvecs >= 1, probes_per_unit >= 1, sketch_size >= 0; got {u}, {r}, {s}")
     B = HessianDifference(problem, k)
+    Q, trace_q, frobenius_q = sample_sketch(B, s, _keyed_generator(seed, stream, 1))
     heads = rademacher(u, n, _keyed_generator(seed, stream, 0), problem.device).T
     mean_products = B.mean_part(heads)
     t, f = torch.zeros(u, dtype=torch.float64), torch.zeros(u, dtype=torch.float64)
     for j in range(u):
-        rest = rademacher(r, n, _keyed_generator(seed, stream, j + 1), problem.device).T
-        V = torch.cat([heads[:, j:j + 1], rest], dim=1)
+        rest = rademacher(r, n, _keyed_generator(seed, stream, j + 2), problem.device).T
+        V = torch.cat([heads[:, j:j + 1], rest - Q @ (Q.T @ rest)], dim=1)
         t[j], f[j] = unit_terms(B.sample_part(V), V, mean_products[:, j])
     g_mean = problem.gradient(k=k)
     c = (problem.gradient(k=k + 1, start=k) - g_mean) / (k + 1)
-    return FullSpaceMoments(k, float(c @ c), float(t.mean()), float(f.mean()), t, f)
+    return FullSpaceMoments(k, float(c @ c), trace_q + float(t.mean()), frobenius_q + float(f.mean()), t, f)
 
 
 def gm_full(moments: FullSpaceMoments, a: float, sigma: float) -> Terms:
