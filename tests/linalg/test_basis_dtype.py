@@ -4,9 +4,9 @@ from real products on the returned float64 vectors, and the memory model."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,50 +149,20 @@ def test_memory_model_formula():
         eigensolver_memory(N, m, torch.float16)
 
 
-MEMORY_CHILD = r"""
-import json, sys, torch
-from curvprobe import top_eigenspace
-from curvprobe.core.operators import LinearOperator
-
-class Diagonal(LinearOperator):
-    def __init__(self, d):
-        super().__init__(d.numel()); self.d = d
-    def _matmat(self, V):
-        return self.d[:, None] * V
-
-def peak_rss():  # VmHWM: this process's own high-water mark (ru_maxrss survives exec)
-    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM"))
-    return int(line.split()[1]) * 1024
-
-N, dtype = int(sys.argv[1]), getattr(torch, sys.argv[2])
-gen = torch.Generator().manual_seed(0)
-d = torch.cat([torch.linspace(1.0, 0.9, 8, dtype=torch.float64),
-               0.85 * torch.rand(N - 8, generator=gen, dtype=torch.float64)])
-top_eigenspace(Diagonal(d[:1000].clone()), 2)  # warm up the allocator and kernels
-base = peak_rss()
-es = top_eigenspace(Diagonal(d), 8, tol=1e-6, basis_dtype=dtype, basis_size=24)
-peak = peak_rss()
-print(json.dumps({"grew": peak - base, "converged": es.all_converged}))
-"""
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "eigensolver_memory.py"
 
 
 def test_measured_peak_follows_the_memory_model():
     """Peak resident memory of a solve that fills its basis (thick restarts),
-    in a fresh process, against the model, and the float32 basis's saving.
-
-    The child maps every allocation above 64 KiB on its own
-    (``MALLOC_MMAP_THRESHOLD_``, glibc), so a freed tensor leaves the
-    resident set at once: what is measured is the live tensors the model
-    counts, not the heap fragmentation that glibc's default (moving) mmap
-    threshold adds between runs (up to +21 % measured with 2 threads)."""
-    N, grew = 1_000_000, {}
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
-        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(N), name], capture_output=True,
-                             text=True, check=True, env=env)
+    in a fresh process (``benchmarks/eigensolver_memory.py``: live tensors,
+    every large allocation mapped), against the model — whose peak phase is
+    a repair these solves do not need — and the float32 basis's saving."""
+    grew = {}
+    for name in ("float64", "float32"):
+        out = subprocess.run([sys.executable, str(BENCHMARK), "--worker", "1000000", name],
+                             capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["converged"]
-        grew[name] = result["grew"]
-        model = eigensolver_memory(N, 24, dtype, D=8)
+        grew[name], model = result["grew"], result["model"]
         assert 0.75 * model <= grew[name] <= 1.05 * model, (name, grew[name] / model)
     assert grew["float32"] < 0.55 * grew["float64"]
