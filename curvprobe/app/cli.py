@@ -114,8 +114,9 @@ def _busy_hint(args) -> None:
     from curvprobe.app import threads
 
     say, n = _say(args), getattr(args, "threads", None)
-    if n == "auto":
-        threads.announce(say)
+    auto = getattr(args, "auto_threads", None)
+    if auto is not None:
+        auto.announce(say)
     elif isinstance(n, int) and n > 1:
         decision = threads.decide(probe=False)
         if decision.threads < n:
@@ -135,16 +136,25 @@ def _threads_arg(text: str) -> int | str:
 
 def _apply_threads(args) -> None:
     """Set torch's intra-op threads from ``--threads``: the count, or with ``auto`` the count
-    :func:`curvprobe.app.threads.start_auto` picks now (and again between stages)."""
+    :func:`curvprobe.app.threads.start_auto` picks now; its
+    :class:`~curvprobe.app.threads.AutoThreads` goes to ``args.auto_threads``
+    (None otherwise), whose ``between_stages`` the demo and probe runs call."""
     n = getattr(args, "threads", None)
+    args.auto_threads = None
     if n == "auto":
         from curvprobe.app.threads import start_auto
 
-        start_auto()
+        args.auto_threads = start_auto()
     elif n is not None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _stage_hook(args) -> Callable[[], object] | None:
+    """What a run calls between its stages: ``--threads auto`` re-deciding, or None."""
+    auto = getattr(args, "auto_threads", None)
+    return None if auto is None else auto.between_stages
 
 
 def _say_with_hint(args) -> Callable[[str], None]:
@@ -232,7 +242,7 @@ def cmd_demo(args) -> int:
     args.out = args.out or default_out()
     check_output_dir(args.out)
     result = run_demo(args.out, quick=args.quick, progress=_show_progress(args), log=_say_with_hint(args),
-                      resume=args.resume)
+                      resume=args.resume, between_stages=_stage_hook(args))
     print(result.summary)
     print(f"results, figures and summary.md in {result.out}")
     return 0
@@ -274,7 +284,8 @@ def cmd_probe(args) -> int:
     if not config.out:
         config = config.replace(out=default_out())
     say = _say_with_hint(args)
-    outcome = run_probe(config, resume=args.resume, progress=_show_progress(args), log=say)
+    outcome = run_probe(config, resume=args.resume, progress=_show_progress(args), log=say,
+                        between_stages=_stage_hook(args))
     if not _is_writer():
         return 0
     if outcome.skipped:

@@ -41,7 +41,6 @@ import xarray as xr
 
 from curvprobe.app import _progress
 from curvprobe.app.config import load_config
-from curvprobe.app.threads import between_stages
 from curvprobe.criteria.spec import ESTIMATORS
 from curvprobe.results import atomic_write, save
 
@@ -143,15 +142,16 @@ class DemoResult:
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bool = False,
              log: Callable[[str], None] | None = None, settings: DemoSettings | None = None,
-             resume: bool = False) -> DemoResult:
+             resume: bool = False, between_stages: Callable[[], object] | None = None) -> DemoResult:
     """Run (or with ``resume``, continue) the demo in ``out`` (default ``runs/<timestamp>``);
-    see the module docstring."""
+    see the module docstring. ``between_stages`` is called between its stages and
+    stabilization parts (the CLI's ``--threads auto`` re-decides there)."""
     from curvprobe.app.runs import RunError, default_out, run_probe
     from curvprobe.app.sources import build_problem
-    from curvprobe.criteria.convergence import mc_convergence
     from curvprobe.zoo import models
 
     say = log or (lambda message: None)
+    stage = between_stages or (lambda: None)
     s = settings or (QUICK if quick else FULL)
     out = Path(out or default_out()).resolve()
     if not resume and ((out / "config.toml").exists() or (out / "summary.md").exists()):
@@ -176,7 +176,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     say(f"      {problem!r}")
 
     K = max(s.ks)
-    between_stages()
+    stage()
     t0 = time.perf_counter()
     say(f"[2/5] quadratic validity at k = {K}: {len(s.validity_sigmas)} σ x {s.validity_samples} draws")
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     say(f"      validated σ ≤ {validity.attrs['validated_sigma_max']:.3g}; probing σ = "
         f"{', '.join(f'{x:.3g}' for x in sigmas)} (σ = {sigma_beyond:.3g} is beyond the regime)")
 
-    between_stages()
+    stage()
     t0 = time.perf_counter()
     config = base.replace(sigmas=sigmas)
     say(f"[3/5] stabilization over {len(s.ks)} k in [{min(s.ks)}, {K}], "
@@ -197,21 +197,16 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
             s.subspace, f"one eigenspace U_D of all {K + 1} samples for all k")
         + f" (tol {s.tol:g}), {s.orderings} orderings of the samples")
     run = run_probe(config, problem=problem, resume=resume, progress=progress, validity=validity,
-                    digests=loaded.digests)
+                    digests=loaded.digests, between_stages=stage)
     ds = run.dataset
     seconds["stabilization run"] = time.perf_counter() - t0
 
-    between_stages()
+    stage()
     t0 = time.perf_counter()
     say(f"[4/5] Monte Carlo convergence at k = {s.convergence_k}, S up to {s.convergence_samples}")
     conv = _reuse(out / "mc_convergence.nc", resume, say)
     if conv is None:
-        with _progress.bar(len(s.dims) * 2 * s.convergence_samples, "MC convergence", show=progress,
-                           unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
-            conv = mc_convergence(problem, s.convergence_k, sigmas=[sigma_valid, sigma_beyond],
-                                  dims=list(s.dims), mc_samples=s.convergence_samples, seed=s.seed,
-                                  tol=s.tol, point_batch=s.point_batch)
-        save(conv, out / "mc_convergence.nc", overwrite=True)
+        conv = _convergence_stage(problem, s, out, progress, [sigma_valid, sigma_beyond])
     seconds["MC convergence run"] = time.perf_counter() - t0
 
     say("[5/5] figures and summary")
@@ -221,6 +216,21 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     else:
         paths, summary = _figures_and_summary(out, s, ds, validity, conv, seconds, t_all)
     return DemoResult(out, ds, validity, conv, summary, paths, seconds)
+
+
+def _convergence_stage(problem, s: DemoSettings, out: Path, progress: bool, sigmas: list[float]
+                       ) -> xr.Dataset:
+    """Stage 4: Monte Carlo convergence at ``s.convergence_k`` inside and
+    beyond the regime, saved as ``mc_convergence.nc``."""
+    from curvprobe.criteria.convergence import mc_convergence
+
+    with _progress.bar(len(s.dims) * 2 * s.convergence_samples, "MC convergence", show=progress,
+                       unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
+        conv = mc_convergence(problem, s.convergence_k, sigmas=sigmas, dims=list(s.dims),
+                              mc_samples=s.convergence_samples, seed=s.seed, tol=s.tol,
+                              point_batch=s.point_batch)
+    save(conv, out / "mc_convergence.nc", overwrite=True)
+    return conv
 
 
 def _validity_stage(problem, s: DemoSettings, out: Path, progress: bool) -> xr.Dataset:

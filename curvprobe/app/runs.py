@@ -45,7 +45,6 @@ import xarray as xr
 
 from curvprobe.app import _progress
 from curvprobe.app.config import ConfigError, ProbeConfig, load_config
-from curvprobe.app.threads import between_stages
 from curvprobe.core.distributed import Shard, barrier, broadcast_object, world
 from curvprobe.core.problem import Problem
 from curvprobe.criteria.sweep import Part, iter_parts, merge_parts, part_names
@@ -232,8 +231,10 @@ def _validity(problem: Problem, config: ProbeConfig, run: _RunDirectory, progres
     return load(run.path("validity"))  # the same object for a fresh and a resumed run
 
 
-def _compute_parts(problem: Problem, config: ProbeConfig, run: _RunDirectory, progress: bool) -> list[str]:
-    """Compute and store every part not on disk; returns all part names in order."""
+def _compute_parts(problem: Problem, config: ProbeConfig, run: _RunDirectory, progress: bool,
+                   between_stages: Callable[[], object]) -> list[str]:
+    """Compute and store every part not on disk, calling ``between_stages``
+    after each; returns all part names in order."""
     spec = config.spec()
     names = part_names(spec)
     skip = run.finished(names)
@@ -323,7 +324,8 @@ def _open(config: ProbeConfig, problem: Problem | None, resume: bool, progress: 
 def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bool = False,
               progress: bool = False,
               validity: xr.Dataset | None = None, digests: dict[str, str] | None = None,
-              log: Callable[[str], None] | None = None) -> RunOutcome:
+              log: Callable[[str], None] | None = None,
+              between_stages: Callable[[], object] | None = None) -> RunOutcome:
     """Run (or resume) the stabilization measurement of ``config`` in ``config.out``.
 
     Parameters
@@ -346,6 +348,9 @@ def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bo
         resume).
     log : callable, optional
         Receives one-line status messages.
+    between_stages : callable, optional
+        Called after each stored part (the CLI's ``--threads auto``
+        re-decides there: :meth:`curvprobe.app.threads.AutoThreads.between_stages`).
 
     Returns
     -------
@@ -361,7 +366,7 @@ def run_probe(config: ProbeConfig, *, problem: Problem | None = None, resume: bo
     if validity is None and config.validity:
         validity = _validity(problem, config, run, progress, say)
     say(f"stabilization parts of {len(config.ks)} k values")
-    names = _compute_parts(problem, config, run, progress)
+    names = _compute_parts(problem, config, run, progress, between_stages or (lambda: None))
     say("merging parts")
     merged = merge_parts([load(run.path(n)) for n in names], config.estimators, validity=validity)
     merged.attrs.update(run_config=config.numeric_dict(), model_source=config.model,

@@ -36,8 +36,8 @@ it is measured faster, so a machine or a build where threads do not help
 stays at one.
 
 The CLI decides once at start and again between the stages of a run
-(:func:`between_stages`, called by the demo between its stages and by
-:func:`curvprobe.app.runs.run_probe` between parts); a check costs about
+(:meth:`AutoThreads.between_stages`, the stage hook the demo calls between
+its stages and :func:`curvprobe.app.runs.run_probe` between parts); a check costs about
 :data:`SAMPLE_SECONDS` plus the probe. The thread count can change
 between stages, which changes floating-point summation order; pass an
 explicit ``--threads`` for bitwise-reproducible runs. ``benchmarks/threads.py``
@@ -54,8 +54,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Decision", "announce", "between_stages", "choose_threads", "decide", "parse_threads",
-           "start_auto", "usable_cpus"]
+__all__ = ["AutoThreads", "Decision", "choose_threads", "decide", "parse_threads", "start_auto",
+           "usable_cpus"]
 
 #: Seconds over which ``/proc/stat`` is sampled for the CPUs busy with other work.
 SAMPLE_SECONDS = 0.1
@@ -250,36 +250,41 @@ def decide(own_threads: int = 0, *, probe: bool = True, sample: float = SAMPLE_S
     return Decision(chosen, n, usable, len(cpus), quota, max(0.0, others), load, measured)
 
 
-_auto: dict[str, object] = {}
+class AutoThreads:
+    """``--threads auto`` in a running command: the current :class:`Decision`,
+    applied with ``torch.set_num_threads``, and where to report a change.
+
+    :meth:`between_stages` is the hook the demo and
+    :func:`curvprobe.app.runs.run_probe` call between their stages.
+    """
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.say: Callable[[str], None] = lambda message: None
+
+    def announce(self, say: Callable[[str], None]) -> None:
+        """Send the current decision line to ``say``, and later lines to it
+        whenever the count changes."""
+        self.say = say
+        say(self.decision.describe())
+
+    def between_stages(self) -> int:
+        """Re-decide and apply; returns torch's thread count."""
+        import torch
+
+        decision = decide(own_threads=self.decision.threads)
+        if decision.threads != self.decision.threads:
+            torch.set_num_threads(decision.threads)
+            self.say(decision.describe())
+        self.decision = decision
+        return torch.get_num_threads()
 
 
-def start_auto() -> Decision:
-    """Decide, apply with ``torch.set_num_threads``, and re-decide at each :func:`between_stages`."""
+def start_auto() -> AutoThreads:
+    """Decide and apply with ``torch.set_num_threads``; the returned
+    :class:`AutoThreads` re-decides at each of its ``between_stages``."""
     import torch
 
     decision = decide()
     torch.set_num_threads(decision.threads)
-    _auto.update(decision=decision, say=lambda message: None)
-    return decision
-
-
-def announce(say: Callable[[str], None]) -> None:
-    """Send the current decision line to ``say``, and later lines whenever the count changes
-    (nothing unless :func:`start_auto` is on)."""
-    if "decision" in _auto:
-        _auto["say"] = say
-        say(_auto["decision"].describe())  # type: ignore[attr-defined]
-
-
-def between_stages() -> int:
-    """Re-decide if :func:`start_auto` is on (else nothing); returns torch's thread count."""
-    import torch
-
-    if "decision" in _auto:
-        previous: Decision = _auto["decision"]  # type: ignore[assignment]
-        decision = decide(own_threads=previous.threads)
-        if decision.threads != previous.threads:
-            torch.set_num_threads(decision.threads)
-            _auto["say"](decision.describe())  # type: ignore[operator]
-        _auto["decision"] = decision
-    return torch.get_num_threads()
+    return AutoThreads(decision)

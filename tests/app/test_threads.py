@@ -125,16 +125,15 @@ def test_decide_divides_among_local_ranks(monkeypatch):
 def test_between_stages_follows_the_load_and_says_changes(monkeypatch):
     before = torch.get_num_threads()
     said: list[str] = []
-    monkeypatch.setattr(threads, "_auto", {})
     try:
-        assert threads.between_stages() == before  # auto off: nothing changes
         _machine(monkeypatch, cpus=2)
-        assert threads.start_auto().threads == 2
-        threads.announce(said.append)
+        auto = threads.start_auto()
+        assert auto.decision.threads == 2 and torch.get_num_threads() == 2
+        auto.announce(said.append)
         _machine(monkeypatch, cpus=2, instant=1.5)  # a parallel job starts
-        assert threads.between_stages() == 1
+        assert auto.between_stages() == 1
         _machine(monkeypatch, cpus=2, instant=1.5)
-        assert threads.between_stages() == 1        # unchanged: said once
+        assert auto.between_stages() == 1        # unchanged: said once
         assert [line.split(";")[0] for line in said] == ["threads: auto → 2", "threads: auto → 1"]
     finally:
         torch.set_num_threads(before)
