@@ -23,7 +23,8 @@ is an ``(N, b)`` tensor, an orthonormal basis an ``(N, m)`` tensor ``Q`` with
 * :func:`ritz_order` — which Ritz values a solve wants (:data:`WHICH`).
 * :func:`basis_t_matmul`, :func:`basis_matmul` — ``Qᵀ W`` and ``Q C`` for a
   basis stored in float32: float64 arithmetic on chunks of rows, so no
-  float64 copy of the basis is ever made.
+  float64 copy of the basis is ever made; :func:`combine_rows_` — ``Q ← Q C``
+  in place for a basis stored as rows (a thick restart).
 * :func:`explicit_pairs` — orthonormalised vectors as Rayleigh-quotient
   pairs, with residuals from real operator products.
 
@@ -150,6 +151,21 @@ def basis_matmul(Q: Tensor, C: Tensor) -> Tensor:
     for a in range(0, Q.shape[0], step):
         out[a:a + step] = Q[a:a + step].double() @ C
     return out
+
+
+def combine_rows_(rows: Tensor, C: Tensor, size: int) -> None:
+    """``rows[:p] ← C rows[:size]`` in place for a basis stored as rows
+    (``rows`` (≥ size, N)) and ``C`` (p, size), ``p ≤ size``: a float32
+    basis in float64 column chunks (each reads its own columns before
+    writing them), so no copy of the basis is made."""
+    coefficients = C.to(rows.device)
+    p = coefficients.shape[0]
+    if rows.dtype == torch.float64:
+        rows[:p] = coefficients @ rows[:size]
+        return
+    step = max(1, GRAM_CHUNK_BYTES // (8 * size))
+    for a in range(0, rows.shape[1], step):
+        rows[:p, a : a + step] = coefficients @ rows[:size, a : a + step].double()
 
 
 def orthonormalize_against(x: Tensor, Q: Tensor | None) -> Tensor:

@@ -51,6 +51,7 @@ from curvprobe.linalg._krylov import (
     KrylovRun,
     basis_matmul,
     basis_t_matmul,
+    combine_rows_,
     next_block,
     orthonormalize_against,
     ritz_order,
@@ -103,23 +104,30 @@ def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basi
     """
     n = op.shape[0]
     m = min(max(basis_size, 2 * nev), n)
+    # Q and A Q as rows of preallocated buffers (as the Lanczos basis): a new
+    # block is written in place and a restart combines in place, no copies
+    capacity = min(max(m, U0.shape[1]) + DAVIDSON_BLOCK, n)
+    Q_rows = torch.empty(capacity, n, dtype=basis_dtype, device=op.device)
+    AQ_rows = torch.empty_like(Q_rows)
     if image is None:
-        Q = AQ = torch.empty(n, 0, dtype=basis_dtype, device=op.device)
-        Z = next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
+        size, Z = 0, next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
     else:
-        Q, AQ, Z = U0, image, None
+        size, Z = U0.shape[1], None
+        Q_rows[:size], AQ_rows[:size] = U0.T, image.T
     used, first = 0, True
     while True:
         if Z is not None:
-            AZ = op.matmat(Z)
-            used += Z.shape[1]
-            Q, AQ = torch.cat([Q, Z.to(basis_dtype)], dim=1), torch.cat([AQ, AZ.to(basis_dtype)], dim=1)
+            b = Z.shape[1]
+            AQ_rows[size:size + b] = op.matmat(Z).T
+            Q_rows[size:size + b] = Z.T
+            used, size = used + b, size + b
+        Q, AQ = Q_rows[:size].T, AQ_rows[:size].T
         T = basis_t_matmul(Q, AQ)
         theta, S = torch.linalg.eigh(0.5 * (T + T.T))
         theta, S = theta.flip(0), S.flip(1)
         order = ritz_order(theta, which)
         theta, S = (theta, S) if which == "largest" else (theta[order], S[:, order])
-        wanted = min(nev, Q.shape[1])
+        wanted = min(nev, size)
         X, AX = basis_matmul(Q, S[:, :wanted]), basis_matmul(AQ, S[:, :wanted])
         R = AX - X * theta[:wanted]
         res = R.norm(dim=0)
@@ -127,16 +135,18 @@ def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basi
         open_ = res > tol * top
         far = first and bool((res > reach * tol * top).any())
         first = False
-        if far or (not bool(open_.any()) and wanted == nev) or used >= max_matvecs or Q.shape[1] >= n:
+        if far or (not bool(open_.any()) and wanted == nev) or used >= max_matvecs or size >= n:
             return KrylovRun(theta[:wanted], X, res, R,
                              torch.eye(wanted, dtype=torch.float64, device=op.device), T,
                              Q if keep_basis else None, AQ if keep_basis else None, top)
         idx = torch.nonzero(open_)[:, 0]
-        room = min(DAVIDSON_BLOCK, max_matvecs - used, n - Q.shape[1])
+        room = min(DAVIDSON_BLOCK, max_matvecs - used, n - size)
         idx = idx[res[idx].argsort(descending=True)[: max(1, room)]]
-        if Q.shape[1] + idx.numel() > m:  # restart from the best Ritz vectors
+        if size + idx.numel() > m:  # restart from the best Ritz vectors
             keep = max(wanted, min(m - idx.numel(), nev + (m - nev) // 2))
-            Q = basis_matmul(Q, S[:, :keep]).to(basis_dtype)
-            AQ = basis_matmul(AQ, S[:, :keep]).to(basis_dtype)
+            combine_rows_(Q_rows, S[:, :keep].T, size)
+            combine_rows_(AQ_rows, S[:, :keep].T, size)
+            size = keep
+            Q = Q_rows[:size].T
         Z = next_block(orthonormalize_against(R[:, idx], Q), Q, generator,
                        1e-14 * max(top, 1e-300))

@@ -61,8 +61,8 @@ from torch import Tensor
 
 from curvprobe.core.operators import LinearOperator
 from curvprobe.linalg._krylov import (
-    GRAM_CHUNK_BYTES,
     KrylovRun,
+    combine_rows_,
     next_block,
     orthonormal_block,
     project_out,
@@ -217,29 +217,15 @@ def _thick_restart(rows: Tensor, S: Tensor, size: int, nev: int, m: int, b: int)
     """Overwrite the leading basis rows with the best ``p`` Ritz vectors
     ``Z = Q S_p`` and return ``p = max(nev, min(m − b, nev + ⌊(m − nev)/2⌋))``."""
     p = max(nev, min(m - b, nev + (m - nev) // 2))
-    _combine_rows_(rows, S[:, :p].T, size)
+    combine_rows_(rows, S[:, :p].T, size)
     return p
-
-
-def _combine_rows_(rows: Tensor, C: Tensor, size: int) -> None:
-    """``rows[:p] ← C rows[:size]`` in place for ``C`` (p, size), ``p ≤ size``:
-    a float32 basis in float64 column chunks (each reads its own columns
-    before writing them), so no copy of the basis is made."""
-    coefficients = C.to(rows.device)
-    p = coefficients.shape[0]
-    if rows.dtype == torch.float64:
-        rows[:p] = coefficients @ rows[:size]
-        return
-    step = max(1, GRAM_CHUNK_BYTES // (8 * size))
-    for a in range(0, rows.shape[1], step):
-        rows[:p, a : a + step] = coefficients @ rows[:size, a : a + step].double()
 
 
 def _lanczos_run(Q: Tensor, T: Tensor, W: Tensor, theta: Tensor, S: Tensor, res: Tensor,
                  wanted: int, keep_basis: bool, scale: float) -> KrylovRun:
     """The run's ``wanted`` Ritz pairs and residual factor; with ``keep_basis``
     also ``Q`` and ``A Q = Q T + W E_lastᵀ``. A float32 basis is
-    overwritten by its Ritz vectors (:func:`_combine_rows_`), returned in
+    overwritten by its Ritz vectors (:func:`~curvprobe.linalg._krylov.combine_rows_`), returned in
     float32 (N, wanted): the basis and the vectors are never held in float64
     together."""
     size, b, device = Q.shape[1], W.shape[1], W.device
@@ -252,7 +238,7 @@ def _lanczos_run(Q: Tensor, T: Tensor, W: Tensor, theta: Tensor, S: Tensor, res:
     if Q.dtype == torch.float64:
         vectors = Q @ S[:, :wanted]
     else:
-        _combine_rows_(Q.T, S[:, :wanted].T, size)
+        combine_rows_(Q.T, S[:, :wanted].T, size)
         vectors = Q[:, :wanted].contiguous()
     return KrylovRun(theta[:wanted].to(device), vectors, res[:wanted].to(device), W, S_last, T, basis, image,
                      scale)

@@ -9,8 +9,7 @@ one operator product. With ``j`` guard steps the phases need, in bytes:
 float64 basis (``s = 8``)
 
 * **solve** (Lanczos): ``(m + b) N · 8 + (D + 4 b) N · 8`` (the Ritz
-  vectors are formed beside the basis); a Davidson warm start keeps ``Q``
-  and ``A Q``: ``2 m N s + 3 D N · 8``;
+  vectors are formed beside the basis);
 * **guard**: ``(D + b) N · 8 + (j + 1) N · 8 + 3 N · 8`` (the found
   vectors, their residual factor, the guard's basis);
 * **repair** (only when the guard finds a missed eigenvalue): a Lanczos run
@@ -34,7 +33,11 @@ float32 basis (``s = 4``)
   (:func:`~curvprobe.linalg.guard.repair_basis_size`: at most the solve's
   peak), and their certificate ``(D + 3 r) N · 8``.
 
-Either way ``keep_basis`` adds ``2 m N · 8``, returned with the result. The
+Either way a Davidson warm start keeps ``Q`` and ``A Q`` in buffers of
+``m + B`` rows (``B`` = :data:`~curvprobe.linalg.davidson.DAVIDSON_BLOCK`)
+beside the Ritz vectors, their images and residuals and one block:
+``2 (m + B) N s + (3 D + 2 B) N · 8``; ``keep_basis`` adds ``2 m N · 8``,
+returned with the result. The
 estimate is the largest phase plus ``hvp_bytes``, the working memory of one
 operator product (for a Hessian, dominated by the model's activations and
 their double-backward buffers over one chunk, not by ``N``: the product
@@ -51,6 +54,7 @@ from __future__ import annotations
 import torch
 
 from curvprobe.linalg._krylov import BASIS_DTYPES, EXPLICIT_BLOCK
+from curvprobe.linalg.davidson import DAVIDSON_BLOCK
 from curvprobe.linalg.guard import repair_basis_size
 
 _REPAIRED_PAIRS = 2  # pairs a float32 repair solves in the model: one missed eigenvalue and one more
@@ -104,6 +108,6 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
                   D * N * 8 + (repair_basis_size(m, D, r, basis_dtype) + 1 + r) * N * s + 3 * N * 8,
                   (D + 3 * r) * N * 8]
     if warm_start:
-        phases.append(2 * m * N * s + 3 * D * N * 8)
+        phases.append(2 * (m + DAVIDSON_BLOCK) * N * s + (3 * D + 2 * DAVIDSON_BLOCK) * N * 8)
     kept = 2 * m * N * 8 if keep_basis else 0
     return int(max(phases) + kept + hvp_bytes)
