@@ -46,7 +46,7 @@ accumulates into its float64 output in place,
 ``≈ m · N · s + one HVP`` and a float32 basis halves it; with the default
 ``m = 3 D`` the Ritz vectors take a comparable share (``D = 20``, ``m = 60``:
 840 N bytes in float64, in a repair, against 356 N in float32, at the end
-of the solve). The measured peaks are in ``docs/performance.md``.
+of the solve). The measured peaks are in ``docs/toolkit.md``.
 """
 
 from __future__ import annotations
