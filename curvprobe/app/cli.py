@@ -627,6 +627,17 @@ def _count_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _probability(text: str) -> float:
+    """argparse type: a number in (0, 1) (one-line error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     """argparse type: a positive finite number (one-line error, exit 2)."""
     try:
@@ -666,7 +677,8 @@ def cmd_hessian(args) -> int:
     ds = hessian_report(loaded.problem, k=args.k, top=args.top, bottom=args.bottom, layer_top=args.layer_top,
                         tol=config.tol, bottom_tol=args.bottom_tol, layer_tol=args.layer_tol,
                         trace_matvecs=args.trace_matvecs, density_probes=args.density_probes,
-                        density_steps=args.density_steps, seed=config.seed)
+                        density_steps=args.density_steps, seed=config.seed, miss_bound=args.miss_bound,
+                        guard_steps=args.guard_steps)
     ds.attrs["model_source"] = config.model
     if not _is_writer():
         return 0
@@ -848,6 +860,11 @@ def _add_hessian_parser(sub) -> None:
                    help="SLQ probe vectors of the density (10: the old default)")
     p.add_argument("--density-steps", type=_count_at_least(1), default=40, metavar="S",
                    help="Lanczos steps per SLQ probe; bandwidth: the width over S (80: the old default)")
+    p.add_argument("--miss-bound", type=_probability, default=None, metavar="P",
+                   help="certify every eigenspace at this miss bound (its guard runs until the bound "
+                        "reaches P, within --guard-steps; default: report the bounds, certify nothing)")
+    p.add_argument("--guard-steps", type=_count_at_least(0), default=10, metavar="J",
+                   help="Lanczos steps of each missed-eigenvalue guard (raise with --miss-bound)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing hessian.nc")
     _add_config_flags(p, skip=(*(key for key in _EIGEN_KEYS if key != "tol"), *_PROBE_GRID_KEYS))
     _common(p)

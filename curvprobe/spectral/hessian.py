@@ -112,11 +112,11 @@ def _spectrum(hi: Eigenspace, lo: Eigenspace, tr: TraceEstimate, dens: SpectralD
 
 
 def _layers(problem: Problem, clock: _Clock, layer_top: int, layers, k: int | None, tol: float,
-            seed: int) -> xr.Dataset:
+            seed: int, solver: dict[str, Any]) -> xr.Dataset:
     """Every layer's top ``layer_top`` eigenpairs, renamed for the report; its
     time and products go into ``clock``."""
     per_layer = clock.run("layers", lambda: layer_eigenvalues(problem, layer_top, layers=layers, k=k,
-                                                              tol=tol, seed=seed))
+                                                              tol=tol, seed=seed, **solver))
     clock.products["layers"] = int(per_layer["num_matvecs"].sum())  # products of the blocks' operators
     renamed = per_layer.rename({"rank": "layer_rank", "eigenvalue": "layer_eigenvalue",
                                 "residual": "layer_residual", "converged": "layer_converged",
@@ -139,7 +139,7 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
                    layer_top: int = 2, layers: str | list[str] | None = None, tol: float = 1e-3,
                    bottom_tol: float | None = None, layer_tol: float | None = None,
                    trace_matvecs: int = 30, density_probes: int = 4, density_steps: int = 40,
-                   seed: int = 0) -> xr.Dataset:
+                   seed: int = 0, miss_bound: float | None = None, guard_steps: int = 10) -> xr.Dataset:
     """The Hessian's spectrum at ``w*`` over samples ``[0, k)`` in one Dataset (module docstring).
 
     Parameters
@@ -167,6 +167,13 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
         spectrum's width over ``density_steps``).
     seed : int
         Seeds every random vector.
+    miss_bound : float, optional
+        Certify every eigenspace (top, bottom, each layer) at this miss
+        bound: its guard runs until the bound falls to it, within
+        ``guard_steps`` (raise both together), else not converged. Default:
+        the bounds are reported, nothing is certified.
+    guard_steps : int
+        Lanczos steps of each missed-eigenvalue guard.
 
     Returns
     -------
@@ -186,21 +193,26 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
                     {"top": (top, 1), "bottom": (bottom, 1), "layer_top": (layer_top, 0),
                      "trace_matvecs": (trace_matvecs, 3), "density_probes": (density_probes, 1),
                      "density_steps": (density_steps, 1)})
+    if miss_bound is not None and not 0 < miss_bound < 1:
+        raise ValueError(f"miss_bound must lie in (0, 1), got {miss_bound!r}")
+    solver: dict[str, Any] = {"guard_steps": int(guard_steps), "max_miss_probability": miss_bound}
     op = problem.hessian_operator(k)
     clock = _Clock(op)
-    hi = clock.run("top", lambda: top_eigenspace(op, top, tol=tol, seed=seed))
+    hi = clock.run("top", lambda: top_eigenspace(op, top, tol=tol, seed=seed, **solver))
     lo = clock.run("bottom", lambda: top_eigenspace(op, bottom, tol=bottom_tol, seed=seed + 1,
-                                                    which="smallest"))
+                                                    which="smallest", **solver))
     tr = clock.run("trace", lambda: trace(op, num_matvecs=trace_matvecs, seed=seed))
     dens = clock.run("density", lambda: spectral_density(op, num_probes=density_probes,
                                                          lanczos_steps=density_steps, seed=seed))
     ds = _spectrum(hi, lo, tr, dens)
     if layer_top:
-        ds = ds.merge(_layers(problem, clock, layer_top, layers, k, layer_tol, seed))
+        ds = ds.merge(_layers(problem, clock, layer_top, layers, k, layer_tol, seed, solver))
     ds.attrs = {**provenance(problem), "measurement": "hessian_report",
                 "k": problem.num_samples if k is None else int(k), "tol": tol, "bottom_tol": bottom_tol,
                 "layer_tol": layer_tol, "layer_top": int(layer_top), "trace_matvecs": int(trace_matvecs),
                 "density_probes": int(density_probes), "density_steps": int(density_steps), "seed": seed,
+                "miss_bound": math.nan if miss_bound is None else float(miss_bound),
+                "guard_steps": int(guard_steps),
                 "top_scale": hi.scale, "bottom_scale": lo.scale,
                 "top_miss_probability": hi.miss_probability, "bottom_miss_probability": lo.miss_probability,
                 "density_bandwidth": dens.bandwidth, "not_converged": _not_converged(ds),

@@ -87,10 +87,12 @@ def test_mlp_report_matches_its_dense_hessian(env, tmp_path, monkeypatch):
     out = tmp_path / "h"
     result = run(["--model", "builtin:mlp", "--num-data", "64", "--dtype", "float64", "--tol", "1e-8",
                   "--top", "4", "--bottom", "3", "--layer-top", "2", "--threads", "1", "--quiet",
-                  "--out", str(out)], env)
+                  "--miss-bound", "0.05", "--guard-steps", "60", "--out", str(out)], env)
     assert result.returncode == 0, result.stderr
     ds = load(out / "hessian.nc")
     check_outputs(out, ds)
+    assert (ds.attrs["miss_bound"], ds.attrs["guard_steps"]) == (0.05, 60)
+    assert max(ds.attrs["top_miss_probability"], ds.attrs["bottom_miss_probability"]) <= 0.05
     monkeypatch.setenv("CURVPROBE_CACHE", env["CURVPROBE_CACHE"])
     problem = same_problem("builtin:mlp", 64, dtype="float64")
     lam = torch.linalg.eigvalsh(dense_hessian(problem)).numpy()
@@ -102,7 +104,8 @@ def test_mlp_report_matches_its_dense_hessian(env, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--density-probes", "0"), ("--trace-matvecs", "2"),
-                                         ("--bottom-tol", "-1"), ("--layer-tol", "nan")])
+                                         ("--bottom-tol", "-1"), ("--layer-tol", "nan"),
+                                         ("--miss-bound", "1"), ("--guard-steps", "-1")])
 def test_bad_settings_are_one_line_errors(env, tmp_path, flag, value):
     result = run(["--model", "builtin:mlp", "--num-data", "16", flag, value, "--out", str(tmp_path / "h")],
                  env, timeout=120)

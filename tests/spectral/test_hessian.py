@@ -44,6 +44,27 @@ def test_settings_and_certificates_are_recorded():
     assert "every eigenpair converged (residual within its tolerance, guard passed)" in hessian_markdown(ds)
 
 
+def test_certified_at_a_miss_bound():
+    """With ``miss_bound`` every eigenspace's guard runs until its bound
+    reaches it: converged pairs carry a bound ≤ miss_bound at both ends and
+    in every layer, and the settings are recorded; a guard too short for the
+    bound leaves the pairs not converged."""
+    problem = mlp_problem(n=24)
+    ds = hessian_report(problem, top=3, bottom=2, layer_top=1, tol=1e-6, trace_matvecs=6,
+                        density_probes=1, density_steps=5, miss_bound=0.01, guard_steps=60)
+    attrs = ds.attrs
+    assert (attrs["miss_bound"], attrs["guard_steps"]) == (0.01, 60)
+    assert attrs["not_converged"] == {"top": 0, "bottom": 0, "layers": 0}
+    assert attrs["top_miss_probability"] <= 0.01 and attrs["bottom_miss_probability"] <= 0.01
+    assert (ds["layer_miss_probability"].fillna(0.0) <= 0.01).all()
+    with pytest.warns(Warning, match="not converged"):
+        short = hessian_report(problem, top=3, bottom=2, layer_top=0, tol=1e-6, trace_matvecs=6,
+                               density_probes=1, density_steps=5, miss_bound=1e-12, guard_steps=2)
+    assert short.attrs["not_converged"]["top"] > 0
+    with pytest.raises(ValueError, match="miss_bound"):
+        hessian_report(problem, miss_bound=1.5)
+
+
 def test_a_starved_solve_is_reported_not_converged(monkeypatch):
     """An eigensolve that runs out of products keeps its flags False; the
     ``not_converged`` count and the summary say so."""
