@@ -61,6 +61,42 @@ DAVIDSON_BLOCK = 8
 """Residuals added per Davidson block (one batched ``matmat``)."""
 
 
+def _start(U0: Tensor, image: Tensor | None, m: int, basis_dtype: torch.dtype,
+           generator: torch.Generator) -> tuple[Tensor, Tensor, int, Tensor | None]:
+    """Buffers for ``Q`` and ``A Q`` as rows (as the Lanczos basis: a new
+    block is written in place and a restart combines in place, no copies),
+    ``(capacity, N)`` with capacity ``max(m, p) + DAVIDSON_BLOCK`` (at most
+    N); the rows filled so far and the first block to apply: the
+    orthonormalised ``U0`` (N, p), or none when its ``image`` is given (then
+    ``U0`` and ``image`` fill the first ``p`` rows)."""
+    n = U0.shape[0]
+    capacity = min(max(m, U0.shape[1]) + DAVIDSON_BLOCK, n)
+    Q_rows = torch.empty(capacity, n, dtype=basis_dtype, device=U0.device)
+    AQ_rows = torch.empty_like(Q_rows)
+    if image is None:
+        return Q_rows, AQ_rows, 0, next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator,
+                                              1e-10)
+    Q_rows[:U0.shape[1]], AQ_rows[:U0.shape[1]] = U0.T, image.T
+    return Q_rows, AQ_rows, U0.shape[1], None
+
+
+def _rayleigh_ritz(Q: Tensor, AQ: Tensor, wanted: int, which: str
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Rayleigh–Ritz on the basis ``Q`` (N, w) with its image ``A Q``:
+    ``T = Qᵀ A Q`` (w, w), its eigenvalues ``θ`` and vectors ``S`` in the
+    order of ``which``, and the ``wanted`` Ritz vectors ``X = Q S`` and
+    their residuals ``R = A Q S − X Θ`` (N, wanted), float64."""
+    T = basis_t_matmul(Q, AQ)
+    theta, S = torch.linalg.eigh(0.5 * (T + T.T))
+    theta, S = theta.flip(0), S.flip(1)
+    if which != "largest":
+        order = ritz_order(theta, which)
+        theta, S = theta[order], S[:, order]
+    X = basis_matmul(Q, S[:, :wanted])
+    R = basis_matmul(AQ, S[:, :wanted]).sub_(X * theta[:wanted])
+    return T, theta, S, X, R
+
+
 def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basis_size: int,
                    max_matvecs: int, generator: torch.Generator, reach: float = math.inf,
                    image: Tensor | None = None, keep_basis: bool = False,
@@ -104,16 +140,7 @@ def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basi
     """
     n = op.shape[0]
     m = min(max(basis_size, 2 * nev), n)
-    # Q and A Q as rows of preallocated buffers (as the Lanczos basis): a new
-    # block is written in place and a restart combines in place, no copies
-    capacity = min(max(m, U0.shape[1]) + DAVIDSON_BLOCK, n)
-    Q_rows = torch.empty(capacity, n, dtype=basis_dtype, device=op.device)
-    AQ_rows = torch.empty_like(Q_rows)
-    if image is None:
-        size, Z = 0, next_block(U0 / U0.norm(dim=0).clamp_min(1e-300), U0[:, :0], generator, 1e-10)
-    else:
-        size, Z = U0.shape[1], None
-        Q_rows[:size], AQ_rows[:size] = U0.T, image.T
+    Q_rows, AQ_rows, size, Z = _start(U0, image, m, basis_dtype, generator)
     used, first = 0, True
     while True:
         if Z is not None:
@@ -122,14 +149,8 @@ def block_davidson(op: LinearOperator, nev: int, U0: Tensor, *, tol: float, basi
             Q_rows[size:size + b] = Z.T
             used, size = used + b, size + b
         Q, AQ = Q_rows[:size].T, AQ_rows[:size].T
-        T = basis_t_matmul(Q, AQ)
-        theta, S = torch.linalg.eigh(0.5 * (T + T.T))
-        theta, S = theta.flip(0), S.flip(1)
-        order = ritz_order(theta, which)
-        theta, S = (theta, S) if which == "largest" else (theta[order], S[:, order])
         wanted = min(nev, size)
-        X, AX = basis_matmul(Q, S[:, :wanted]), basis_matmul(AQ, S[:, :wanted])
-        R = AX - X * theta[:wanted]
+        T, theta, S, X, R = _rayleigh_ritz(Q, AQ, wanted, which)
         res = R.norm(dim=0)
         top = float((theta[:wanted] if which == "largest" else theta).abs().max())
         open_ = res > tol * top

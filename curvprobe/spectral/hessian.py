@@ -125,6 +125,17 @@ def _layers(problem: Problem, clock: _Clock, layer_top: int, layers, k: int | No
                     "layer_scale"]]
 
 
+def _outcome_attrs(hi: Eigenspace, lo: Eigenspace, dens: SpectralDensity, ds: xr.Dataset,
+                   clock: _Clock) -> dict[str, Any]:
+    """The report's measured attrs: residual scales and miss bounds of both
+    ends, the density's bandwidth, ``not_converged`` per part and each
+    part's products, wall and CPU seconds."""
+    return {"top_scale": hi.scale, "bottom_scale": lo.scale,
+            "top_miss_probability": hi.miss_probability, "bottom_miss_probability": lo.miss_probability,
+            "density_bandwidth": dens.bandwidth, "not_converged": _not_converged(ds),
+            "products": clock.products, "seconds": clock.seconds, "cpu_seconds": clock.cpu_seconds}
+
+
 def _check_settings(tols: dict[str, float], counts: dict[str, tuple[int, int]]) -> None:
     """Raise ``ValueError`` on a non-positive tolerance or count before any product is spent."""
     for name, value in tols.items():
@@ -193,7 +204,7 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
                     {"top": (top, 1), "bottom": (bottom, 1), "layer_top": (layer_top, 0),
                      "trace_matvecs": (trace_matvecs, 3), "density_probes": (density_probes, 1),
                      "density_steps": (density_steps, 1)})
-    if miss_bound is not None and not 0 < miss_bound < 1:
+    if miss_bound is not None and not 0 < miss_bound < 1:  # before any product is spent
         raise ValueError(f"miss_bound must lie in (0, 1), got {miss_bound!r}")
     solver: dict[str, Any] = {"guard_steps": int(guard_steps), "max_miss_probability": miss_bound}
     op = problem.hessian_operator(k)
@@ -212,10 +223,5 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
                 "layer_tol": layer_tol, "layer_top": int(layer_top), "trace_matvecs": int(trace_matvecs),
                 "density_probes": int(density_probes), "density_steps": int(density_steps), "seed": seed,
                 "miss_bound": math.nan if miss_bound is None else float(miss_bound),
-                "guard_steps": int(guard_steps),
-                "top_scale": hi.scale, "bottom_scale": lo.scale,
-                "top_miss_probability": hi.miss_probability, "bottom_miss_probability": lo.miss_probability,
-                "density_bandwidth": dens.bandwidth, "not_converged": _not_converged(ds),
-                "products": clock.products, "seconds": clock.seconds,
-                "cpu_seconds": clock.cpu_seconds}
+                "guard_steps": int(guard_steps), **_outcome_attrs(hi, lo, dens, ds, clock)}
     return ds
