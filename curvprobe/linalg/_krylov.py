@@ -294,10 +294,11 @@ def explicit_pairs(op: LinearOperator, X: Tensor, which: str = "largest",
     theta = torch.empty(p, dtype=torch.float64, device=U.device)
     residuals = torch.empty_like(theta)
     for a in range(0, p, EXPLICIT_BLOCK):
-        block = U[:, a:a + EXPLICIT_BLOCK]
-        image = op.matmat(block)
-        theta[a:a + EXPLICIT_BLOCK] = (block * image).sum(dim=0)
-        residuals[a:a + EXPLICIT_BLOCK] = image.sub_(block * theta[a:a + EXPLICIT_BLOCK]).norm(dim=0)
+        image = op.matmat(U[:, a:a + EXPLICIT_BLOCK])
+        for j in range(image.shape[1]):  # column by column, in place: no block-sized temporaries
+            u, Au = U[:, a + j], image[:, j]
+            theta[a + j] = torch.dot(u, Au)
+            residuals[a + j] = Au.sub_(u, alpha=float(theta[a + j])).norm()
     desc = theta.argsort(descending=True)
     order = desc[ritz_order(theta[desc], which)]
     step = _row_chunk(U.shape[0], p)

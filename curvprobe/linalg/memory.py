@@ -21,7 +21,7 @@ float32 basis (``s = 4``)
   in the basis rows and copied out in float32
   (:func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`);
 * **certificate**: ``D N (s + 8)`` while the vectors are copied to float64,
-  then ``D N · 8 + 2 c N · 8`` with ``c`` =
+  then ``D N · 8 + c N · 8`` with ``c`` =
   :data:`~curvprobe.linalg._krylov.EXPLICIT_BLOCK` columns per product
   (:func:`~curvprobe.linalg._krylov.explicit_pairs`: no image is stored);
 * **guard**: ``D N · 8 + (j + 1) N s + 3 N · 8`` (residuals are explicit,
@@ -103,7 +103,7 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
     else:
         r, c = _REPAIRED_PAIRS, EXPLICIT_BLOCK
         phases = [(m + b + D) * N * s + 4 * b * N * 8,
-                  D * N * (s + 8), D * N * 8 + 2 * c * N * 8,
+                  D * N * (s + 8), D * N * 8 + c * N * 8,
                   D * N * 8 + (guard_steps + 1) * N * s + 3 * N * 8,
                   D * N * 8 + (repair_basis_size(m, D, r, basis_dtype) + 1 + r) * N * s + 3 * N * 8,
                   (D + 3 * r) * N * 8]
