@@ -301,9 +301,10 @@ def explicit_pairs(op: LinearOperator, X: Tensor, which: str = "largest",
             residuals[a + j] = Au.sub_(u, alpha=float(theta[a + j])).norm()
     desc = theta.argsort(descending=True)
     order = desc[ritz_order(theta[desc], which)]
-    step = _row_chunk(U.shape[0], p)
-    for a in range(0, U.shape[0], step):  # reorder the columns in place, row chunk by row chunk
-        U[a:a + step] = U[a:a + step, order]
+    if not torch.equal(order, torch.arange(p, device=order.device)):
+        step = _row_chunk(U.shape[0], p)
+        for a in range(0, U.shape[0], step):  # reorder the columns in place, row chunk by row chunk
+            U[a:a + step] = U[a:a + step, order]
     theta, residuals = theta[order], residuals[order]
     return KrylovRun(theta, U, residuals, U[:, :0], torch.zeros(p, 0, dtype=torch.float64, device=U.device),
                      torch.diag(theta).cpu(), scale=scale)
