@@ -164,8 +164,14 @@ def worker_gpt2(op: str, device: str) -> None:
 
 def worker_lm30m(device: str, basis_dtype: str) -> None:
     """Certified top-16 eigenspace at tol 1e-2 of a ≈30M-parameter causal LM on 4 × 256 tokens,
-    one sequence per chunk (an HVP's activations: 0.9 GiB, against 1.8 GiB for all four)."""
+    one sequence per chunk (an HVP's activations: 0.9 GiB, against 1.8 GiB for all four). Every
+    allocation above 64 KiB is mapped on its own (as ``MALLOC_MMAP_THRESHOLD_=65536`` would), so
+    freed N-sized tensors leave the resident set instead of fragmenting glibc's heap."""
+    from eigensolver_memory import map_large_allocations
+
     from curvprobe import top_eigenspace
+
+    map_large_allocations()
 
     problem = gpt2_problem(6, 512, 8, 20000, 256, 4, device, batch_size=LM30M_CHUNK)
     op = problem.hessian_operator()
@@ -224,7 +230,8 @@ def section_lm30m(device: str, basis_dtype: str) -> None:
     row = child(["--worker", "lm30m", "--device", device, "--basis-dtype", basis_dtype])
     print(f"\n## Top-16 eigenspace at tol 1e-2, ≈30M-parameter causal LM (N = {row['N']:,}; GPT-2 config "
           f"6 layers, width 512, vocabulary 20,000), 4 sequences × 256 tokens, {LM30M_CHUNK} per chunk; "
-          f"miss bound {LM30M_MISS_BOUND}, at most {LM30M_GUARD_STEPS} guard steps\n")
+          f"miss bound {LM30M_MISS_BOUND}, at most {LM30M_GUARD_STEPS} guard steps; allocations above "
+          "64 KiB mapped on their own (glibc mmap threshold)\n")
     print("| basis storage | HVPs | wall s | converged | certified (miss probability) | max rel. residual "
           "| resident GiB at the end | peak resident (VmHWM) | target |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -206,12 +206,12 @@ class DeflatedOperator(LinearOperator):
         super().__init__(op.shape[0], op.device)
         self.op, self.V, self.shift = op, V, float(shift)
 
-    def _project(self, X: Tensor) -> Tensor:
-        return X - self.V @ (self.V.T @ X)
-
     def _matmat(self, X: Tensor) -> Tensor:
-        out = self._project(self.op.matmat(self._project(X)))
-        return out if self.shift == 0.0 else out + self.shift * (self.V @ (self.V.T @ X))
+        # P A P X + c V Vᵀ X with no N-sized temporary beyond P X and the product
+        C = self.V.T @ X
+        out = self.op.matmat(torch.addmm(X, self.V, C, alpha=-1))
+        out.addmm_(self.V, self.V.T @ out, alpha=-1)
+        return out if self.shift == 0.0 else out.addmm_(self.V, C, alpha=self.shift)
 
 
 class ProblemSource(Protocol):

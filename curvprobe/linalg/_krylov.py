@@ -253,15 +253,25 @@ def project_out(W: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
     """
     before = W.norm(dim=0)
     C = basis_t_matmul(Q, W)
-    W = torch.addmm(W, Q, C, alpha=-1) if Q.dtype == W.dtype else W - basis_matmul(Q, C)
+    W = torch.addmm(W, Q, C, alpha=-1) if Q.dtype == W.dtype else subtract_basis_matmul_(W, Q, C)
     if bool((W.norm(dim=0) < DGKS * before).any()):
         C2 = basis_t_matmul(Q, W)
         if Q.dtype == W.dtype:
             W.addmm_(Q, C2, alpha=-1)
         else:
-            W -= basis_matmul(Q, C2)
+            subtract_basis_matmul_(W, Q, C2)
         C += C2
     return W, C
+
+
+def subtract_basis_matmul_(W: Tensor, Q: Tensor, C: Tensor) -> Tensor:
+    """``W ← W − Q C`` in place for float64 ``W`` (N, b), a float32 basis
+    ``Q`` (N, m) and float64 ``C`` (m, b): float64 row chunks, no (N, b)
+    temporary. Returns ``W``."""
+    step = _row_chunk(Q.shape[0], Q.shape[1])
+    for a in range(0, Q.shape[0], step):
+        W[a:a + step] -= Q[a:a + step].double() @ C
+    return W
 
 
 def explicit_pairs(op: LinearOperator, X: Tensor, which: str = "largest",

@@ -324,18 +324,19 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         low, high = guard_levels(values, D, tol, scale, which)
         deflated = DeflatedOperator(op, vectors, deflation_shift(low, high, scale, which))
         dim = n - vectors.shape[1]
-        guard = _guard_run(deflated, random_unit(n, generator, op.device, vectors), steps,
-                           max_matvecs - spent, scale, (low, high, dim), max_miss_probability,
-                           generator, basis_dtype)
-        guard_value = float(guard.values[0])
-        guard_low = float(guard.values[-1]) if low > -math.inf else math.nan
+        run_guard = _stored_guard_run if basis_dtype == torch.float64 else streamed_guard_run
+        guard = run_guard(deflated, random_unit(n, generator, op.device, vectors), steps,
+                          max_matvecs - spent, scale, (low, high, dim), max_miss_probability,
+                          generator)
+        guard_value = guard.top
+        guard_low = guard.bottom if low > -math.inf else math.nan
         if guard_value <= high and not guard_low < low:
-            miss = guard_miss_probability(guard.T, low, high, dim)
+            miss = guard.miss_probability
             certified = max_miss_probability is None or miss <= max_miss_probability
             break
         # eigenvalues beyond a level were missed: solve for those alone in the complement
         top = guard_value > high
-        side, x0 = ("largest", guard.vectors[:, :1]) if top else ("smallest", guard.vectors[:, -1:])
+        side, x0 = ("largest", guard.starts[:, :1]) if top else ("smallest", guard.starts[:, 1:])
         nev = min(missed_count(guard.T, low, high, top) + 1, D, n - vectors.shape[1] - 1)
         extra = _solve_missed(deflated, (F, S), nev, x0, tol=tol,
                               basis_size=repair_basis_size(basis_size, vectors.shape[1], nev, basis_dtype),
@@ -349,10 +350,11 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
 def repair_basis_size(m: int, found: int, nev: int, basis_dtype: torch.dtype) -> int:
     """Basis bound of a repair solving ``nev`` pairs beside ``found`` float64
     vectors: the solve's ``m`` with a float64 basis; with a float32 one (a
-    memory-bound solve) the rows those vectors displaced, ``m − found − nev``
-    (at least ``2 nev + 2``), so that a repair peaks no higher than the
-    solve (:mod:`~curvprobe.linalg.memory`)."""
-    return m if basis_dtype == torch.float64 else max(m - found - nev, 2 * nev + 2)
+    memory-bound solve) the rows those vectors displaced less the two the
+    deflated operator's float64 input takes, ``m − found − nev − 2`` (at
+    least ``2 nev + 2``), so that a repair peaks no higher than the solve
+    (:mod:`~curvprobe.linalg.memory`)."""
+    return m if basis_dtype == torch.float64 else max(m - found - nev - 2, 2 * nev + 2)
 
 
 def _merge(found: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], extra: KrylovRun
@@ -418,21 +420,141 @@ def _solve_missed(deflated: DeflatedOperator, factor: tuple[Tensor, Tensor], nev
     return extra
 
 
-def _guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
-               levels: tuple[float, float, int], target: float | None, generator: torch.Generator,
-               basis_dtype: torch.dtype) -> KrylovRun:
-    """One guard run of at most ``steps`` single-vector Lanczos steps on the
+@dataclasses.dataclass
+class GuardRun:
+    """What one guard run tells :func:`missed_eigenvalue_guard`.
+
+    Attributes
+    ----------
+    T : Tensor (j, j) float64
+        The run's projected matrix (on the host).
+    top, bottom : float
+        Its largest and smallest Ritz values.
+    miss_probability : float
+        Its miss bound at the levels it checked.
+    starts : Tensor (N, 2) float64
+        Where a repair at the top (column 0) or the bottom (column 1) starts:
+        the extreme Ritz vectors of a stored run, the kernel vectors of a
+        streamed one (:func:`streamed_guard_run`).
+    """
+
+    T: Tensor
+    top: float
+    bottom: float
+    miss_probability: float
+    starts: Tensor
+
+
+def _stored_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
+                      levels: tuple[float, float, int], target: float | None,
+                      generator: torch.Generator) -> GuardRun:
+    """One guard run of at most ``steps`` single-vector Lanczos steps with
+    full reorthogonalisation (its ``j`` vectors stored in float64) on the
     deflated operator from ``x0``; ``levels = (ℓ_lo, ℓ_hi, dim)``. A
     two-sided run (finite ``ℓ_lo``) wants both ends: its first pair is the
     top, its last the bottom."""
     low, high, dim = levels
     two_sided = low > -math.inf
-    return thick_restart_lanczos(deflated, 2 if two_sided else 1, x0[:, None], tol=GUARD_TOL,
-                                 basis_size=steps, max_matvecs=min(steps, budget),
-                                 generator=generator, scale=scale,
-                                 until=guard_stop_rule(high, dim, target, low=low),
-                                 which="both_ends" if two_sided else "largest",
-                                 basis_dtype=basis_dtype)
+    run = thick_restart_lanczos(deflated, 2 if two_sided else 1, x0[:, None], tol=GUARD_TOL,
+                                basis_size=steps, max_matvecs=min(steps, budget),
+                                generator=generator, scale=scale,
+                                until=guard_stop_rule(high, dim, target, low=low),
+                                which="both_ends" if two_sided else "largest")
+    return GuardRun(run.T, float(run.values[0]), float(torch.linalg.eigvalsh(run.T)[0]),
+                    guard_miss_probability(run.T, low, high, dim),
+                    torch.cat([run.vectors[:, :1], run.vectors[:, -1:]], dim=1))
+
+
+def streamed_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
+                       levels: tuple[float, float, int], target: float | None,
+                       generator: torch.Generator | None = None) -> GuardRun:
+    """One guard run in bounded memory: Lanczos by its three-term recurrence
+    (no stored basis, no reorthogonalisation beyond the current vector), its
+    miss bound from a kernel vector per level instead of orthogonality.
+
+    The run keeps ``q_{i−1}, q_i`` and the product (N,) float64, and for each
+    finite level ``t`` of ``levels = (ℓ_lo, ℓ_hi, dim)`` the kernel vector
+    ``y_t = Σ_{i<j} p_i(t) q_i``, with ``p_i`` the polynomials of the run's
+    own coefficients (:func:`christoffel_kernel`). The recurrence makes
+    ``q_i = p_i(M) x_0`` for ``M`` the deflated operator, whatever the loss
+    of orthogonality, so ``y_t = k_t(M) x_0`` with ``k_t(s) = Σ p_i(t) p_i(s)``
+    and, for every eigenpair ``(λ, v)`` of ``M``,
+
+        (vᵀx_0) k_t(λ) = vᵀ y_t,   so   (vᵀx_0)² ≤ ‖y_t‖² / k_t(λ)².
+
+    ``k_t`` (the Christoffel–Darboux kernel at ``t``) has its ``j − 1`` zeros
+    below the top Ritz value when ``t`` is above it (they are the other nodes
+    of the Gauss–Radau rule fixing ``t``), so ``|k_t(λ)| ≥ k_t(t) = K_j(t)``
+    for every ``λ`` beyond ``t``: an eigenvalue beyond the level hides only if
+    ``c² ≤ ‖y_t‖² / K_j(t)²``, the bound :func:`miss_probability` takes at
+    the effective kernel ``K_j(t)² / ‖y_t‖²``. In exact arithmetic
+    ``‖y_t‖² = K_j(t)`` and this is the stored guard's bound; in floating
+    point ``‖y_t‖`` is measured, so lost orthogonality (ghost Ritz values)
+    weakens the bound instead of voiding it. Round-off enters only through
+    the recurrence's local errors (float64, ``≈ 10⁻¹⁶ ‖M‖`` per step).
+
+    The stop rule is :func:`guard_stop_rule`'s: a Ritz value beyond a level
+    (a miss), the bound at ``target``, an invariant subspace (next
+    coefficient below :data:`GUARD_TOL` · ``scale``: bound 0) or ``steps``
+    (within ``budget``). A repair starts from the normalised kernel vector of
+    the level that failed, which weights the eigenvalues beyond it by
+    ``k_t(λ)²``. ``generator`` is unused (no replacement vectors are drawn).
+    """
+    low, high, dim = levels
+    ends = [t for t in (high, low) if math.isfinite(t)]
+    q_prev, q = torch.zeros_like(x0), x0.clone()
+    kernels = [x0.clone() for _ in ends]
+    polys = [(0.0, 1.0, 1.0) for _ in ends]  # (p_{i−1}(t), p_i(t), K_{i+1}(t))
+    alpha: list[float] = []
+    beta: list[float] = []
+    last = max(min(steps, budget), 1)
+    while True:
+        w = deflated.matvec(q)
+        a = float(q @ w)
+        w.add_(q, alpha=-a)
+        if beta:
+            w.add_(q_prev, alpha=-beta[-1])
+        again = float(q @ w)  # one local reorthogonalisation: the recurrence holds with α + again
+        w.add_(q, alpha=-again)
+        alpha.append(a + again)
+        T = _tridiagonal(alpha, beta)
+        theta, b = torch.linalg.eigvalsh(T), float(w.norm())
+        miss = 0.0 if b <= GUARD_TOL * scale else _streamed_miss(polys, kernels, dim)
+        if (float(theta[-1]) > high or float(theta[0]) < low or b <= GUARD_TOL * scale
+                or len(alpha) >= last or (target is not None and miss <= target)):
+            starts = _repair_starts(kernels, ends, high, q)
+            return GuardRun(T, float(theta[-1]), float(theta[0]), miss, starts)
+        q_prev, q, previous = q, w.div_(b), (beta[-1] if beta else 0.0)
+        beta.append(b)
+        for e, t in enumerate(ends):
+            p_prev, p, total = polys[e]
+            p_next = ((t - alpha[-1]) * p - previous * p_prev) / b
+            polys[e] = (p, p_next, total + p_next * p_next)
+            kernels[e].add_(q, alpha=p_next)
+
+
+def _tridiagonal(alpha: list[float], beta: list[float]) -> Tensor:
+    """The (j, j) symmetric tridiagonal matrix with diagonal ``alpha`` (j)
+    and off-diagonal ``beta`` (j − 1), float64 on the host."""
+    off = torch.tensor(beta, dtype=torch.float64)
+    return torch.diag(torch.tensor(alpha, dtype=torch.float64)) + torch.diag(off, 1) + torch.diag(off, -1)
+
+
+def _streamed_miss(polys: list[tuple[float, float, float]], kernels: list[Tensor], dim: int) -> float:
+    """The streamed guard's miss bound: :func:`miss_probability` at the
+    effective kernel ``K_j(t)² / ‖y_t‖²`` of each level, summed, at most 1."""
+    return min(1.0, sum(miss_probability((total / max(float(y.norm()), 1e-300)) ** 2, dim)
+                        for (_, _, total), y in zip(polys, kernels, strict=True)))
+
+
+def _repair_starts(kernels: list[Tensor], ends: list[float], high: float, q: Tensor) -> Tensor:
+    """(N, 2) repair starts of a streamed run: the normalised kernel vector
+    of the top level and of the bottom one (the current Lanczos vector for
+    an end without a level)."""
+    unit = [y / y.norm() for y in kernels]
+    top = unit[0] if math.isfinite(high) else q
+    bottom = unit[-1] if len(ends) == 2 or not math.isfinite(high) else q
+    return torch.stack([top, bottom], dim=1)
 
 
 def _repair(deflated: DeflatedOperator, nev: int, x0: Tensor, *, tol: float, basis_size: int,

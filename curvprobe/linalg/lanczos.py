@@ -121,8 +121,7 @@ def thick_restart_lanczos(op: LinearOperator, nev: int, X0: Tensor, *, tol: floa
     """
     n = op.shape[0]
     m = min(max(basis_size, nev + 2 * X0.shape[1]), n)
-    # the basis, preallocated with one Krylov vector per row: the projections
-    # Qᵀ W and Q C then read contiguous memory (docs/performance.md)
+    # the basis, one Krylov vector per row: Qᵀ W and Q C read contiguous memory (docs/performance.md)
     rows = torch.empty(m + X0.shape[1], n, dtype=basis_dtype, device=op.device)
     X0 = X0.to(torch.float64)
     size = used = 0
@@ -132,6 +131,7 @@ def thick_restart_lanczos(op: LinearOperator, nev: int, X0: Tensor, *, tol: floa
         b = min(X.shape[1], n - size)
         X = X[:, :b]
         W, T, gram, first_norm = _expand(op, X, rows, size, T)
+        del X  # the basis rows hold it: no float64 copy beside the final Ritz vectors
         used, size = used + b, size + b
         Q = rows[:size].T
         theta, S = _ordered_eigh(T, which)
@@ -182,9 +182,9 @@ def _expand(op: LinearOperator, X: Tensor, rows: Tensor, size: int, T: Tensor
     if rows.dtype == torch.float64:
         W = op.matmat(X)
         rows[size : size + b] = X.T
-    else:
+    else:  # the stored (rounded) vectors, rounded in place: no float64 copy beside X
         rows[size : size + b] = X.T
-        W = op.matmat(rows[size : size + b].T.double())
+        W = op.matmat(X.copy_(rows[size : size + b].T))
     W, H = project_out(W, rows[: size + b].T)
     new = size + b
     packed = torch.cat([H, W.T @ W, W[:, 0].norm().reshape(1, 1).expand(1, b)]).cpu()

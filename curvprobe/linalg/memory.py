@@ -17,19 +17,24 @@ float64 basis (``s = 8``)
 
 float32 basis (``s = 4``)
 
-* **solve**: ``(m + b + D) N s + 4 b N · 8`` — the Ritz vectors are formed
+* **solve**: ``(m + b + D) N s + 2 b N · 8`` — the Ritz vectors are formed
   in the basis rows and copied out in float32
-  (:func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`);
+  (:func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`), beside the
+  block and its image in float64 (projected in place,
+  :func:`~curvprobe.linalg._krylov.subtract_basis_matmul_`);
 * **certificate**: ``D N (s + 8)`` while the vectors are copied to float64,
   then ``D N · 8 + c N · 8`` with ``c`` =
   :data:`~curvprobe.linalg._krylov.EXPLICIT_BLOCK` columns per product
   (:func:`~curvprobe.linalg._krylov.explicit_pairs`: no image is stored);
-* **guard**: ``D N · 8 + (j + 1) N s + 3 N · 8`` (residuals are explicit,
-  no factor);
+* **guard**: ``D N · 8 + 6 N · 8`` whatever its steps ``j``: a float32
+  basis marks a memory-bound solve, and its guard is streamed
+  (:func:`~curvprobe.linalg.guard.streamed_guard_run`: two Lanczos vectors,
+  a kernel vector per level, the projected input and the product; no factor,
+  residuals are explicit);
 * **repair**: ``D N · 8 + (m_r + 1 + r) N s + 3 N · 8`` for ``r`` missed
   pairs solved (the model takes ``r = 2``: one eigenvalue missed, solved
   with one more) in a basis of
-  ``m_r = max(m − D − r, 2 r + 2)`` rows
+  ``m_r = max(m − D − r − 2, 2 r + 2)`` rows
   (:func:`~curvprobe.linalg.guard.repair_basis_size`: at most the solve's
   peak), and their certificate ``(D + 3 r) N · 8``.
 
@@ -58,6 +63,7 @@ from curvprobe.linalg.davidson import DAVIDSON_BLOCK
 from curvprobe.linalg.guard import repair_basis_size
 
 _REPAIRED_PAIRS = 2  # pairs a float32 repair solves in the model: one missed eigenvalue and one more
+_STREAMED_GUARD_VECTORS = 6  # q_{i−1}, q_i, two kernel vectors, the projected input and the product
 
 
 def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch.float64, *,
@@ -80,7 +86,7 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
     block_size : int
         ``b``: 1 for ``method="lanczos"``, the block for ``method="block"``.
     guard_steps : int
-        ``j``, the guard's Lanczos steps.
+        ``j``, the guard's Lanczos steps (float64 basis: the streamed guard of a float32 one holds no steps).
     keep_basis, warm_start : bool
         A kept basis and its image; a Davidson warm start.
     hvp_bytes : int
@@ -102,9 +108,9 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
                   (D + b) * N * 8 + (m + 1) * N * 8 + (D + 3) * N * 8]
     else:
         r, c = _REPAIRED_PAIRS, EXPLICIT_BLOCK
-        phases = [(m + b + D) * N * s + 4 * b * N * 8,
+        phases = [(m + b + D) * N * s + 2 * b * N * 8,
                   D * N * (s + 8), D * N * 8 + c * N * 8,
-                  D * N * 8 + (guard_steps + 1) * N * s + 3 * N * 8,
+                  D * N * 8 + _STREAMED_GUARD_VECTORS * N * 8,
                   D * N * 8 + (repair_basis_size(m, D, r, basis_dtype) + 1 + r) * N * s + 3 * N * 8,
                   (D + 3 * r) * N * 8]
     if warm_start:

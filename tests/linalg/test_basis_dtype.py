@@ -139,7 +139,10 @@ def test_memory_model_formula():
     f64 = eigensolver_memory(N, m, torch.float64, D=D)
     f32 = eigensolver_memory(N, m, torch.float32, D=D)
     assert f64 == (D + 1) * N * 8 + (m + 1) * N * 8 + (D + 3) * N * 8 == 840 * N
-    assert f32 == (m + 1 + D) * N * 4 + 4 * N * 8 == 356 * N
+    assert f32 == (m + 1 + D) * N * 4 + 2 * N * 8 == 340 * N
+    # the float32 guard is streamed: its steps cost no memory; the float64 one stores them
+    assert eigensolver_memory(N, m, torch.float32, D=D, guard_steps=500) == f32
+    assert eigensolver_memory(N, m, torch.float64, D=D, guard_steps=500) == (D + 1 + 501 + 3) * N * 8
     big = 2000
     ratio = eigensolver_memory(N, big, torch.float32, D=D) / eigensolver_memory(N, big, torch.float64, D=D)
     assert 0.45 < ratio < 0.55

@@ -1,0 +1,90 @@
+"""The streamed guard of a float32 (memory-bound) solve: the stored guard's
+bound while the run is orthogonal, the measured kernel vector when it is not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from linalg_cases import check_certified, random_symmetric
+
+from curvprobe import MatrixOperator, top_eigenspace
+from curvprobe.core.operators import DeflatedOperator
+from curvprobe.linalg import christoffel_kernel, miss_probability
+from curvprobe.linalg._krylov import random_unit
+from curvprobe.linalg.guard import _stored_guard_run, streamed_guard_run
+
+
+def deflated_case(n: int, top: list[float], bulk: tuple[float, float], seed: int
+                  ) -> tuple[DeflatedOperator, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``A`` with eigenvalues ``top`` and a bulk, deflated by its top two
+    eigenvectors: the operator, its eigenvalues and eigenvectors (dense), and
+    a random unit start ``⟂`` the deflated ones."""
+    g = torch.Generator().manual_seed(seed)
+    lam = torch.cat([torch.tensor(top, dtype=torch.float64),
+                     torch.linspace(*bulk, n - len(top), dtype=torch.float64)])
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    op = DeflatedOperator(MatrixOperator(Q @ torch.diag(lam) @ Q.T), Q[:, :2], 0.0)
+    return op, lam, Q, random_unit(n, g, op.device, Q[:, :2])
+
+
+@pytest.mark.parametrize("steps", [4, 10, 25])
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_streamed_bound_is_the_stored_bound_while_the_run_is_orthogonal(steps, two_sided):
+    """Few steps, no converged Ritz value: ``‖y_t‖² = K_j(t)`` and both
+    guards report the same top, bottom and miss bound."""
+    op, _, _, x0 = deflated_case(300, [10.0, 9.0, 6.0, 5.5], (0.0, 5.0), seed=1)
+    levels = (-0.5 if two_sided else -math.inf, 6.1, 298)
+    runs = [run(op, x0, steps, steps, 10.0, levels, None, torch.Generator().manual_seed(0))
+            for run in (_stored_guard_run, streamed_guard_run)]
+    stored, streamed = runs
+    assert streamed.top == pytest.approx(stored.top, rel=1e-10)
+    assert streamed.bottom == pytest.approx(stored.bottom, rel=1e-8, abs=1e-10)
+    assert streamed.miss_probability == pytest.approx(stored.miss_probability, rel=1e-6)
+    assert torch.allclose(streamed.T, stored.T.diagonal().diag() + stored.T.diagonal(1).diag(1)
+                          + stored.T.diagonal(-1).diag(-1), rtol=1e-8, atol=1e-10)
+
+
+def kernel_polynomial(T: torch.Tensor, t: float, s: torch.Tensor) -> torch.Tensor:
+    """``k_t(s) = Σ_{i<j} p_i(t) p_i(s)`` for the polynomials of ``T``'s coefficients."""
+    alpha, beta = T.diagonal().tolist(), T.diagonal(1).tolist()
+    p_t, p_s = [1.0], [torch.ones_like(s)]
+    for i, b in enumerate(beta):
+        prev_t, prev_s = (p_t[-2], p_s[-2]) if i else (0.0, torch.zeros_like(s))
+        p_t.append(((t - alpha[i]) * p_t[-1] - (beta[i - 1] if i else 0.0) * prev_t) / b)
+        p_s.append(((s - alpha[i]) * p_s[-1] - (beta[i - 1] if i else 0.0) * prev_s) / b)
+    return sum(a * b for a, b in zip(p_t, p_s, strict=True))
+
+
+def test_streamed_bound_is_measured_when_orthogonality_is_lost():
+    """An isolated top eigenvalue of the deflated operator converges in a few
+    steps and, without reorthogonalisation, comes back as a ghost: ``T`` then
+    has two Ritz values at it and ``K_j(t)`` alone would overstate what the
+    start saw. The streamed bound is the norm of ``k_t(M) x_0``, computed
+    here from the dense eigendecomposition: equal to it, and not ``1/K_j(t)``."""
+    op, lam, Q, x0 = deflated_case(120, [10.0, 9.0, 4.0], (0.0, 1.0), seed=2)
+    t = 4.0 + 1e-4
+    run = streamed_guard_run(op, x0, 90, 90, 10.0, (-math.inf, t, 118), None)
+    theta = torch.linalg.eigvalsh(run.T)
+    assert int((theta > 4.0 - 1e-8).sum()) >= 2  # the ghost: orthogonality was lost
+    weights = (Q[:, 2:].T @ x0) ** 2  # the start's spectral measure on the deflated range
+    norm2 = float((weights * kernel_polynomial(run.T, t, lam[2:]) ** 2).sum())
+    K = christoffel_kernel(run.T, t)
+    assert run.miss_probability == pytest.approx(miss_probability(K * K / norm2, 118), rel=1e-6)
+    assert abs(K * K / norm2 - K) > 0.01 * K  # the stored formula would be off
+
+
+def test_float32_solve_repairs_a_second_copy_and_certifies():
+    """A double top eigenvalue: a single Krylov sequence sees one copy; the
+    streamed guard of a float32 solve finds the other, repairs it and
+    certifies at the miss bound, against the dense spectrum."""
+    rng = np.random.default_rng(3)
+    lam = np.concatenate([[5.0, 5.0, 4.0, 3.5], rng.uniform(0.0, 3.0, 296)])
+    A = random_symmetric(lam, rng)
+    es = top_eigenspace(MatrixOperator(A), 4, tol=1e-6, basis_dtype=torch.float32, seed=0,
+                        guard_steps=60, max_miss_probability=0.01)
+    check_certified(es, A, 4, 1e-6)
+    assert es.certified and es.miss_probability <= 0.01
+    assert np.allclose(es.values.numpy(), [5.0, 5.0, 4.0, 3.5], atol=1e-6 * 5)
