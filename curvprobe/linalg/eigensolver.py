@@ -84,6 +84,9 @@ with float64 Gram and Rayleigh–Ritz arithmetic. The returned vectors are
 float64, and their residuals come from ``D`` real products on them
 (:func:`~curvprobe.linalg._krylov.explicit_pairs`), not from the recurrence,
 so ``converged`` is true only where the true residual is within ``tol``.
+A float32 basis marks a memory-bound solve: its guard is streamed
+(:func:`~curvprobe.linalg.guard.streamed_guard_run`, six float64 vectors
+whatever its steps), with the same certificate semantics.
 
 The measured HVP counts and wall times behind these choices (warm against
 cold, carried bases, guard lengths) are in ``docs/performance.md``; the role

@@ -74,6 +74,14 @@ nothing about what it does not. Only an invariant subspace of the start
 bound needs in practice, and the failures that shaped these rules, are in
 ``docs/performance.md``.
 
+Storage. With a float64 basis the guard run keeps its ``j`` Lanczos vectors
+(full reorthogonalisation) and its bound is ``1/K_j``. A float32 basis marks
+a memory-bound solve, whose guard is streamed
+(:func:`streamed_guard_run`): the three-term recurrence with no stored
+basis, and the bound from the measured norm of the kernel vector
+``k_j(M) x_0`` — the same number in exact arithmetic, and still a bound when
+orthogonality is lost. Its repairs start from that kernel vector.
+
 Both ends (``which``, :data:`~curvprobe.linalg._krylov.WHICH`). The guard
 checks an interval ``[ℓ_lo, ℓ_hi]`` (:func:`guard_levels`): an eigenvalue of
 ``P A P`` outside it was missed. ``"largest"``: ``ℓ_hi = θ_D + tol·s``,
