@@ -332,10 +332,9 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         low, high = guard_levels(values, D, tol, scale, which)
         deflated = DeflatedOperator(op, vectors, deflation_shift(low, high, scale, which))
         dim = n - vectors.shape[1]
-        run_guard = _stored_guard_run if basis_dtype == torch.float64 else streamed_guard_run
-        guard = run_guard(deflated, random_unit(n, generator, op.device, vectors), steps,
-                          max_matvecs - spent, scale, (low, high, dim), max_miss_probability,
-                          generator)
+        guard = _guard_run(deflated, random_unit(n, generator, op.device, vectors), steps,
+                           max_matvecs - spent, scale, (low, high, dim), max_miss_probability,
+                           generator, basis_dtype)
         guard_value = guard.top
         guard_low = guard.bottom if low > -math.inf else math.nan
         if guard_value <= high and not guard_low < low:
@@ -453,6 +452,16 @@ class GuardRun:
     starts: Tensor
 
 
+def _guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
+               levels: tuple[float, float, int], target: float | None, generator: torch.Generator,
+               basis_dtype: torch.dtype) -> GuardRun:
+    """One guard run: stored with a float64 basis, streamed with a float32 one
+    (a memory-bound solve)."""
+    if basis_dtype == torch.float64:
+        return _stored_guard_run(deflated, x0, steps, budget, scale, levels, target, generator)
+    return streamed_guard_run(deflated, x0, steps, budget, scale, levels, target)
+
+
 def _stored_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
                       levels: tuple[float, float, int], target: float | None,
                       generator: torch.Generator) -> GuardRun:
@@ -474,8 +483,7 @@ def _stored_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: 
 
 
 def streamed_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
-                       levels: tuple[float, float, int], target: float | None,
-                       generator: torch.Generator | None = None) -> GuardRun:
+                       levels: tuple[float, float, int], target: float | None) -> GuardRun:
     """One guard run in bounded memory: Lanczos by its three-term recurrence
     (no stored basis, no reorthogonalisation beyond the current vector), its
     miss bound from a kernel vector per level instead of orthogonality.
@@ -506,7 +514,7 @@ def streamed_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget:
     coefficient below :data:`GUARD_TOL` · ``scale``: bound 0) or ``steps``
     (within ``budget``). A repair starts from the normalised kernel vector of
     the level that failed, which weights the eigenvalues beyond it by
-    ``k_t(λ)²``. ``generator`` is unused (no replacement vectors are drawn).
+    ``k_t(λ)²``.
     """
     low, high, dim = levels
     ends = [t for t in (high, low) if math.isfinite(t)]

@@ -37,9 +37,8 @@ def test_streamed_bound_is_the_stored_bound_while_the_run_is_orthogonal(steps, t
     guards report the same top, bottom and miss bound."""
     op, _, _, x0 = deflated_case(300, [10.0, 9.0, 6.0, 5.5], (0.0, 5.0), seed=1)
     levels = (-0.5 if two_sided else -math.inf, 6.1, 298)
-    runs = [run(op, x0, steps, steps, 10.0, levels, None, torch.Generator().manual_seed(0))
-            for run in (_stored_guard_run, streamed_guard_run)]
-    stored, streamed = runs
+    stored = _stored_guard_run(op, x0, steps, steps, 10.0, levels, None, torch.Generator().manual_seed(0))
+    streamed = streamed_guard_run(op, x0, steps, steps, 10.0, levels, None)
     assert streamed.top == pytest.approx(stored.top, rel=1e-10)
     assert streamed.bottom == pytest.approx(stored.bottom, rel=1e-8, abs=1e-10)
     assert streamed.miss_probability == pytest.approx(stored.miss_probability, rel=1e-6)
