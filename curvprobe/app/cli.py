@@ -138,7 +138,7 @@ def _apply_threads(args) -> None:
     """Set torch's intra-op threads from ``--threads``: the count, or with ``auto`` the count
     :func:`curvprobe.app.threads.start_auto` picks now; its
     :class:`~curvprobe.app.threads.AutoThreads` goes to ``args.auto_threads``
-    (None otherwise), whose ``between_stages`` the demo and probe runs call."""
+    (None otherwise), whose ``between_stages`` the demo, probe and hessian runs call."""
     n = getattr(args, "threads", None)
     args.auto_threads = None
     if n == "auto":
@@ -678,7 +678,7 @@ def cmd_hessian(args) -> int:
                         tol=config.tol, bottom_tol=args.bottom_tol, layer_tol=args.layer_tol,
                         trace_matvecs=args.trace_matvecs, density_probes=args.density_probes,
                         density_steps=args.density_steps, seed=config.seed, miss_bound=args.miss_bound,
-                        guard_steps=args.guard_steps)
+                        guard_steps=args.guard_steps, between_stages=_stage_hook(args))
     ds.attrs["model_source"] = config.model
     if not _is_writer():
         return 0

@@ -37,7 +37,8 @@ stays at one.
 
 The CLI decides once at start and again between the stages of a run
 (:meth:`AutoThreads.between_stages`, the stage hook the demo calls between
-its stages and :func:`curvprobe.app.runs.run_probe` between parts); a check costs about
+its stages, :func:`curvprobe.app.runs.run_probe` between parts and
+:func:`curvprobe.spectral.hessian.hessian_report` between its parts); a check costs about
 :data:`SAMPLE_SECONDS` plus the probe. The thread count can change
 between stages, which changes floating-point summation order; pass an
 explicit ``--threads`` for bitwise-reproducible runs. ``benchmarks/threads.py``
@@ -254,8 +255,9 @@ class AutoThreads:
     """``--threads auto`` in a running command: the current :class:`Decision`,
     applied with ``torch.set_num_threads``, and where to report a change.
 
-    :meth:`between_stages` is the hook the demo and
-    :func:`curvprobe.app.runs.run_probe` call between their stages.
+    :meth:`between_stages` is the hook the demo,
+    :func:`curvprobe.app.runs.run_probe` and
+    :func:`curvprobe.spectral.hessian.hessian_report` call between their stages.
     """
 
     def __init__(self, decision: Decision) -> None:

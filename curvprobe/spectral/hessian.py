@@ -66,10 +66,11 @@ def _end(es: Eigenspace, dim: str, label: str) -> dict[str, tuple]:
 
 
 class _Clock:
-    """Wall and CPU seconds and operator products of each named part of the report."""
+    """Wall and CPU seconds and operator products of each named part of the
+    report; ``after`` is called once each part ends."""
 
-    def __init__(self, op) -> None:
-        self.op = op
+    def __init__(self, op, after: Callable[[], object]) -> None:
+        self.op, self.after = op, after
         self.seconds: dict[str, float] = {}
         self.cpu_seconds: dict[str, float] = {}
         self.products: dict[str, int] = {}
@@ -80,6 +81,7 @@ class _Clock:
         self.seconds[name] = round(time.perf_counter() - t0, 3)
         self.cpu_seconds[name] = round(time.process_time() - c0, 3)
         self.products[name] = self.op.num_matvecs - m0
+        self.after()
         return out
 
 
@@ -150,7 +152,8 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
                    layer_top: int = 2, layers: str | list[str] | None = None, tol: float = 1e-3,
                    bottom_tol: float | None = None, layer_tol: float | None = None,
                    trace_matvecs: int = 30, density_probes: int = 4, density_steps: int = 40,
-                   seed: int = 0, miss_bound: float | None = None, guard_steps: int = 10) -> xr.Dataset:
+                   seed: int = 0, miss_bound: float | None = None, guard_steps: int = 10,
+                   between_stages: Callable[[], object] | None = None) -> xr.Dataset:
     """The Hessian's spectrum at ``w*`` over samples ``[0, k)`` in one Dataset (module docstring).
 
     Parameters
@@ -185,6 +188,9 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
         the bounds are reported, nothing is certified.
     guard_steps : int
         Lanczos steps of each missed-eigenvalue guard.
+    between_stages : callable, optional
+        Called after each part (the CLI's ``--threads auto`` re-decides
+        there: :meth:`curvprobe.app.threads.AutoThreads.between_stages`).
 
     Returns
     -------
@@ -208,7 +214,7 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
         raise ValueError(f"miss_bound must lie in (0, 1), got {miss_bound!r}")
     solver: dict[str, Any] = {"guard_steps": int(guard_steps), "max_miss_probability": miss_bound}
     op = problem.hessian_operator(k)
-    clock = _Clock(op)
+    clock = _Clock(op, between_stages or (lambda: None))
     hi = clock.run("top", lambda: top_eigenspace(op, top, tol=tol, seed=seed, **solver))
     lo = clock.run("bottom", lambda: top_eigenspace(op, bottom, tol=bottom_tol, seed=seed + 1,
                                                     which="smallest", **solver))

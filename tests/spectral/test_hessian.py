@@ -29,8 +29,11 @@ def test_report_matches_the_dense_spectrum():
 
 def test_settings_and_certificates_are_recorded():
     problem = mlp_problem(n=24)
+    ended = []  # the hook runs once after each part (the CLI's --threads auto re-decides there)
     ds = hessian_report(problem, top=3, bottom=2, layer_top=1, tol=1e-8, bottom_tol=1e-6, layer_tol=1e-5,
-                        trace_matvecs=12, density_probes=2, density_steps=10)
+                        trace_matvecs=12, density_probes=2, density_steps=10,
+                        between_stages=lambda: ended.append(1))
+    assert len(ended) == len(ds.attrs["products"]) == 5
     attrs = ds.attrs
     assert (attrs["tol"], attrs["bottom_tol"], attrs["layer_tol"]) == (1e-8, 1e-6, 1e-5)
     assert (attrs["trace_matvecs"], attrs["density_probes"], attrs["density_steps"]) == (12, 2, 10)
