@@ -32,9 +32,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -206,7 +207,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     say(f"[4/5] Monte Carlo convergence at k = {s.convergence_k}, S up to {s.convergence_samples}")
     conv = _reuse(out / "mc_convergence.nc", resume, say)
     if conv is None:
-        conv = _convergence_stage(problem, s, out, progress, [sigma_valid, sigma_beyond])
+        conv = _convergence_stage(problem, s, out, progress, [sigma_valid, sigma_beyond],
+                                  config.spec().eigen_options)
     seconds["MC convergence run"] = time.perf_counter() - t0
 
     say("[5/5] figures and summary")
@@ -218,17 +220,18 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, progress: bo
     return DemoResult(out, ds, validity, conv, summary, paths, seconds)
 
 
-def _convergence_stage(problem, s: DemoSettings, out: Path, progress: bool, sigmas: list[float]
-                       ) -> xr.Dataset:
+def _convergence_stage(problem, s: DemoSettings, out: Path, progress: bool, sigmas: list[float],
+                       eigen_options: Mapping[str, Any]) -> xr.Dataset:
     """Stage 4: Monte Carlo convergence at ``s.convergence_k`` inside and
-    beyond the regime, saved as ``mc_convergence.nc``."""
+    beyond the regime, saved as ``mc_convergence.nc``; its eigenspace is
+    solved (and certified) with the probe's ``eigen_options``."""
     from curvprobe.criteria.convergence import mc_convergence
 
     with _progress.bar(len(s.dims) * 2 * s.convergence_samples, "MC convergence", show=progress,
                        unit="pt") as pbar, _progress.counting(problem, on_points=pbar.update):
         conv = mc_convergence(problem, s.convergence_k, sigmas=sigmas, dims=list(s.dims),
                               mc_samples=s.convergence_samples, seed=s.seed, tol=s.tol,
-                              point_batch=s.point_batch)
+                              point_batch=s.point_batch, eigen_kwargs=dict(eigen_options))
     save(conv, out / "mc_convergence.nc", overwrite=True)
     return conv
 

@@ -140,7 +140,9 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
         first S draws; ``gm`` is constant in S with stderr 0);
         ``eval_seconds`` (sigma, dim, estimator): seconds to evaluate each
         estimator at S_max for one (σ, D); eigensolver diagnostics over
-        ``rank``; attrs ``k``, ``seed``, ``hvps`` and provenance.
+        ``rank``; attrs ``k``, ``seed``, ``hvps``, the eigenspace's
+        ``miss_probability``, ``miss_bound`` (``max_miss_probability`` of
+        ``eigen_kwargs``, None without) and ``eigen_certified``, and provenance.
     """
     S = mc_samples_argument(mc_samples, num_samples, "mc_convergence")
     spec = StabilizationSpec(ks=(k,), sigmas=tuple(sigmas), dims=tuple(dims),
@@ -165,7 +167,8 @@ def mc_convergence(problem: Problem, k: int, *, sigmas: Sequence[float], dims: S
     value, stderr, seconds = _running_estimates(problem, es.vectors, coeff, a, xi, spec, counts)
     attrs = {**provenance(problem), "measurement": "mc_convergence", "k": k, "seed": seed, "max_samples": S,
              "tol": tol, "hvps": es.num_matvecs, "subspace_seconds": t_subspace,
-             "assembly_seconds": t_assembly, "a": a_k}
+             "assembly_seconds": t_assembly, "a": a_k, "miss_probability": float(es.miss_probability),
+             "miss_bound": spec.eigen_options.get("max_miss_probability"), "eigen_certified": es.certified}
     return _convergence_dataset(value, stderr, seconds, es, counts, spec, attrs)
 
 

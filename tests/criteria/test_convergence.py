@@ -29,6 +29,20 @@ def test_running_estimates_end_at_the_stabilization_values():
     assert (conv["stderr"].sel(estimator="gm") == 0).all()
     np.testing.assert_array_equal(conv["eigenvalues"].values, ds["eigenvalues"].sel(k=12).values)
     assert (conv["eval_seconds"] >= 0).all()
+    assert conv.attrs["miss_bound"] is None and not conv.attrs["eigen_certified"]  # nothing stated
+
+
+def test_eigenspace_certified_at_a_stated_miss_bound(tmp_path):
+    """With ``max_miss_probability`` the eigenspace is certified at it, and
+    the attrs say so through a save and load."""
+    from curvprobe.results import load, save
+
+    conv = mc_convergence(mlp_problem(n=30), 12, sigmas=[1e-2], dims=[1, 3], mc_samples=4, seed=1,
+                          eigen_kwargs={"max_miss_probability": 0.05, "guard_steps": 40})
+    assert conv.attrs["eigen_certified"] and conv.attrs["miss_probability"] <= 0.05
+    save(conv, tmp_path / "conv.nc")
+    back = load(tmp_path / "conv.nc").attrs
+    assert back["miss_bound"] == 0.05 and back["eigen_certified"] is True
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
