@@ -87,6 +87,12 @@ class KrylovRun:
         The final projected matrix ``Qᵀ A Q`` of the basis ``Q`` (N, m).
     basis, image : Tensor (N, m) or None
         With ``keep_basis``: the final basis ``Q`` and its image ``A Q``.
+    spare : int or None
+        None: ``vectors`` may share storage with other tensors. An int:
+        ``vectors`` are the leading columns of a row-major float64 buffer
+        (N, p + spare) the solve owns, with ``spare`` free columns after them
+        (a memory-bound solve: the guard merges repaired pairs into them and
+        the result selects its pairs in place, :func:`select_columns_`).
     """
 
     values: Tensor
@@ -98,6 +104,7 @@ class KrylovRun:
     basis: Tensor | None = None
     image: Tensor | None = None
     scale: float = math.nan
+    spare: int | None = None
 
 
 def ritz_order(theta: Tensor, which: str) -> Tensor:
@@ -318,6 +325,40 @@ def explicit_pairs(op: LinearOperator, X: Tensor, which: str = "largest",
     theta, residuals = theta[order], residuals[order]
     return KrylovRun(theta, U, residuals, U[:, :0], torch.zeros(p, 0, dtype=torch.float64, device=U.device),
                      torch.diag(theta).cpu(), scale=scale)
+
+
+def owned_buffer(X: Tensor, spare: int) -> Tensor:
+    """``X`` (N, p) copied into the leading columns of a new row-major float64
+    buffer (N, p + spare); returns the (N, p) view (see ``KrylovRun.spare``)."""
+    buffer = torch.empty(X.shape[0], X.shape[1] + spare, dtype=torch.float64, device=X.device)
+    view = buffer[:, :X.shape[1]]
+    view.copy_(X)
+    return view
+
+
+def append_columns_(X: Tensor, Y: Tensor) -> Tensor:
+    """``[X, Y]`` (N, p + r) written in place into the free columns after
+    ``X`` (N, p) in its owned row-major buffer (at least ``r`` of them, see
+    ``KrylovRun.spare``); returns the widened view."""
+    wide = torch.as_strided(X, (X.shape[0], X.shape[1] + Y.shape[1]), X.stride(), X.storage_offset())
+    wide[:, X.shape[1]:] = Y
+    return wide
+
+
+def select_columns_(X: Tensor, order: Tensor) -> Tensor:
+    """``X[:, order]`` (N, q) as a contiguous tensor on ``X``'s own storage,
+    for ``X`` (N, p) the leading columns of a row-major buffer (N, W) it owns
+    (``KrylovRun.spare`` not None): row chunk by row chunk, each chunk copied
+    out before its rows are written (row ``a`` of the result lands at
+    ``a q ≤ a W``, where no unread row lies), so no (N, q) copy is made. The
+    buffer's last ``(W − q) N`` entries stay allocated, unused."""
+    n, q, width = X.shape[0], order.numel(), X.stride(0)
+    flat = torch.as_strided(X, (n * width,), (1,), X.storage_offset())
+    step = _row_chunk(n, width)
+    for a in range(0, n, step):
+        rows = X[a:a + step][:, order]
+        flat[a * q:a * q + rows.numel()] = rows.reshape(-1)
+    return flat[:n * q].view(n, q)
 
 
 def _rows_times_(X: Tensor, C: Tensor) -> Tensor:

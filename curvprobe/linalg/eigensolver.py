@@ -95,6 +95,7 @@ of the eigenspace in the criteria is in ``docs/concepts.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -102,9 +103,18 @@ import torch
 from torch import Tensor
 
 from curvprobe.core.operators import LinearOperator
-from curvprobe.linalg._krylov import BASIS_DTYPES, WHICH, KrylovRun, explicit_pairs, random_unit, ritz_order
+from curvprobe.linalg._krylov import (
+    BASIS_DTYPES,
+    WHICH,
+    KrylovRun,
+    explicit_pairs,
+    owned_buffer,
+    random_unit,
+    ritz_order,
+    select_columns_,
+)
 from curvprobe.linalg.davidson import block_davidson
-from curvprobe.linalg.guard import GuardResult, missed_eigenvalue_guard
+from curvprobe.linalg.guard import REPAIR_SPARE, GuardResult, missed_eigenvalue_guard
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 from curvprobe.linalg.power import deflated_power_iteration
 from curvprobe.linalg.result import Eigenspace, NotConverged, ToleranceBelowPrecision
@@ -213,16 +223,18 @@ def _krylov_solve(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, 
     pairs are re-certified from real products
     (:func:`~curvprobe.linalg._krylov.explicit_pairs`), from a float64 copy
     of their vectors made after the run is dropped (the run's float32
-    vectors and the copy are held together only for the copy)."""
+    vectors and the copy are held together only for the copy), in a buffer
+    with :data:`~curvprobe.linalg.guard.REPAIR_SPARE` free columns."""
     run = _ritz_pairs(op, D, init, tol=tol, basis_size=basis_size, budget=budget,
                       generator=generator, keep_basis=keep_basis, which=which, block=block,
                       basis_dtype=basis_dtype)
     scale = None if which == "largest" else _run_scale(run, which)
     if basis_dtype == torch.float64:
         return run, scale
-    vectors = run.vectors.to(torch.float64)
+    vectors = owned_buffer(run.vectors, REPAIR_SPARE)  # room for a repair's pairs: no copy to merge them
     del run
-    return explicit_pairs(op, vectors, which, math.nan if scale is None else scale), scale
+    certified = explicit_pairs(op, vectors, which, math.nan if scale is None else scale)
+    return dataclasses.replace(certified, spare=REPAIR_SPARE), scale
 
 
 def _ritz_pairs(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *, tol: float,
@@ -270,7 +282,9 @@ def _certified(op: LinearOperator, run: KrylovRun, checked: GuardResult, D: int,
     assert scale is not None
     rel = residuals[order] / scale if scale > 0 else residuals[order]
     converged = (rel <= tol) & checked.certified
-    if vectors.shape[1] != D or not torch.equal(order, torch.arange(D, device=order.device)):
+    if checked.spare is not None:  # a buffer of the solve's own: select in place, no copy
+        vectors = select_columns_(vectors, order)
+    elif vectors.shape[1] != D or not torch.equal(order, torch.arange(D, device=order.device)):
         vectors = vectors[:, order]  # a copy only when pairs are dropped or reordered
     return Eigenspace(values[order].clone(), vectors.contiguous(), rel,
                       op.num_matvecs - start, converged, tol, method, checked.guard_value,

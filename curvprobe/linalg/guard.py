@@ -109,8 +109,19 @@ from scipy.special import betainc
 from torch import Tensor
 
 from curvprobe.core.operators import DeflatedOperator, LinearOperator
-from curvprobe.linalg._krylov import KrylovRun, explicit_pairs, orthonormalize_against, random_unit
+from curvprobe.linalg._krylov import (
+    KrylovRun,
+    append_columns_,
+    explicit_pairs,
+    orthonormalize_against,
+    random_unit,
+)
 from curvprobe.linalg.lanczos import thick_restart_lanczos
+
+REPAIR_SPARE = 2
+"""Free float64 columns a memory-bound (float32-basis) solve keeps after its
+vectors for the pairs of a repair (one missed eigenvalue and one more), so
+the merge copies nothing (``KrylovRun.spare``)."""
 
 GUARD_TOL = 1e-10
 """The guard stops on its own top Ritz pair only at this relative residual:
@@ -262,6 +273,8 @@ class GuardResult:
     guard_low : float
         Bottom Ritz value of the last two-sided guard run (NaN for
         ``which="largest"``, whose guard checks the top only).
+    spare : int or None
+        Free columns after ``vectors`` in the buffer they own (``KrylovRun.spare``).
     """
 
     values: Tensor
@@ -272,6 +285,7 @@ class GuardResult:
     certified: bool
     repaired: bool
     guard_low: float = math.nan
+    spare: int | None = None
 
 
 def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: float,
@@ -320,7 +334,7 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
     start = op.num_matvecs
     values, vectors, residuals = run.values, run.vectors, run.residuals
     scale = float(values.abs().max()) if scale is None else scale
-    F, S = run.F, run.S
+    F, S, spare = run.F, run.S, run.spare
     guard_value, guard_low, miss, certified, repaired = math.nan, math.nan, math.nan, False, False
     for _ in range(max_rounds + 1):
         if steps <= 0 or vectors.shape[1] + 1 >= n:
@@ -346,32 +360,44 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         side, x0 = ("largest", guard.starts[:, :1]) if top else ("smallest", guard.starts[:, 1:])
         nev = min(missed_count(guard.T, low, high, top) + 1, D, n - vectors.shape[1] - 1)
         extra = _solve_missed(deflated, (F, S), nev, x0, tol=tol,
-                              basis_size=repair_basis_size(basis_size, vectors.shape[1], nev, basis_dtype),
+                              basis_size=repair_basis_size(basis_size, vectors.shape[1], nev, basis_dtype,
+                                                           spare or 0),
                               max_matvecs=max(max_matvecs - (op.num_matvecs - start), 1),
                               generator=generator, scale=scale, which=side, basis_dtype=basis_dtype)
-        values, vectors, residuals, F, S = _merge((values, vectors, residuals, F, S), extra)
+        (values, vectors, residuals, F, S), spare = _merge((values, vectors, residuals, F, S), extra, spare)
         repaired = True  # the merged pairs lie outside the run's basis
-    return GuardResult(values, vectors, residuals, guard_value, miss, certified, repaired, guard_low)
+    return GuardResult(values, vectors, residuals, guard_value, miss, certified, repaired, guard_low, spare)
 
 
-def repair_basis_size(m: int, found: int, nev: int, basis_dtype: torch.dtype) -> int:
+def repair_basis_size(m: int, found: int, nev: int, basis_dtype: torch.dtype, spare: int = 0) -> int:
     """Basis bound of a repair solving ``nev`` pairs beside ``found`` float64
-    vectors: the solve's ``m`` with a float64 basis; with a float32 one (a
-    memory-bound solve) the rows those vectors displaced less the two the
-    deflated operator's float64 input takes, ``m − found − nev − 2`` (at
-    least ``2 nev + 2``), so that a repair peaks no higher than the solve
+    vectors and ``spare`` free float64 columns: the solve's ``m`` with a
+    float64 basis; with a float32 one (a memory-bound solve) the rows those
+    columns displaced, less four for the deflated operator's float64 input
+    and product, ``m − found − 2 spare − nev − 4`` (at least ``2 nev + 2``),
+    so that a repair peaks no higher than the solve
     (:mod:`~curvprobe.linalg.memory`)."""
-    return m if basis_dtype == torch.float64 else max(m - found - nev - 2, 2 * nev + 2)
+    if basis_dtype == torch.float64:
+        return m
+    return max(m - found - 2 * spare - nev - 4, 2 * nev + 2)
 
 
-def _merge(found: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], extra: KrylovRun
-           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _merge(found: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], extra: KrylovRun, spare: int | None
+           ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor, Tensor], int | None]:
     """The found ``(values, vectors, residuals, F, S)`` with the pairs of
-    :func:`_solve_missed` appended (their residuals already under ``A``)."""
+    :func:`_solve_missed` appended (their residuals already under ``A``),
+    and the free columns left (``KrylovRun.spare``): the vectors are written
+    into the free columns of their buffer when there are enough
+    (:func:`~curvprobe.linalg._krylov.append_columns_`), else concatenated
+    into a new buffer with none."""
     values, vectors, residuals, F, S = found
-    return (torch.cat([values, extra.values]), torch.cat([vectors, extra.vectors], dim=1),
-            torch.cat([residuals, extra.residuals]),
-            torch.cat([F, extra.F], dim=1), torch.block_diag(S, extra.S))
+    r = extra.vectors.shape[1]
+    if spare is not None and spare >= r:
+        vectors, spare = append_columns_(vectors, extra.vectors), spare - r
+    else:
+        vectors, spare = torch.cat([vectors, extra.vectors], dim=1), (None if spare is None else 0)
+    return (torch.cat([values, extra.values]), vectors, torch.cat([residuals, extra.residuals]),
+            torch.cat([F, extra.F], dim=1), torch.block_diag(S, extra.S)), spare
 
 
 def _under_A(extra: KrylovRun, V: Tensor, factor: tuple[Tensor, Tensor]) -> tuple[KrylovRun, Tensor]:

@@ -22,21 +22,25 @@ float32 basis (``s = 4``)
   (:func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`), beside the
   block and its image in float64 (projected in place,
   :func:`~curvprobe.linalg._krylov.subtract_basis_matmul_`);
-* **certificate**: ``D N (s + 8)`` while the vectors are copied to float64,
-  then ``D N · 8 + c N · 8`` with ``c`` =
+* **certificate**: ``D N s + (D + R) N · 8`` while the vectors are copied
+  to float64 into a buffer with ``R`` =
+  :data:`~curvprobe.linalg.guard.REPAIR_SPARE` free columns, then
+  ``(D + R) N · 8 + c N · 8`` with ``c`` =
   :data:`~curvprobe.linalg._krylov.EXPLICIT_BLOCK` columns per product
   (:func:`~curvprobe.linalg._krylov.explicit_pairs`: no image is stored);
-* **guard**: ``D N · 8 + 6 N · 8`` whatever its steps ``j``: a float32
+* **guard**: ``(D + R) N · 8 + 6 N · 8`` whatever its steps ``j``: a float32
   basis marks a memory-bound solve, and its guard is streamed
   (:func:`~curvprobe.linalg.guard.streamed_guard_run`: two Lanczos vectors,
   a kernel vector per level, the projected input and the product; no factor,
   residuals are explicit);
-* **repair**: ``D N · 8 + (m_r + 1 + r) N s + 3 N · 8`` for ``r`` missed
-  pairs solved (the model takes ``r = 2``: one eigenvalue missed, solved
-  with one more) in a basis of
-  ``m_r = max(m − D − r − 2, 2 r + 2)`` rows
-  (:func:`~curvprobe.linalg.guard.repair_basis_size`: at most the solve's
-  peak), and their certificate ``(D + 3 r) N · 8``.
+* **repair**: ``(D + R) N · 8 + (m_r + 1 + r) N s + 3 N · 8`` for ``r``
+  missed pairs solved (the model takes ``r = R = 2``: one eigenvalue missed,
+  solved with one more) in a basis of ``m_r = max(m − D − 2R − r − 4, 2r + 2)``
+  rows (:func:`~curvprobe.linalg.guard.repair_basis_size`: at most the
+  solve's peak), and their certificate ``(D + R + 3 r) N · 8``. The pairs
+  are merged into the free columns and the result's ``D`` are selected in
+  place (:func:`~curvprobe.linalg._krylov.select_columns_`): no copy of the
+  vectors at either step.
 
 Either way a Davidson warm start keeps ``Q`` and ``A Q`` in buffers of
 ``m + B`` rows (``B`` = :data:`~curvprobe.linalg.davidson.DAVIDSON_BLOCK`)
@@ -60,9 +64,8 @@ import torch
 
 from curvprobe.linalg._krylov import BASIS_DTYPES, EXPLICIT_BLOCK
 from curvprobe.linalg.davidson import DAVIDSON_BLOCK
-from curvprobe.linalg.guard import repair_basis_size
+from curvprobe.linalg.guard import REPAIR_SPARE, repair_basis_size
 
-_REPAIRED_PAIRS = 2  # pairs a float32 repair solves in the model: one missed eigenvalue and one more
 _STREAMED_GUARD_VECTORS = 6  # q_{i−1}, q_i, two kernel vectors, the projected input and the product
 
 
@@ -107,12 +110,12 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
                   (D + b) * N * 8 + (guard_steps + 1) * N * 8 + 3 * N * 8,
                   (D + b) * N * 8 + (m + 1) * N * 8 + (D + 3) * N * 8]
     else:
-        r, c = _REPAIRED_PAIRS, EXPLICIT_BLOCK
+        r, c, f = REPAIR_SPARE, EXPLICIT_BLOCK, D + REPAIR_SPARE
         phases = [(m + b + D) * N * s + 2 * b * N * 8,
-                  D * N * (s + 8), D * N * 8 + c * N * 8,
-                  D * N * 8 + _STREAMED_GUARD_VECTORS * N * 8,
-                  D * N * 8 + (repair_basis_size(m, D, r, basis_dtype) + 1 + r) * N * s + 3 * N * 8,
-                  (D + 3 * r) * N * 8]
+                  D * N * s + f * N * 8, f * N * 8 + c * N * 8,
+                  f * N * 8 + _STREAMED_GUARD_VECTORS * N * 8,
+                  f * N * 8 + (repair_basis_size(m, D, r, basis_dtype, r) + 1 + r) * N * s + 3 * N * 8,
+                  (f + 3 * r) * N * 8]
     if warm_start:
         phases.append(2 * (m + DAVIDSON_BLOCK) * N * s + (3 * D + 2 * DAVIDSON_BLOCK) * N * 8)
     kept = 2 * m * N * 8 if keep_basis else 0

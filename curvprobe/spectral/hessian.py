@@ -189,8 +189,7 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
     guard_steps : int
         Lanczos steps of each missed-eigenvalue guard.
     between_stages : callable, optional
-        Called after each part (the CLI's ``--threads auto`` re-decides
-        there: :meth:`curvprobe.app.threads.AutoThreads.between_stages`).
+        Called after each part (:meth:`curvprobe.app.threads.AutoThreads.between_stages`).
 
     Returns
     -------
@@ -201,11 +200,10 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
         ``(probe, step)``; ``layer_eigenvalue``, ``layer_residual``,
         ``layer_converged`` over ``(layer, layer_rank)`` and
         ``layer_miss_probability``, ``layer_scale`` over ``layer``; attrs with
-        the settings, each part's products, wall and CPU seconds, the residual scales,
-        the miss bounds, ``not_converged`` per part and provenance.
+        the settings, each part's products, wall and CPU seconds, the residual
+        scales, the miss bounds, ``not_converged`` per part and provenance.
     """
-    bottom_tol = tol if bottom_tol is None else bottom_tol
-    layer_tol = tol if layer_tol is None else layer_tol
+    bottom_tol, layer_tol = (tol if t is None else t for t in (bottom_tol, layer_tol))
     _check_settings({"tol": tol, "bottom_tol": bottom_tol, "layer_tol": layer_tol},
                     {"top": (top, 1), "bottom": (bottom, 1), "layer_top": (layer_top, 0),
                      "trace_matvecs": (trace_matvecs, 3), "density_probes": (density_probes, 1),
@@ -213,8 +211,7 @@ def hessian_report(problem: Problem, *, k: int | None = None, top: int = 10, bot
     if miss_bound is not None and not 0 < miss_bound < 1:  # before any product is spent
         raise ValueError(f"miss_bound must lie in (0, 1), got {miss_bound!r}")
     solver: dict[str, Any] = {"guard_steps": int(guard_steps), "max_miss_probability": miss_bound}
-    op = problem.hessian_operator(k)
-    clock = _Clock(op, between_stages or (lambda: None))
+    clock = _Clock(op := problem.hessian_operator(k), between_stages or (lambda: None))
     hi = clock.run("top", lambda: top_eigenspace(op, top, tol=tol, seed=seed, **solver))
     lo = clock.run("bottom", lambda: top_eigenspace(op, bottom, tol=bottom_tol, seed=seed + 1,
                                                     which="smallest", **solver))

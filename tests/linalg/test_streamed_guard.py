@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from linalg_cases import check_certified, random_symmetric
+from linalg_cases import check_certified, random_symmetric, spectrum
 
+import curvprobe.linalg.guard as guard_module
 from curvprobe import MatrixOperator, top_eigenspace
 from curvprobe.core.operators import DeflatedOperator
 from curvprobe.linalg import christoffel_kernel, miss_probability
-from curvprobe.linalg._krylov import random_unit
-from curvprobe.linalg.guard import _stored_guard_run, streamed_guard_run
+from curvprobe.linalg._krylov import append_columns_, owned_buffer, random_unit, select_columns_
+from curvprobe.linalg.guard import REPAIR_SPARE, _stored_guard_run, streamed_guard_run
 
 
 def deflated_case(n: int, top: list[float], bulk: tuple[float, float], seed: int
@@ -87,3 +88,39 @@ def test_float32_solve_repairs_a_second_copy_and_certifies():
     check_certified(es, A, 4, 1e-6)
     assert es.certified and es.miss_probability <= 0.01
     assert np.allclose(es.values.numpy(), [5.0, 5.0, 4.0, 3.5], atol=1e-6 * 5)
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [2, 0, 5, 3], [5, 4, 3, 2, 1, 0], [1]])
+def test_columns_are_appended_and_selected_in_place(order):
+    """A memory-bound solve's vectors sit in a buffer with free columns: a
+    repair's pairs are written into them and the result's are selected on
+    the same storage, row chunk by row chunk (here over several chunks),
+    equal to plain indexing."""
+    g = torch.Generator().manual_seed(0)
+    X, Y = (torch.randn(200_000, w, generator=g, dtype=torch.float64) for w in (4, 2))
+    view = owned_buffer(X, 2)
+    wide = append_columns_(view, Y)
+    expected = torch.cat([X, Y], dim=1)[:, order]
+    chosen = select_columns_(wide, torch.tensor(order))
+    assert torch.equal(chosen, expected) and chosen.is_contiguous()
+    assert chosen.untyped_storage().data_ptr() == view.untyped_storage().data_ptr()
+
+
+def test_float32_solve_merges_and_selects_without_copies(monkeypatch):
+    """On a dense bulk the float32 solve skips an eigenvalue and the guard
+    repairs it: the merge writes the pairs into the free columns, and the
+    result lives in the certificate's buffer of D + REPAIR_SPARE columns."""
+    merges = []
+
+    def counted(X, Y):
+        merges.append(Y.shape[1])
+        return append_columns_(X, Y)
+
+    monkeypatch.setattr(guard_module, "append_columns_", counted)
+    rng = np.random.default_rng(0)
+    A = random_symmetric(spectrum("bulk", 300, rng), rng)
+    es = top_eigenspace(MatrixOperator(A), 20, tol=1e-3, basis_dtype=torch.float32, guard_steps=40,
+                        max_miss_probability=0.05)
+    assert es.certified and merges == [REPAIR_SPARE]
+    assert es.vectors.untyped_storage().nbytes() == 300 * (20 + REPAIR_SPARE) * 8
+    check_certified(es, A, 20, 1e-3)
