@@ -357,7 +357,7 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
             break
         # eigenvalues beyond a level were missed: solve for those alone in the complement
         top = guard_value > high
-        side, x0 = ("largest", guard.starts[:, :1]) if top else ("smallest", guard.starts[:, 1:])
+        side, x0 = ("largest", guard.starts[0][:, None]) if top else ("smallest", guard.starts[1][:, None])
         nev = min(missed_count(guard.T, low, high, top) + 1, D, n - vectors.shape[1] - 1)
         extra = _solve_missed(deflated, (F, S), nev, x0, tol=tol,
                               basis_size=repair_basis_size(basis_size, vectors.shape[1], nev, basis_dtype,
@@ -465,8 +465,8 @@ class GuardRun:
         Its largest and smallest Ritz values.
     miss_probability : float
         Its miss bound at the levels it checked.
-    starts : Tensor (N, 2) float64
-        Where a repair at the top (column 0) or the bottom (column 1) starts:
+    starts : tuple of two Tensors (N,) float64
+        Where a repair at the top (first) or the bottom (second) starts:
         the extreme Ritz vectors of a stored run, the kernel vectors of a
         streamed one (:func:`streamed_guard_run`).
     """
@@ -475,7 +475,7 @@ class GuardRun:
     top: float
     bottom: float
     miss_probability: float
-    starts: Tensor
+    starts: tuple[Tensor, Tensor]
 
 
 def _guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
@@ -494,8 +494,8 @@ def _stored_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: 
     """One guard run of at most ``steps`` single-vector Lanczos steps with
     full reorthogonalisation (its ``j`` vectors stored in float64) on the
     deflated operator from ``x0``; ``levels = (ℓ_lo, ℓ_hi, dim)``. A
-    two-sided run (finite ``ℓ_lo``) wants both ends: its first pair is the
-    top, its last the bottom."""
+    two-sided run (finite ``ℓ_lo``) wants both ends; its extreme Ritz
+    vectors are the repair starts."""
     low, high, dim = levels
     two_sided = low > -math.inf
     run = thick_restart_lanczos(deflated, 2 if two_sided else 1, x0[:, None], tol=GUARD_TOL,
@@ -505,7 +505,7 @@ def _stored_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: 
                                 which="both_ends" if two_sided else "largest")
     return GuardRun(run.T, float(run.values[0]), float(torch.linalg.eigvalsh(run.T)[0]),
                     guard_miss_probability(run.T, low, high, dim),
-                    torch.cat([run.vectors[:, :1], run.vectors[:, -1:]], dim=1))
+                    (run.vectors[:, 0], run.vectors[:, -1]))
 
 
 def streamed_guard_run(deflated: LinearOperator, x0: Tensor, steps: int, budget: int, scale: float,
@@ -589,14 +589,14 @@ def _streamed_miss(polys: list[tuple[float, float, float]], kernels: list[Tensor
                         for (_, _, total), y in zip(polys, kernels, strict=True)))
 
 
-def _repair_starts(kernels: list[Tensor], ends: list[float], high: float, q: Tensor) -> Tensor:
-    """(N, 2) repair starts of a streamed run: the normalised kernel vector
-    of the top level and of the bottom one (the current Lanczos vector for
-    an end without a level)."""
-    unit = [y / y.norm() for y in kernels]
+def _repair_starts(kernels: list[Tensor], ends: list[float], high: float, q: Tensor) -> tuple[Tensor, Tensor]:
+    """Repair starts of a streamed run, (N,) each: the kernel vector of the
+    top level and of the bottom one, normalised in place (the current
+    Lanczos vector for an end without a level)."""
+    unit = [y.div_(y.norm()) for y in kernels]
     top = unit[0] if math.isfinite(high) else q
     bottom = unit[-1] if len(ends) == 2 or not math.isfinite(high) else q
-    return torch.stack([top, bottom], dim=1)
+    return top, bottom
 
 
 def _repair(deflated: DeflatedOperator, nev: int, x0: Tensor, *, tol: float, basis_size: int,
