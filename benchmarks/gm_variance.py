@@ -1,0 +1,88 @@
+"""Where gm_full's standard error comes from on tiny-gpt, and what would lower it.
+
+    OMP_NUM_THREADS=1 python benchmarks/gm_variance.py [--samples 64] [--draws 16]
+
+At σ ≥ 0.01 gm_full's error is almost all its trace term, so this measures
+the per-draw variance and cost of the two halves of a two-level Hutchinson
+unit (:func:`curvprobe.criteria.engine.full_space_moments`) at k = ``samples``:
+
+1. ``t1``: the mean of ``r`` deflated Rademacher probes of ``B₁ = H_{k+1}/(k+1)``
+   after the 64-column sketch, for r = 1, 2, 4, 8;
+2. ``t2 = v₀ᵀ B_m v₀`` with ``B_m = H^(k)/(k+1)``, plain and after deflating
+   ``B_m`` by a Hutch++ sketch of s columns (its exact part added back);
+3. ``tr H^(k)`` by one shared probe against independent probes per sample
+   (one single-sample HVP each).
+
+Each row prints the variance over ``draws`` draws and the seconds per draw;
+variance × seconds is the figure of merit (lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from curvprobe.criteria import engine
+from curvprobe.zoo.builtin import builtin_problem
+
+
+def rademacher(n: int, m: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, (n, m), generator=g, dtype=torch.float64) * 2 - 1
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--draws", type=int, default=16)
+    args = parser.parse_args()
+    k, u = args.samples, args.draws
+    problem = builtin_problem("tiny-gpt", num_samples=k + 1, batch_size=64, progress=False)
+    n, B, g = problem.num_params, engine.HessianDifference(problem, k), torch.Generator().manual_seed(7)
+    Q, _, _ = engine.sample_sketch(B, engine.default_sketch_size(k, n), g)
+    heads = rademacher(n, u, g)
+    Bm_heads, t_bm = timed(lambda: B.mean_part(heads))
+    t2 = (heads * Bm_heads).sum(0)
+    print(f"\n## gm_full's trace term on tiny-gpt (N = {n:,}, k = {k}, {u} draws)\n")
+    print("| estimate | variance per draw | seconds per draw | variance × seconds |")
+    print("|---|---|---|---|")
+    for r in (1, 2, 4, 8):
+        def unit(r: int = r) -> float:
+            X = rademacher(n, r, g)
+            X -= Q @ (Q.T @ X)
+            return float((X * B.sample_part(X)).sum(0).mean())
+        draws = [timed(unit) for _ in range(u)]
+        var, sec = torch.tensor([d[0] for d in draws]).var().item(), sum(d[1] for d in draws) / u
+        print(f"| t1, r = {r} deflated B₁ probes | {var:.3e} | {sec:.3f} | {var * sec:.2e} |")
+    print(f"| t2, plain | {t2.var().item():.3e} | {t_bm / u:.3f} | {t2.var().item() * t_bm / u:.2e} |")
+    for s in (8, 32):
+        def sketch(s: int = s) -> tuple[torch.Tensor, torch.Tensor]:
+            basis = torch.linalg.qr(B.mean_part(rademacher(n, s, g)))[0]
+            return basis, B.mean_part(basis)
+        (Qm, Z), t_sketch = timed(sketch)
+        X = heads - Qm @ (Qm.T @ heads)
+        t2d = (X * B.mean_part(X)).sum(0) + float((Qm * Z).sum())
+        sec = t_bm / u + t_sketch / u
+        print(f"| t2, B_m deflated by a {s}-column sketch (sketch charged over the draws) | "
+              f"{t2d.var().item():.3e} | {sec:.3f} | {t2d.var().item() * sec:.2e} |")
+    shared = (heads * problem.hvp(heads, k)).sum(0)
+
+    def per_sample() -> float:
+        W = rademacher(n, k, g)
+        return sum(float(W[:, i] @ problem.hvp(W[:, i:i + 1], i + 1, start=i)[:, 0]) for i in range(k)) / k
+    draws = [timed(per_sample) for _ in range(u)]
+    var = torch.tensor([d[0] for d in draws]).var().item()
+    print(f"| tr H^(k): one shared probe | {shared.var().item():.3e} | {t_bm / u:.3f} | – |")
+    print(f"| tr H^(k): a probe per sample (k single-sample HVPs) | {var:.3e} | "
+          f"{sum(d[1] for d in draws) / u:.3f} | – |")
+
+
+if __name__ == "__main__":
+    main()
