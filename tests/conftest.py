@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -23,15 +25,18 @@ settings.register_profile("ci", max_examples=25, deadline=None,
 settings.load_profile("ci")
 
 
-_DENSE_CACHE: dict[tuple[int, int | None, int], torch.Tensor] = {}
+_DENSE_CACHE: weakref.WeakKeyDictionary[Problem, dict[tuple[int | None, int], torch.Tensor]] = (
+    weakref.WeakKeyDictionary())
 
 
 def dense_hessian(problem: Problem, k: int | None = None, start: int = 0) -> torch.Tensor:
-    """Hessian of the mean loss over [start, k) by torch.func.hessian (N, N), cached."""
-    key = (id(problem), k, start)
-    if key not in _DENSE_CACHE:
-        _DENSE_CACHE[key] = _dense_hessian(problem, k, start)
-    return _DENSE_CACHE[key]
+    """Hessian of the mean loss over [start, k) by torch.func.hessian (N, N), cached
+    for as long as ``problem`` lives (keyed by the object, never by its ``id``, which
+    a later problem can reuse once this one is collected)."""
+    cached = _DENSE_CACHE.setdefault(problem, {})
+    if (k, start) not in cached:
+        cached[(k, start)] = _dense_hessian(problem, k, start)
+    return cached[(k, start)]
 
 
 def _dense_hessian(problem: Problem, k: int | None, start: int) -> torch.Tensor:
