@@ -74,8 +74,9 @@ class KrylovRun:
     values : Tensor (nev,) float64
         Ritz values ``θ_1 ≥ … ≥ θ_nev``.
     vectors : Tensor (N, nev) float64
-        Orthonormal Ritz vectors ``U`` (float32 from a Lanczos run on a
-        float32 basis: the rounded combination, certified afterwards by
+        Orthonormal Ritz vectors ``U`` (float32 from a run on a float32
+        basis: the rounded combination, orthonormal to its rounding, its
+        values and residuals estimates, certified at the end of the solve by
         :func:`explicit_pairs`).
     residuals : Tensor (nev,) float64
         Absolute residual norms ``‖A u_i − θ_i u_i‖``.
@@ -89,10 +90,11 @@ class KrylovRun:
         With ``keep_basis``: the final basis ``Q`` and its image ``A Q``.
     spare : int or None
         None: ``vectors`` may share storage with other tensors. An int:
-        ``vectors`` are the leading columns of a row-major float64 buffer
+        ``vectors`` are the leading columns of a row-major float32 buffer
         (N, p + spare) the solve owns, with ``spare`` free columns after them
         (a memory-bound solve: the guard merges repaired pairs into them and
-        the result selects its pairs in place, :func:`select_columns_`).
+        the solve selects its ``D`` pairs in place, :func:`select_columns_`,
+        before certifying them in float64).
     """
 
     values: Tensor
@@ -327,10 +329,11 @@ def explicit_pairs(op: LinearOperator, X: Tensor, which: str = "largest",
                      torch.diag(theta).cpu(), scale=scale)
 
 
-def owned_buffer(X: Tensor, spare: int) -> Tensor:
-    """``X`` (N, p) copied into the leading columns of a new row-major float64
-    buffer (N, p + spare); returns the (N, p) view (see ``KrylovRun.spare``)."""
-    buffer = torch.empty(X.shape[0], X.shape[1] + spare, dtype=torch.float64, device=X.device)
+def owned_buffer(X: Tensor, spare: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``X`` (N, p) copied (rounded to ``dtype``) into the leading columns of
+    a new row-major buffer (N, p + spare); returns the (N, p) view (see
+    ``KrylovRun.spare``)."""
+    buffer = torch.empty(X.shape[0], X.shape[1] + spare, dtype=dtype, device=X.device)
     view = buffer[:, :X.shape[1]]
     view.copy_(X)
     return view

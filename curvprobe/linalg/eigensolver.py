@@ -80,13 +80,18 @@ The same semantics hold for every method and warm start.
 
 Basis storage (``basis_dtype``): ``torch.float32`` stores the Lanczos and
 Davidson bases in float32 (half the memory, :func:`eigensolver_memory`),
-with float64 Gram and Rayleigh–Ritz arithmetic. The returned vectors are
-float64, and their residuals come from ``D`` real products on them
+with float64 Gram and Rayleigh–Ritz arithmetic. A float32 basis marks a
+memory-bound solve: its found vectors stay float32 through the guard
+(deflated by the exact projector onto the complement of their span,
+:class:`~curvprobe.linalg.guard.RoundedDeflatedOperator`), its guard is
+streamed (:func:`~curvprobe.linalg.guard.streamed_guard_run`, six float64
+vectors whatever its steps), and only at the end are the ``D`` selected
+vectors copied to float64 and certified: orthonormalised, their residuals
+from ``D`` real products on them
 (:func:`~curvprobe.linalg._krylov.explicit_pairs`), not from the recurrence,
 so ``converged`` is true only where the true residual is within ``tol``.
-A float32 basis marks a memory-bound solve: its guard is streamed
-(:func:`~curvprobe.linalg.guard.streamed_guard_run`, six float64 vectors
-whatever its steps), with the same certificate semantics.
+The returned vectors are float64 and the certificate semantics are those of
+a float64 basis.
 
 The measured HVP counts and wall times behind these choices (warm against
 cold, carried bases, guard lengths) are in ``docs/performance.md``; the role
@@ -220,21 +225,41 @@ def _krylov_solve(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, 
                   basis_dtype: torch.dtype = torch.float64) -> tuple[KrylovRun, float | None]:
     """The Ritz pairs before the guard and their residual scale (None: the
     run's ``max |θ|``, for ``which="largest"``). With a float32 basis the
-    pairs are re-certified from real products
-    (:func:`~curvprobe.linalg._krylov.explicit_pairs`), from a float64 copy
-    of their vectors made after the run is dropped (the run's float32
-    vectors and the copy are held together only for the copy), in a buffer
-    with :data:`~curvprobe.linalg.guard.REPAIR_SPARE` free columns."""
+    vectors stay float32, in a buffer with
+    :data:`~curvprobe.linalg.guard.REPAIR_SPARE` free columns, their values
+    and residuals the run's estimates and their residual factor empty: the
+    guard deflates them exactly and :func:`_float64_certificate` certifies
+    the result."""
     run = _ritz_pairs(op, D, init, tol=tol, basis_size=basis_size, budget=budget,
                       generator=generator, keep_basis=keep_basis, which=which, block=block,
                       basis_dtype=basis_dtype)
     scale = None if which == "largest" else _run_scale(run, which)
     if basis_dtype == torch.float64:
         return run, scale
-    vectors = owned_buffer(run.vectors, REPAIR_SPARE)  # room for a repair's pairs: no copy to merge them
-    del run
-    certified = explicit_pairs(op, vectors, which, math.nan if scale is None else scale)
-    return dataclasses.replace(certified, spare=REPAIR_SPARE), scale
+    # room for a repair's pairs: no copy to merge them
+    vectors = owned_buffer(run.vectors, REPAIR_SPARE, basis_dtype)
+    return dataclasses.replace(run, vectors=vectors, F=run.F.new_zeros(vectors.shape[0], 0),
+                               S=run.S.new_zeros(vectors.shape[1], 0), spare=REPAIR_SPARE), scale
+
+
+def _float64_certificate(op: LinearOperator, checked: GuardResult, D: int, which: str,
+                         scale: float | None) -> GuardResult:
+    """The ``D`` pairs of a memory-bound solve's guarded float32 vectors that
+    ``which`` selects, certified in float64: selected in place
+    (:func:`~curvprobe.linalg._krylov.select_columns_`), copied to float64,
+    the float32 buffer released (``checked`` gives up its vectors), then
+    orthonormalised, with Rayleigh quotients and residuals from ``D`` real
+    products (:func:`~curvprobe.linalg._krylov.explicit_pairs`), in
+    decreasing order. Peak: the float32 buffer and the (N, D) float64
+    copy, without a product; then the copy and one product."""
+    order = _chosen(checked.values, D, which)
+    vectors, checked.vectors = checked.vectors, checked.vectors.new_empty(0, 0)
+    vectors = select_columns_(vectors, order) if checked.spare is not None else vectors[:, order]
+    X = vectors.to(torch.float64)
+    del vectors  # the float32 buffer goes before the products
+    pairs = explicit_pairs(op, X, "largest", math.nan if scale is None else scale)
+    return dataclasses.replace(checked, values=pairs.values, vectors=pairs.vectors,
+                               residuals=pairs.residuals, spare=None)
 
 
 def _ritz_pairs(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *, tol: float,
@@ -263,28 +288,32 @@ def _ritz_pairs(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *,
     return run
 
 
-def _certified(op: LinearOperator, run: KrylovRun, checked: GuardResult, D: int, tol: float,
-               start: int, start_cost: float, which: str = "largest", scale: float | None = None,
-               method: str = "lanczos", miss_bound: float | None = None) -> Eigenspace:
+def _chosen(values: Tensor, D: int, which: str) -> Tensor:
+    """Indices (D,) of the ``D`` values ``which`` selects, in decreasing order of value."""
+    if which == "largest":
+        return values.argsort(descending=True)[:D]
+    desc = values.argsort(descending=True)
+    chosen = desc[ritz_order(values[desc], which)[:D]]
+    return chosen[values[chosen].argsort(descending=True)]
+
+
+def _certified(op: LinearOperator, kept: tuple[Tensor | None, Tensor | None], checked: GuardResult,
+               D: int, tol: float, start: int, start_cost: float, which: str = "largest",
+               scale: float | None = None, method: str = "lanczos",
+               miss_bound: float | None = None) -> Eigenspace:
     """The ``D`` pairs of the guarded run that ``which`` selects, sorted
     decreasing, with relative residuals and the work spent since ``start`` /
-    ``start_cost``."""
+    ``start_cost``; ``kept`` is the run's basis and image (``keep_basis``)."""
     values, vectors, residuals = checked.values, checked.vectors, checked.residuals
     # pairs merged by a repair lie outside the run's basis: it cannot be kept
-    basis, image = (None, None) if checked.repaired else (run.basis, run.image)
+    basis, image = (None, None) if checked.repaired else kept
+    order = _chosen(values, D, which)
     if which == "largest":
-        order = values.argsort(descending=True)[:D]
         scale = float(values[order].abs().max())
-    else:
-        desc = values.argsort(descending=True)
-        chosen = desc[ritz_order(values[desc], which)[:D]]
-        order = chosen[values[chosen].argsort(descending=True)]
     assert scale is not None
     rel = residuals[order] / scale if scale > 0 else residuals[order]
     converged = (rel <= tol) & checked.certified
-    if checked.spare is not None:  # a buffer of the solve's own: select in place, no copy
-        vectors = select_columns_(vectors, order)
-    elif vectors.shape[1] != D or not torch.equal(order, torch.arange(D, device=order.device)):
+    if vectors.shape[1] != D or not torch.equal(order, torch.arange(D, device=order.device)):
         vectors = vectors[:, order]  # a copy only when pairs are dropped or reordered
     return Eigenspace(values[order].clone(), vectors.contiguous(), rel,
                       op.num_matvecs - start, converged, tol, method, checked.guard_value,
@@ -369,7 +398,11 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
                                       max_miss_probability=max_miss_probability, basis_size=m,
                                       max_matvecs=budget - (op.num_matvecs - start), generator=generator,
                                       which=which, scale=scale, basis_dtype=basis_dtype)
-    result = _certified(op, run, checked, D, tol, start, start_cost, which, scale, method,
+    kept = (run.basis, run.image)
+    del run  # a memory-bound solve's float32 vectors are now the guard's alone
+    if basis_dtype != torch.float64:
+        checked = _float64_certificate(op, checked, D, which, scale)
+    result = _certified(op, kept, checked, D, tol, start, start_cost, which, scale, method,
                         max_miss_probability)
     _warn_if_uncertified(result, spent=op.num_matvecs - start, budget=budget)
     return result

@@ -112,16 +112,17 @@ from curvprobe.core.operators import DeflatedOperator, LinearOperator
 from curvprobe.linalg._krylov import (
     KrylovRun,
     append_columns_,
-    explicit_pairs,
+    basis_t_matmul,
     orthonormalize_against,
     random_unit,
+    subtract_basis_matmul_,
 )
 from curvprobe.linalg.lanczos import thick_restart_lanczos
 
 REPAIR_SPARE = 2
-"""Free float64 columns a memory-bound (float32-basis) solve keeps after its
-vectors for the pairs of a repair (one missed eigenvalue and one more), so
-the merge copies nothing (``KrylovRun.spare``)."""
+"""Free float32 columns a memory-bound (float32-basis) solve keeps after its
+found vectors for the pairs of a repair (one missed eigenvalue and one
+more), so the merge copies nothing (``KrylovRun.spare``)."""
 
 GUARD_TOL = 1e-10
 """The guard stops on its own top Ritz pair only at this relative residual:
@@ -323,8 +324,10 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
     scale : float, optional
         The scale ``s`` of the levels and repairs (default ``max |θ|`` of the run).
     basis_dtype : torch.dtype
-        Basis storage of the guard and repair runs; with float32 a repair's
-        pairs are re-certified by :func:`~curvprobe.linalg._krylov.explicit_pairs`.
+        Basis storage of the guard and repair runs. With float32 the found
+        vectors are float32 too (deflated exactly, :func:`deflate`), a
+        repair's pairs are merged as estimates and the caller certifies the
+        result from real products.
 
     Returns
     -------
@@ -344,7 +347,7 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         if spent >= max_matvecs:
             break
         low, high = guard_levels(values, D, tol, scale, which)
-        deflated = DeflatedOperator(op, vectors, deflation_shift(low, high, scale, which))
+        deflated = deflate(op, vectors, deflation_shift(low, high, scale, which))
         dim = n - vectors.shape[1]
         guard = _guard_run(deflated, random_unit(n, generator, op.device, vectors), steps,
                            max_matvecs - spent, scale, (low, high, dim), max_miss_probability,
@@ -370,16 +373,52 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
 
 
 def repair_basis_size(m: int, found: int, nev: int, basis_dtype: torch.dtype, spare: int = 0) -> int:
-    """Basis bound of a repair solving ``nev`` pairs beside ``found`` float64
-    vectors and ``spare`` free float64 columns: the solve's ``m`` with a
-    float64 basis; with a float32 one (a memory-bound solve) the rows those
-    columns displaced, less four for the deflated operator's float64 input
-    and product, ``m − found − 2 spare − nev − 4`` (at least ``2 nev + 2``),
-    so that a repair peaks no higher than the solve
-    (:mod:`~curvprobe.linalg.memory`)."""
+    """Basis bound of a repair solving ``nev`` pairs beside ``found`` vectors
+    and ``spare`` free columns: the solve's ``m`` with a float64 basis; with
+    a float32 one (a memory-bound solve, whose found vectors are float32
+    too) the rows those columns displaced, less two for the deflated
+    operator's float64 input and product, ``m − found − spare − nev − 2``
+    (at least ``2 nev + 2``), so that a repair peaks no higher than the
+    solve (:mod:`~curvprobe.linalg.memory`)."""
     if basis_dtype == torch.float64:
         return m
-    return max(m - found - 2 * spare - nev - 4, 2 * nev + 2)
+    return max(m - found - spare - nev - 2, 2 * nev + 2)
+
+
+class RoundedDeflatedOperator(DeflatedOperator):
+    """:class:`~curvprobe.core.operators.DeflatedOperator` for found vectors
+    ``V`` (N, r) stored in float32, orthonormal only to their rounding
+    (``VᵀV = I + O(10⁻⁷)``): the projector is the exact orthogonal one onto
+    the complement of ``span(V)``, ``P = I − V G⁻¹ Vᵀ`` with ``G = VᵀV``
+    (r, r) in float64, and the shift acts as ``c V G⁻¹ Vᵀ``. Applied in
+    float64 row chunks (:func:`~curvprobe.linalg._krylov.basis_t_matmul`,
+    :func:`~curvprobe.linalg._krylov.subtract_basis_matmul_`): no float64
+    copy of ``V``; beside the product, one (N, b) float64 copy of the input.
+    The guard's certificate is then about ``span(V)`` exactly, whatever the
+    rounding of its basis."""
+
+    def __init__(self, op: LinearOperator, V: Tensor, shift: float = 0.0) -> None:
+        super().__init__(op, V, shift)
+        self.gram_inverse = torch.cholesky_inverse(torch.linalg.cholesky(basis_t_matmul(V, V)))
+
+    def _coefficients(self, X: Tensor) -> Tensor:
+        """``G⁻¹ Vᵀ X`` (r, b) float64."""
+        return self.gram_inverse @ basis_t_matmul(self.V, X)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        C = self._coefficients(X)
+        out = self.op.matmat(subtract_basis_matmul_(X.clone(), self.V, C))
+        subtract_basis_matmul_(out, self.V, self._coefficients(out))
+        return out if self.shift == 0.0 else subtract_basis_matmul_(out, self.V, -self.shift * C)
+
+
+def deflate(op: LinearOperator, V: Tensor, shift: float) -> DeflatedOperator:
+    """``op`` deflated on ``span(V)`` with the shift: float64 ``V`` is
+    orthonormal (:class:`~curvprobe.core.operators.DeflatedOperator`), a
+    float32 one is projected exactly (:class:`RoundedDeflatedOperator`)."""
+    if V.dtype == torch.float64:
+        return DeflatedOperator(op, V, shift)
+    return RoundedDeflatedOperator(op, V, shift)
 
 
 def _merge(found: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], extra: KrylovRun, spare: int | None
@@ -414,8 +453,7 @@ def _under_A(extra: KrylovRun, V: Tensor, factor: tuple[Tensor, Tensor]) -> tupl
     ``‖A x' − θ x'‖² = ‖P A P x' − θ x'‖² + ‖S Fᵀ x'‖²`` with the found
     pairs' residual factor ``(F, S)``, since ``Vᵀ A x' = S Fᵀ x'`` for
     ``x' ⟂ V``: the returned residuals are exact up to round-off. (A float32
-    repair's vectors are already ``⟂ V``, its residuals under ``A`` and its
-    factor empty: nothing changes.)"""
+    repair's pairs do not come here: see :func:`_repair`.)"""
     F, S = factor
     c2 = (V.T @ extra.vectors).square().sum(dim=0)
     X = orthonormalize_against(extra.vectors, V)
@@ -443,6 +481,8 @@ def _solve_missed(deflated: DeflatedOperator, factor: tuple[Tensor, Tensor], nev
     def solve(x: Tensor, rel_tol: float, budget: int) -> tuple[KrylovRun, Tensor]:
         extra = _repair(deflated, nev, x, tol=rel_tol, basis_size=basis_size, max_matvecs=budget,
                         generator=generator, scale=scale, which=which, basis_dtype=basis_dtype)
+        if basis_dtype != torch.float64:
+            return extra, torch.zeros_like(extra.values)
         return _under_A(extra, deflated.V, factor)
 
     extra, leak = solve(x0, tol, max_matvecs)
@@ -603,15 +643,18 @@ def _repair(deflated: DeflatedOperator, nev: int, x0: Tensor, *, tol: float, bas
             max_matvecs: int, generator: torch.Generator, scale: float, which: str,
             basis_dtype: torch.dtype) -> KrylovRun:
     """The missed pairs at one end of the deflated operator, from the guard's
-    extreme Ritz vector ``x0`` (N, 1). With a float32 basis the pairs are
-    projected off ``span(V)`` (its round-off) and certified by
-    :func:`~curvprobe.linalg._krylov.explicit_pairs` under ``A`` itself
-    (``xᵀ P A P x = xᵀ A x`` for ``x ⟂ V``): residuals from real products,
-    an empty residual factor, so the merge adds nothing to them."""
+    extreme Ritz vector ``x0`` (N, 1). With a float32 basis the vectors are
+    projected off ``span(V)`` (its round-off) in float64, normalised and
+    stored in float32 beside the found ones; their values and residuals are
+    the run's estimates and the residual factor is empty: the solve
+    certifies every pair it returns from real products at its end
+    (:func:`~curvprobe.linalg._krylov.explicit_pairs`), none here."""
     extra = thick_restart_lanczos(deflated, nev, x0, tol=tol, basis_size=basis_size,
                                   max_matvecs=max_matvecs, generator=generator, scale=scale,
                                   which=which, basis_dtype=basis_dtype)
     if basis_dtype == torch.float64:
         return extra
     X = orthonormalize_against(extra.vectors.to(torch.float64), deflated.V)
-    return explicit_pairs(deflated.op, X, which, scale)
+    X = X.div_(X.norm(dim=0)).to(basis_dtype)
+    return dataclasses.replace(extra, vectors=X, F=extra.F.new_zeros(X.shape[0], 0),
+                               S=extra.S.new_zeros(X.shape[1], 0))

@@ -15,32 +15,31 @@ float64 basis (``s = 8``)
 * **repair** (only when the guard finds a missed eigenvalue): a Lanczos run
   on the deflated operator, ``(D + b) N · 8 + (m + 1) N · 8 + (D + 3) N · 8``.
 
-float32 basis (``s = 4``)
+float32 basis (``s = 4``): a memory-bound solve, whose found vectors stay
+in float32 until its end
 
 * **solve**: ``(m + b + D) N s + 2 b N · 8`` — the Ritz vectors are formed
   in the basis rows and copied out in float32
   (:func:`~curvprobe.linalg.lanczos.thick_restart_lanczos`), beside the
   block and its image in float64 (projected in place,
-  :func:`~curvprobe.linalg._krylov.subtract_basis_matmul_`);
-* **certificate**: ``D N s + (D + R) N · 8`` while the vectors are copied
-  to float64 into a buffer with ``R`` =
-  :data:`~curvprobe.linalg.guard.REPAIR_SPARE` free columns, then
-  ``(D + R) N · 8 + c N · 8`` with ``c`` =
-  :data:`~curvprobe.linalg._krylov.EXPLICIT_BLOCK` columns per product
-  (:func:`~curvprobe.linalg._krylov.explicit_pairs`: no image is stored);
-* **guard**: ``(D + R) N · 8 + 6 N · 8`` whatever its steps ``j``: a float32
-  basis marks a memory-bound solve, and its guard is streamed
-  (:func:`~curvprobe.linalg.guard.streamed_guard_run`: two Lanczos vectors,
-  a kernel vector per level, the projected input and the product; no factor,
-  residuals are explicit);
-* **repair**: ``(D + R) N · 8 + (m_r + 1 + r) N s + 3 N · 8`` for ``r``
-  missed pairs solved (the model takes ``r = R = 2``: one eigenvalue missed,
-  solved with one more) in a basis of ``m_r = max(m − D − 2R − r − 4, 2r + 2)``
+  :func:`~curvprobe.linalg._krylov.subtract_basis_matmul_`); then they are
+  copied into a float32 buffer with ``R`` =
+  :data:`~curvprobe.linalg.guard.REPAIR_SPARE` free columns, ``f = D + R``;
+* **guard**: ``f N s + 6 N · 8`` whatever its steps ``j``: the guard is
+  streamed (:func:`~curvprobe.linalg.guard.streamed_guard_run`: two Lanczos
+  vectors, a kernel vector per level, the projected input and the product;
+  no factor) and deflates the float32 vectors exactly
+  (:class:`~curvprobe.linalg.guard.RoundedDeflatedOperator`);
+* **repair**: ``f N s + (m_r + 1 + r) N s + 3 N · 8`` for ``r`` missed
+  pairs solved (the model takes ``r = R = 2``: one eigenvalue missed,
+  solved with one more) in a basis of ``m_r = max(m − D − R − r − 2, 2r + 2)``
   rows (:func:`~curvprobe.linalg.guard.repair_basis_size`: at most the
-  solve's peak), and their certificate ``(D + R + 3 r) N · 8``. The pairs
-  are merged into the free columns and the result's ``D`` are selected in
-  place (:func:`~curvprobe.linalg._krylov.select_columns_`): no copy of the
-  vectors at either step.
+  solve's peak); the pairs are merged into the free columns, no copy;
+* **certificate**: ``f N s + D N · 8`` while the ``D`` selected vectors
+  (selected in place, :func:`~curvprobe.linalg._krylov.select_columns_`)
+  are copied to float64, then ``D N · 8 + c N · 8`` with ``c`` =
+  :data:`~curvprobe.linalg._krylov.EXPLICIT_BLOCK` columns per product
+  (:func:`~curvprobe.linalg._krylov.explicit_pairs`: no image is stored).
 
 Either way a Davidson warm start keeps ``Q`` and ``A Q`` in buffers of
 ``m + B`` rows (``B`` = :data:`~curvprobe.linalg.davidson.DAVIDSON_BLOCK`)
@@ -54,7 +53,7 @@ accumulates into its float64 output in place,
 :meth:`~curvprobe.core.problem.Problem.hvp`). For ``m ≫ D`` it is
 ``≈ m · N · s + one HVP`` and a float32 basis halves it; with the default
 ``m = 3 D`` the Ritz vectors take a comparable share (``D = 20``, ``m = 60``:
-840 N bytes in float64, in a repair, against 356 N in float32, at the end
+840 N bytes in float64, in a repair, against 340 N in float32, at the end
 of the solve). The measured peaks are in ``docs/toolkit.md``.
 """
 
@@ -112,10 +111,9 @@ def eigensolver_memory(N: int, basis_size: int, basis_dtype: torch.dtype = torch
     else:
         r, c, f = REPAIR_SPARE, EXPLICIT_BLOCK, D + REPAIR_SPARE
         phases = [(m + b + D) * N * s + 2 * b * N * 8,
-                  D * N * s + f * N * 8, f * N * 8 + c * N * 8,
-                  f * N * 8 + _STREAMED_GUARD_VECTORS * N * 8,
-                  f * N * 8 + (repair_basis_size(m, D, r, basis_dtype, r) + 1 + r) * N * s + 3 * N * 8,
-                  (f + 3 * r) * N * 8]
+                  f * N * s + _STREAMED_GUARD_VECTORS * N * 8,
+                  f * N * s + (repair_basis_size(m, D, r, basis_dtype, r) + 1 + r) * N * s + 3 * N * 8,
+                  f * N * s + D * N * 8, D * N * 8 + c * N * 8]
     if warm_start:
         phases.append(2 * (m + DAVIDSON_BLOCK) * N * s + (3 * D + 2 * DAVIDSON_BLOCK) * N * 8)
     kept = 2 * m * N * 8 if keep_basis else 0

@@ -15,7 +15,13 @@ from curvprobe import MatrixOperator, top_eigenspace
 from curvprobe.core.operators import DeflatedOperator
 from curvprobe.linalg import christoffel_kernel, miss_probability
 from curvprobe.linalg._krylov import append_columns_, owned_buffer, random_unit, select_columns_
-from curvprobe.linalg.guard import REPAIR_SPARE, _stored_guard_run, streamed_guard_run
+from curvprobe.linalg.guard import (
+    REPAIR_SPARE,
+    RoundedDeflatedOperator,
+    _stored_guard_run,
+    deflate,
+    streamed_guard_run,
+)
 
 
 def deflated_case(n: int, top: list[float], bulk: tuple[float, float], seed: int
@@ -108,12 +114,13 @@ def test_columns_are_appended_and_selected_in_place(order):
 
 def test_float32_solve_merges_and_selects_without_copies(monkeypatch):
     """On a dense bulk the float32 solve skips an eigenvalue and the guard
-    repairs it: the merge writes the pairs into the free columns, and the
-    result lives in the certificate's buffer of D + REPAIR_SPARE columns."""
+    repairs it: the merge writes the float32 pairs into the free columns of
+    the float32 buffer, and the result is certified in float64 on storage of
+    exactly its D columns."""
     merges = []
 
     def counted(X, Y):
-        merges.append(Y.shape[1])
+        merges.append((Y.shape[1], X.dtype, Y.dtype))
         return append_columns_(X, Y)
 
     monkeypatch.setattr(guard_module, "append_columns_", counted)
@@ -121,6 +128,27 @@ def test_float32_solve_merges_and_selects_without_copies(monkeypatch):
     A = random_symmetric(spectrum("bulk", 300, rng), rng)
     es = top_eigenspace(MatrixOperator(A), 20, tol=1e-3, basis_dtype=torch.float32, guard_steps=40,
                         max_miss_probability=0.05)
-    assert es.certified and merges == [REPAIR_SPARE]
-    assert es.vectors.untyped_storage().nbytes() == 300 * (20 + REPAIR_SPARE) * 8
+    assert es.certified and merges == [(REPAIR_SPARE, torch.float32, torch.float32)]
+    assert es.vectors.dtype == torch.float64 and es.vectors.untyped_storage().nbytes() == 300 * 20 * 8
     check_certified(es, A, 20, 1e-3)
+
+
+@pytest.mark.parametrize("shift", [0.0, 2.5])
+def test_rounded_deflation_is_the_exact_projection(shift):
+    """Found vectors stored in float32 (rounded, and far from orthonormal
+    here) are deflated by the orthogonal projector onto the complement of
+    their span, with the shift on the span: the dense ``P A P + c (I − P)``
+    for ``P = I − V (VᵀV)⁻¹ Vᵀ`` of the float32 values themselves."""
+    g = torch.Generator().manual_seed(3)
+    n = 60
+    B = torch.randn(n, n, generator=g, dtype=torch.float64)
+    A = B + B.T
+    V = (torch.randn(n, 4, generator=g, dtype=torch.float64) + 0.5).float()
+    op = deflate(MatrixOperator(A), V, shift)
+    assert isinstance(op, RoundedDeflatedOperator)
+    V64 = V.double()
+    P = torch.eye(n, dtype=torch.float64) - V64 @ torch.linalg.solve(V64.T @ V64, V64.T)
+    expected = P @ A @ P + shift * (torch.eye(n, dtype=torch.float64) - P)
+    dense = op.matmat(torch.eye(n, dtype=torch.float64))
+    assert torch.allclose(dense, expected, rtol=0, atol=1e-12 * float(A.abs().max()))
+    assert type(deflate(MatrixOperator(A), V64, shift)) is DeflatedOperator
