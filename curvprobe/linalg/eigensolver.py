@@ -242,6 +242,30 @@ def _krylov_solve(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, 
                                S=run.S.new_zeros(vectors.shape[1], 0), spare=REPAIR_SPARE), scale
 
 
+def _guarded_solve(op: LinearOperator, D: int, init: Tensor | Eigenspace | None, *, tol: float,
+                   basis_size: int, budget: int, generator: torch.Generator, keep_basis: bool, which: str,
+                   block: int, basis_dtype: torch.dtype, guard: tuple[int, int, float | None]
+                   ) -> tuple[tuple[Tensor | None, Tensor | None], GuardResult, float | None]:
+    """The solve (:func:`_krylov_solve`) and its missed-eigenvalue guard
+    (``guard``: steps, rounds, miss bound): the run's kept basis and image,
+    the guarded pairs — a memory-bound solve's certified in float64 once
+    the run is dropped (:func:`_float64_certificate`) — and the residual scale."""
+    start = op.num_matvecs
+    run, scale = _krylov_solve(op, D, init, tol=tol, basis_size=basis_size, budget=budget,
+                               generator=generator, keep_basis=keep_basis, which=which, block=block,
+                               basis_dtype=basis_dtype)
+    steps, rounds, miss_bound = guard
+    checked = missed_eigenvalue_guard(op, run, D, tol=tol, steps=steps, max_rounds=rounds,
+                                      max_miss_probability=miss_bound, basis_size=basis_size,
+                                      max_matvecs=budget - (op.num_matvecs - start), generator=generator,
+                                      which=which, scale=scale, basis_dtype=basis_dtype)
+    kept = (run.basis, run.image)
+    del run  # a memory-bound solve's float32 vectors are now the guard's alone
+    if basis_dtype != torch.float64:
+        checked = _float64_certificate(op, checked, D, which, scale)
+    return kept, checked, scale
+
+
 def _float64_certificate(op: LinearOperator, checked: GuardResult, D: int, which: str,
                          scale: float | None) -> GuardResult:
     """The ``D`` pairs of a memory-bound solve's guarded float32 vectors that
@@ -391,17 +415,10 @@ def top_eigenspace(op: LinearOperator, D: int, *, tol: float = 1e-3, method: str
         return deflated_power_iteration(op, D, tol=tol, generator=generator, budget=budget,
                                         iters=power_iters, change_tol=power_tol, start=start)
     m = max(D + 2, int(basis_size) if basis_size is not None else max(3 * D, D + 40))
-    run, scale = _krylov_solve(op, D, init, tol=tol, basis_size=m, budget=budget,
-                               generator=generator, keep_basis=keep_basis, which=which, block=block,
-                               basis_dtype=basis_dtype)
-    checked = missed_eigenvalue_guard(op, run, D, tol=tol, steps=guard_steps, max_rounds=max_guard_rounds,
-                                      max_miss_probability=max_miss_probability, basis_size=m,
-                                      max_matvecs=budget - (op.num_matvecs - start), generator=generator,
-                                      which=which, scale=scale, basis_dtype=basis_dtype)
-    kept = (run.basis, run.image)
-    del run  # a memory-bound solve's float32 vectors are now the guard's alone
-    if basis_dtype != torch.float64:
-        checked = _float64_certificate(op, checked, D, which, scale)
+    kept, checked, scale = _guarded_solve(op, D, init, tol=tol, basis_size=m, budget=budget,
+                                          generator=generator, keep_basis=keep_basis, which=which,
+                                          block=block, basis_dtype=basis_dtype,
+                                          guard=(guard_steps, max_guard_rounds, max_miss_probability))
     result = _certified(op, kept, checked, D, tol, start, start_cost, which, scale, method,
                         max_miss_probability)
     _warn_if_uncertified(result, spent=op.num_matvecs - start, budget=budget)

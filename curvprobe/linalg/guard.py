@@ -325,9 +325,8 @@ def missed_eigenvalue_guard(op: LinearOperator, run: KrylovRun, D: int, *, tol: 
         The scale ``s`` of the levels and repairs (default ``max |θ|`` of the run).
     basis_dtype : torch.dtype
         Basis storage of the guard and repair runs. With float32 the found
-        vectors are float32 too (deflated exactly, :func:`deflate`), a
-        repair's pairs are merged as estimates and the caller certifies the
-        result from real products.
+        vectors are float32 (deflated exactly, :func:`deflate`), a repair's
+        pairs merge as estimates and the caller certifies the result.
 
     Returns
     -------
