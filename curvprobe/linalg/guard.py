@@ -407,8 +407,8 @@ class RoundedDeflatedOperator(DeflatedOperator):
     def _matmat(self, X: Tensor) -> Tensor:
         C = self._coefficients(X)
         out = self.op.matmat(subtract_basis_matmul_(X.clone(), self.V, C))
-        subtract_basis_matmul_(out, self.V, self._coefficients(out))
-        return out if self.shift == 0.0 else subtract_basis_matmul_(out, self.V, -self.shift * C)
+        # P (A P X) + c V C in one pass over V: out − V (G⁻¹ Vᵀ out − c C)
+        return subtract_basis_matmul_(out, self.V, self._coefficients(out) - self.shift * C)
 
 
 def deflate(op: LinearOperator, V: Tensor, shift: float) -> DeflatedOperator:
