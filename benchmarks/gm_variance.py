@@ -11,7 +11,9 @@ unit (:func:`curvprobe.criteria.engine.full_space_moments`) at k = ``samples``:
 2. ``t2 = v₀ᵀ B_m v₀`` with ``B_m = H^(k)/(k+1)``, plain and after deflating
    ``B_m`` by a Hutch++ sketch of s columns (its exact part added back);
 3. ``tr H^(k)`` by one shared probe against independent probes per sample
-   (one single-sample HVP each).
+   (one single-sample HVP each);
+4. the cost per column of a one-sample HVP (the ``B₁`` products) by each
+   kernel of :data:`curvprobe.core.problem.HVP_MODES`.
 
 Each row prints the variance over ``draws`` draws and the seconds per draw;
 variance × seconds is the figure of merit (lower is better).
@@ -82,6 +84,23 @@ def main() -> None:
     print(f"| tr H^(k): one shared probe | {shared.var().item():.3e} | {t_bm / u:.3f} | – |")
     print(f"| tr H^(k): a probe per sample (k single-sample HVPs) | {var:.3e} | "
           f"{sum(d[1] for d in draws) / u:.3f} | – |")
+    kernel_table(problem, k, g)
+
+
+def kernel_table(problem, k: int, g: torch.Generator) -> None:
+    """Milliseconds per column of ``H_{k+1} V`` (one sample) by each HVP kernel, best of 3."""
+    widths = (9, 17, 64)
+    print(f"\n## One-sample HVP, ms per column (N = {problem.num_params:,})\n")
+    print("| kernel | " + " | ".join(f"{m} columns" for m in widths) + " |")
+    print("|---|" + "---|" * len(widths))
+    for mode in ("double_backward", "forward_over_reverse", "batched_double_backward"):
+        cells = []
+        for m in widths:
+            V = rademacher(problem.num_params, m, g)
+            best = min(timed(lambda V=V, mode=mode: problem.hvp(V, k + 1, start=k, mode=mode))[1]
+                       for _ in range(3))
+            cells.append(f"{1000 * best / m:.2f}")
+        print(f"| {mode} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -329,7 +329,7 @@ def main() -> None:
     print(f"## Curvature toolkit (torch {torch.__version__}, {torch.get_num_threads()} threads)\n")
     print(f"At start: {load()}.\n")
     steps = {"layers": per_layer_row, "smallest": smallest_row, "trace": trace_row, "density": density_row,
-             "gm": lambda: gm_full_row(args.samples, 8 if args.quick else 32, 15 if args.quick else 30),
+             "gm": lambda: gm_full_row(args.samples, 8 if args.quick else 32, 15 if args.quick else 60),
              "eig": lambda: eigensolver_row(args.samples, repeats, args.block_size), "memory": memory_row}
     if args.only:
         steps = {name: steps[name] for name in args.only}

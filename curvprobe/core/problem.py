@@ -44,7 +44,7 @@ from curvprobe.core.operators import (
 )
 from curvprobe.core.samples import Batch, DatasetSamples, Samples, TensorSamples, leaves, tree_map
 
-HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
+HVP_MODES = ("auto", "double_backward", "forward_over_reverse", "batched_double_backward")
 
 #: Batch width from which the vmapped forward-over-reverse HVP is the default
 #: (measured by ``benchmarks/eigensolvers.py``: below it, double backward that
@@ -116,11 +116,12 @@ class Problem:
     dtype, device :
         Dtype of parameters and floating inputs (default: the model's), and the
         device everything is moved to (default: the model's).
-    hvp_mode : {"auto", "double_backward", "forward_over_reverse"}
+    hvp_mode : {"auto", "double_backward", "forward_over_reverse", "batched_double_backward"}
         HVP path. ``"auto"`` uses the vmapped forward-over-reverse product
         for :data:`VMAP_MIN_VECTORS` vectors or more when ``batch_size //
         m`` ≥ :data:`VMAP_MIN_CHUNK`, and double backward otherwise (see
-        :func:`hvp_kernel`).
+        :func:`hvp_kernel`); ``"batched_double_backward"`` is never picked by
+        ``"auto"`` (it wins on one-sample ranges with many vectors).
     distributed : bool
         Data parallel over the default ``torch.distributed`` process group:
         each rank evaluates every ``W``-th chunk and every sum, per-sample
@@ -410,7 +411,7 @@ class Problem:
                 return self.chunk_losses(x, a, b).sum()
 
             chunk_hvp(chunk_loss, w, V, total)
-        out = self.all_reduce(total) / (stop - start)
+        out = self.all_reduce(total).div_(stop - start)
         return out[:, 0] if v.dim() == 1 else out
 
     def _check_vectors(self, v: Tensor) -> Tensor:
@@ -529,7 +530,8 @@ def hvp_kernel(mode: str, num_vectors: int, batch_size: int) -> tuple[HVPKernel,
         mode = "forward_over_reverse" if vmapped else "double_backward"
     if mode == "double_backward":
         return _hvp_double_backward, batch_size
-    return _hvp_forward_over_reverse, max(1, batch_size // max(1, num_vectors))
+    vmapped = _hvp_batched_double_backward if mode == "batched_double_backward" else _hvp_forward_over_reverse
+    return vmapped, max(1, batch_size // max(1, num_vectors))
 
 
 def _hvp_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, out: Tensor) -> None:
@@ -544,6 +546,20 @@ def _hvp_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, ou
     m = V.shape[1]
     for j in range(m):
         out[:, j] += torch.autograd.grad(g, wr, V[:, j].to(w.dtype), retain_graph=j < m - 1)[0]
+
+
+def _hvp_batched_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, out: Tensor) -> None:
+    """``out += ∇²f(w) V`` by reverse-over-reverse with the second backward
+    batched over the columns of ``V`` (N, m) (``is_grads_batched``: one
+    vmapped pass through the gradient graph, ``m`` copies of its
+    intermediates). On one tiny-gpt sample it costs 2.0 ms a column at 64
+    columns against 3.5 for forward-over-reverse and 6.0 for double backward
+    (``benchmarks/gm_variance.py``); on many-sample chunks it was not faster."""
+    wr = w.detach().requires_grad_(True)
+    value = f(wr)
+    _check_finite(value.detach(), "loss")
+    (g,) = torch.autograd.grad(value, wr, create_graph=True)
+    out += torch.autograd.grad(g, wr, V.T.to(w.dtype), is_grads_batched=True)[0].T
 
 
 def _hvp_forward_over_reverse(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, out: Tensor) -> None:

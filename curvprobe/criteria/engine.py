@@ -506,30 +506,36 @@ class HessianDifference(LinearOperator):
         self.problem, self.k, self.w = problem, int(k), problem.point(w)
 
     def _matmat(self, V: Tensor) -> Tensor:
-        return (self._sample_hvp(V) - self.problem.hvp(V, self.k, self.w)) / (self.k + 1)
+        return self._sample_hvp(V).sub_(self.problem.hvp(V, self.k, self.w)).div_(self.k + 1)
 
     def sample_part(self, V: Tensor) -> Tensor:
         """``H_{k+1} V / (k+1)``: (N, m) float64 for ``V`` (N, m)."""
-        return self._sample_hvp(V) / (self.k + 1)
+        return self._sample_hvp(V).div_(self.k + 1)
 
     def mean_part(self, V: Tensor) -> Tensor:
         """``H^(k) V / (k+1)``: (N, m) float64 for ``V`` (N, m)."""
-        return self.problem.hvp(V, self.k, self.w) / (self.k + 1)
+        return self.problem.hvp(V, self.k, self.w).div_(self.k + 1)
 
     def _sample_hvp(self, V: Tensor) -> Tensor:
         """``H_{k+1} V`` in blocks of ``batch_size`` columns. Under ``hvp_mode="auto"``
-        a block of ≥ ``VMAP_MIN_VECTORS`` columns takes the vmapped
-        forward-over-reverse kernel: on one sample the columns are the batch
-        (auto's rule looks at ``batch_size`` samples per chunk, which a
-        one-sample range never has), measured 2× faster per column than
-        double backward on tiny-gpt."""
+        a block of ≥ ``VMAP_MIN_VECTORS`` columns takes the batched double
+        backward kernel: on one sample the columns are the batch (auto's rule
+        looks at ``batch_size`` samples per chunk, which a one-sample range
+        never has); on tiny-gpt it costs 2.0 ms a column at 64 columns, against
+        3.5 for forward-over-reverse and 6.0 for double backward
+        (``benchmarks/gm_variance.py``)."""
         p, step = self.problem, self.problem.batch_size
+
+        def product(block: Tensor) -> Tensor:
+            wide = p.hvp_mode == "auto" and block.shape[1] >= VMAP_MIN_VECTORS
+            mode = "batched_double_backward" if wide else None
+            return p.hvp(block, self.k + 1, self.w, start=self.k, mode=mode)
+
+        if V.shape[1] <= step:
+            return product(V)
         out = torch.empty(V.shape, dtype=torch.float64, device=V.device)
         for a in range(0, V.shape[1], step):
-            block = V[:, a:a + step]
-            wide = p.hvp_mode == "auto" and block.shape[1] >= VMAP_MIN_VECTORS
-            out[:, a:a + step] = p.hvp(block, self.k + 1, self.w, start=self.k,
-                                       mode="forward_over_reverse" if wide else None)
+            out[:, a:a + step] = product(V[:, a:a + step])
         return out
 
 
@@ -551,15 +557,16 @@ class FullSpaceMoments:
 
 
 def default_probes_per_unit(k: int) -> int:
-    """``r = ⌈k/8⌉`` deflated probes on sample k+1 per unit of :func:`full_space_moments`.
+    """``r = ⌈k/4⌉`` deflated probes on sample k+1 per unit of :func:`full_space_moments`.
 
-    An HVP over k samples costs about ``k/4`` single-sample ones on tiny-gpt
-    (84 ms against 5.6 ms per column at k = 64, 17-column blocks), so a unit
-    spends about half as long on sample k+1 as on the mean; after deflation
-    the two halves of a unit's variance are then about equal there (≈ 0.02
-    each), and r = 8 measured better than 4 and 16.
+    On tiny-gpt at k = 64 a product with ``B_m`` (k samples) costs 66 ms a
+    column and one with ``B₁`` (one sample, batched double backward, with its
+    probe's draw and projection) about 4 ms, and a deflated ``B₁`` probe
+    varies about 4.5× as much as ``B_m``'s: the optimum ``r = √(4.5 · 66/4) ≈
+    9–16``, and r = 16 measured best of 8, 12, 16, 24 in wall time × variance
+    (60 units, 3 seeds; ``benchmarks/gm_variance.py`` has the parts).
     """
-    return max(1, math.ceil(int(k) / 8))
+    return max(1, math.ceil(int(k) / 4))
 
 
 def default_sketch_size(k: int, n: int) -> int:
@@ -580,24 +587,27 @@ def sample_sketch(B: HessianDifference, s: int, generator: torch.Generator) -> t
     return Q, float((Q * Z).sum()), float((Z * Z).sum())
 
 
-def unit_terms(sample_products: Tensor, probes: Tensor, mean_product: Tensor) -> tuple[float, float]:
-    """One unit's ``(t, f)``: given ``Q``, unbiased for ``(tr(P B₁ P) − tr B_m,
-    tr(P B₁² P) − 2⟨B₁, B_m⟩ + ‖B_m‖²_F)``, ``P = I − Q Qᵀ``.
+def unit_terms(sample_products: Tensor, probes: Tensor, mean_products: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``(t, f)`` of ``g`` units, (g,) each: given ``Q``, unbiased for
+    ``(tr(P B₁ P) − tr B_m, tr(P B₁² P) − 2⟨B₁, B_m⟩ + ‖B_m‖²_F)``, ``P = I − Q Qᵀ``.
 
-    ``probes`` (N, r+1) are ``v_0`` and ``x_i = P v_i`` (i = 1..r), the ``v``
-    random with ``E vvᵀ = I``; ``sample_products`` (N, r+1) their products
-    with ``B₁ = H_{k+1}/(k+1)``; ``mean_product`` (N,) is ``B_m v_0`` with
-    ``B_m = H^(k)/(k+1)`` (so ``B_k = B₁ − B_m``):
+    ``probes`` (N, g + g r) are the units' ``v_0`` and then unit 0's ``x_1..x_r``,
+    unit 1's, …, with ``x_i = P v_i`` and the ``v`` random with ``E vvᵀ = I``;
+    ``sample_products`` (N, g + g r) their products with ``B₁ = H_{k+1}/(k+1)``;
+    ``mean_products`` (N, g) are ``B_m v_0`` with ``B_m = H^(k)/(k+1)`` (so
+    ``B_k = B₁ − B_m``). For each unit
 
         t = mean_i x_iᵀ B₁ x_i − v_0ᵀ B_m v_0,
         f = mean_i ‖B₁ x_i‖² − (2 (B₁ v_0)ᵀ (B_m v_0) − ‖B_m v_0‖²),
 
     since ``E vᵀAv = tr A`` and ``‖B₁ − B_m‖²_F = ‖B₁‖²_F − 2⟨B₁, B_m⟩ + ‖B_m‖²_F``.
     """
-    X, W = probes[:, 1:], sample_products[:, 1:]
-    t1, f1 = float((X * W).sum(dim=0).mean()), float((W * W).sum(dim=0).mean())
-    t2 = float(probes[:, 0] @ mean_product)
-    f2 = float(2 * (sample_products[:, 0] @ mean_product) - mean_product @ mean_product)
+    g = mean_products.shape[1]
+    X, W, heads, sampled = probes[:, g:], sample_products[:, g:], probes[:, :g], sample_products[:, :g]
+    dot = torch.linalg.vecdot
+    t1, f1 = dot(X, W, dim=0).view(g, -1).mean(dim=1), dot(W, W, dim=0).view(g, -1).mean(dim=1)
+    t2 = dot(heads, mean_products, dim=0)
+    f2 = 2 * dot(sampled, mean_products, dim=0) - dot(mean_products, mean_products, dim=0)
     return t1 - t2, f1 - f2
 
 
@@ -640,13 +650,22 @@ def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, st
         raise ValueError(f"need num_matvecs >= 1, probes_per_unit >= 1, sketch_size >= 0; got {u}, {r}, {s}")
     B = HessianDifference(problem, k)
     Q, trace_q, frobenius_q = sample_sketch(B, s, _keyed_generator(seed, stream, 1))
-    heads = rademacher(u, n, _keyed_generator(seed, stream, 0), problem.device).T
+    dtype = problem.dtype  # what the products see: probes built and projected in it
+    heads = rademacher(u, n, _keyed_generator(seed, stream, 0), problem.device, dtype).T
     mean_products = B.mean_part(heads)
-    t, f = torch.zeros(u, dtype=torch.float64), torch.zeros(u, dtype=torch.float64)
-    for j in range(u):
-        rest = rademacher(r, n, _keyed_generator(seed, stream, j + 2), problem.device).T
-        V = torch.cat([heads[:, j:j + 1], rest - Q @ (Q.T @ rest)], dim=1)
-        t[j], f[j] = unit_terms(B.sample_part(V), V, mean_products[:, j])
+    t, f = (torch.zeros(u, dtype=torch.float64, device=problem.device) for _ in range(2))
+    Qp = Q.to(dtype)
+    per_call = max(1, problem.batch_size // (r + 1))  # units per block of single-sample products
+    for j0 in range(0, u, per_call):
+        j1 = min(j0 + per_call, u)
+        V = torch.empty(n, (j1 - j0) * (r + 1), dtype=dtype, device=problem.device)
+        V[:, :j1 - j0] = heads[:, j0:j1]
+        for i, j in enumerate(range(j0, j1)):
+            V[:, j1 - j0 + i * r:j1 - j0 + (i + 1) * r] = rademacher(
+                r, n, _keyed_generator(seed, stream, j + 2), problem.device, dtype).T
+        rest = V[:, j1 - j0:]
+        rest -= Qp @ (Qp.T @ rest)
+        t[j0:j1], f[j0:j1] = unit_terms(B.sample_part(V), V.double(), mean_products[:, j0:j1])
     g_mean = problem.gradient(k=k)
     c = (problem.gradient(k=k + 1, start=k) - g_mean) / (k + 1)
     return FullSpaceMoments(k, float(c @ c), trace_q + float(t.mean()), frobenius_q + float(f.mean()), t, f)

@@ -78,11 +78,13 @@ class TraceEstimate:
     samples: Tensor
 
 
-def rademacher(n: int, k: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    """``k`` Rademacher columns (N, k) float64 (entries ±1), drawn on the
-    generator's device and moved to ``device``."""
-    bits = torch.randint(0, 2, (n, k), generator=generator, device=generator.device)
-    return (2.0 * bits - 1.0).to(device, torch.float64)
+def rademacher(n: int, k: int, generator: torch.Generator, device: torch.device,
+               dtype: torch.dtype = torch.float64) -> Tensor:
+    """``k`` Rademacher columns (N, k) (entries ±1, exact in any ``dtype``),
+    drawn on the generator's device and moved to ``device``; the same draw
+    whatever the dtype."""
+    bits = torch.randint(0, 2, (n, k), generator=generator, device=generator.device, dtype=dtype)
+    return bits.mul_(2).sub_(1).to(device)
 
 
 def hutchinson_terms(op: LinearOperator, G: Tensor, Q: Tensor | None = None) -> Tensor:

@@ -39,11 +39,13 @@ def test_parts_sketch_and_unit_terms_match_the_dense_hessian_difference():
     assert torch.allclose(op.matmat(V), (B1 - Bm) @ V, atol=1e-13)
     assert torch.allclose(op.sample_part(V), B1 @ V, atol=1e-13)
     assert torch.allclose(op.mean_part(V), Bm @ V, atol=1e-13)
-    t, f = engine.unit_terms(B1 @ V, V, Bm @ V[:, 0])
-    x, X = V[:, 0], V[:, 1:]
-    assert t == pytest.approx(float((X * (B1 @ X)).sum(0).mean() - x @ Bm @ x), rel=1e-12)
-    f_ref = (B1 @ X).square().sum(0).mean() - 2 * (B1 @ x) @ (Bm @ x) + (Bm @ x).square().sum()
-    assert f == pytest.approx(float(f_ref), rel=1e-12)
+    V = torch.randn(24, 2 + 2 * 3, dtype=torch.float64)  # two units of r = 3: heads, then each unit's probes
+    t, f = engine.unit_terms(B1 @ V, V, Bm @ V[:, :2])
+    for j in range(2):
+        x, X = V[:, j], V[:, 2 + 3 * j:5 + 3 * j]
+        assert float(t[j]) == pytest.approx(float((X * (B1 @ X)).sum(0).mean() - x @ Bm @ x), rel=1e-12)
+        f_ref = (B1 @ X).square().sum(0).mean() - 2 * (B1 @ x) @ (Bm @ x) + (Bm @ x).square().sum()
+        assert float(f[j]) == pytest.approx(float(f_ref), rel=1e-12)
     Q, trace_q, frobenius_q = engine.sample_sketch(op, 4, torch.Generator().manual_seed(0))
     assert torch.allclose(Q.T @ Q, torch.eye(4, dtype=torch.float64), atol=1e-12)
     assert trace_q == pytest.approx(float(torch.trace(Q.T @ B1 @ Q)), rel=1e-12)
@@ -57,7 +59,7 @@ def test_parts_sketch_and_unit_terms_match_the_dense_hessian_difference():
         assert exact_f == pytest.approx(float(B1.square().sum()), rel=1e-10)
     G = qp.per_sample_gradients
     assert full[0].c_norm2 == pytest.approx(float(((G[k] - G[:k].mean(dim=0)) / (k + 1)).square().sum()))
-    assert engine.default_probes_per_unit(1) == 1 and engine.default_probes_per_unit(64) == 8
+    assert engine.default_probes_per_unit(1) == 1 and engine.default_probes_per_unit(64) == 16
     assert engine.default_sketch_size(64, 24) == 24 and engine.default_sketch_size(1000, 10**5) == 64
 
 
