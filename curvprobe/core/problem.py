@@ -530,8 +530,8 @@ def hvp_kernel(mode: str, num_vectors: int, batch_size: int) -> tuple[HVPKernel,
         mode = "forward_over_reverse" if vmapped else "double_backward"
     if mode == "double_backward":
         return _hvp_double_backward, batch_size
-    vmapped = _hvp_batched_double_backward if mode == "batched_double_backward" else _hvp_forward_over_reverse
-    return vmapped, max(1, batch_size // max(1, num_vectors))
+    kernel = _hvp_batched_double_backward if mode == "batched_double_backward" else _hvp_forward_over_reverse
+    return kernel, max(1, batch_size // max(1, num_vectors))
 
 
 def _hvp_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, out: Tensor) -> None:
