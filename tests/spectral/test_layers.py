@@ -162,7 +162,7 @@ def test_one_hvp_per_direction_equals_batched(problems, method):
     assert rel(h_single, h_batched) <= 1e-12
 
 
-@pytest.mark.parametrize("mode", ["double_backward", "forward_over_reverse"])
+@pytest.mark.parametrize("mode", ["double_backward", "forward_over_reverse", "batched_double_backward"])
 def test_block_hvp_is_the_dense_hessian_block(problems, mode):
     """block_hvp(V) = H[W, W] V for arbitrary V (both HVP kernels; prefixes: test above)."""
     problem = problems["gpt"]

@@ -132,7 +132,7 @@ def test_low_precision_logits_refused():
 
 
 # --------------------------------------------------------------- (b) HVPs
-@pytest.mark.parametrize("mode", ["double_backward", "forward_over_reverse"])
+@pytest.mark.parametrize("mode", ["double_backward", "forward_over_reverse", "batched_double_backward"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_hvp_matches_dense_hessian(ids, dense, impl, mode):
     """Both attention implementations against one dense Hessian (eager, no
