@@ -552,9 +552,11 @@ def _hvp_batched_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Te
     """``out += ∇²f(w) V`` by reverse-over-reverse with the second backward
     batched over the columns of ``V`` (N, m) (``is_grads_batched``: one
     vmapped pass through the gradient graph, ``m`` copies of its
-    intermediates). On one tiny-gpt sample it costs 2.0 ms a column at 64
-    columns against 3.5 for forward-over-reverse and 6.0 for double backward
-    (``benchmarks/gm_variance.py``); on many-sample chunks it was not faster."""
+    intermediates). On one tiny-gpt sample it is the fastest kernel from 8 to
+    about 50 columns (17 columns: 2.4 ms a column against 3.3 for
+    forward-over-reverse and 4.8 for double backward; at 64 forward-over-reverse
+    is ahead, ``benchmarks/gm_variance.py``); on many-sample chunks it was not
+    faster."""
     wr = w.detach().requires_grad_(True)
     value = f(wr)
     _check_finite(value.detach(), "loss")

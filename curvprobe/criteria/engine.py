@@ -521,8 +521,8 @@ class HessianDifference(LinearOperator):
         a block of ≥ ``VMAP_MIN_VECTORS`` columns takes the batched double
         backward kernel: on one sample the columns are the batch (auto's rule
         looks at ``batch_size`` samples per chunk, which a one-sample range
-        never has); on tiny-gpt it costs 2.0 ms a column at 64 columns, against
-        3.5 for forward-over-reverse and 6.0 for double backward
+        never has); on tiny-gpt it costs 2.4 ms a column at 17 columns, against
+        3.3 for forward-over-reverse and 4.8 for double backward
         (``benchmarks/gm_variance.py``)."""
         p, step = self.problem, self.problem.batch_size
 
@@ -561,7 +561,7 @@ def default_probes_per_unit(k: int) -> int:
 
     On tiny-gpt at k = 64 a product with ``B_m`` (k samples) costs 66 ms a
     column and one with ``B₁`` (one sample, batched double backward, with its
-    probe's draw and projection) about 4 ms, and a deflated ``B₁`` probe
+    probe's draw, projection and dot products) about 4 ms, and a deflated ``B₁`` probe
     varies about 4.5× as much as ``B_m``'s: the optimum ``r = √(4.5 · 66/4) ≈
     9–16``, and r = 16 measured best of 8, 12, 16, 24 in wall time × variance
     (60 units, 3 seeds; ``benchmarks/gm_variance.py`` has the parts).
