@@ -1,6 +1,6 @@
 """Where gm_full's standard error comes from on tiny-gpt, and what would lower it.
 
-    OMP_NUM_THREADS=1 python benchmarks/gm_variance.py [--samples 64] [--draws 16]
+    OMP_NUM_THREADS=1 python benchmarks/gm_variance.py [--samples 64] [--draws 16] [--tune]
 
 At σ ≥ 0.01 gm_full's error is almost all its trace term, so this measures
 the per-draw variance and cost of the two halves of a two-level Hutchinson
@@ -13,7 +13,11 @@ unit (:func:`curvprobe.criteria.engine.full_space_moments`) at k = ``samples``:
 3. ``tr H^(k)`` by one shared probe against independent probes per sample
    (one single-sample HVP each);
 4. the cost per column of a one-sample HVP (the ``B₁`` products) by each
-   kernel of :data:`curvprobe.core.problem.HVP_MODES`.
+   kernel of :data:`curvprobe.core.problem.HVP_MODES`;
+5. with ``--tune``: whole :func:`~curvprobe.criteria.engine.full_space_moments`
+   runs (60 units, 3 seeds) for r = 8, 12, 16, 24 probes per unit and sketch
+   sizes 32 and 64 — seconds, variance of a unit's trace term, and their
+   product over the units (the figure of merit behind the defaults).
 
 Each row prints the variance over ``draws`` draws and the seconds per draw;
 variance × seconds is the figure of merit (lower is better).
@@ -44,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--draws", type=int, default=16)
+    parser.add_argument("--tune", action="store_true", help="also time whole runs over r and the sketch size")
     args = parser.parse_args()
     k, u = args.samples, args.draws
     problem = builtin_problem("tiny-gpt", num_samples=k + 1, batch_size=64, progress=False)
@@ -85,6 +90,8 @@ def main() -> None:
     print(f"| tr H^(k): a probe per sample (k single-sample HVPs) | {var:.3e} | "
           f"{sum(d[1] for d in draws) / u:.3f} | – |")
     kernel_table(problem, k, g)
+    if args.tune:
+        tune_table(problem, k)
 
 
 def kernel_table(problem, k: int, g: torch.Generator) -> None:
@@ -101,6 +108,24 @@ def kernel_table(problem, k: int, g: torch.Generator) -> None:
                        for _ in range(3))
             cells.append(f"{1000 * best / m:.2f}")
         print(f"| {mode} | " + " | ".join(cells) + " |")
+
+
+def tune_table(problem, k: int, units: int = 60, seeds: int = 3) -> None:
+    """Whole ``full_space_moments`` runs: mean seconds, mean variance of a unit's
+    ``t`` and seconds × variance / units (the variance of tr B_k per second)."""
+    engine.full_space_moments(problem, k, 2, seed=99, stream=5)  # warm-up
+    print(f"\n## full_space_moments at k = {k}: {units} units, {seeds} seeds (default r = "
+          f"{engine.default_probes_per_unit(k)}, s = {engine.default_sketch_size(k, problem.num_params)})\n")
+    print("| sketch s | probes r | seconds | variance of t per unit | seconds × variance / units |")
+    print("|---|---|---|---|---|")
+    for s in (32, 64):
+        for r in (8, 12, 16, 24):
+            runs = [timed(lambda seed=seed, r=r, s=s: engine.full_space_moments(
+                problem, k, units, seed=seed, stream=5, probes_per_unit=r, sketch_size=s))
+                for seed in range(seeds)]
+            sec = sum(t for _, t in runs) / seeds
+            var = sum(float(m.trace_terms.var()) for m, _ in runs) / seeds
+            print(f"| {s} | {r} | {sec:.2f} | {var:.4f} | {sec * var / units:.2e} |", flush=True)
 
 
 if __name__ == "__main__":
