@@ -10,7 +10,9 @@ unit (:func:`curvprobe.criteria.engine.full_space_moments`) at k = ``samples``:
    after the 64-column sketch, for r = 1, 2, 4, 8;
 2. ``t2 = v₀ᵀ B_m v₀`` with ``B_m = H^(k)/(k+1)``, plain and after deflating
    ``B_m`` by a Hutch++ sketch of s columns (its exact part added back);
-3. ``tr H^(k)`` by one shared probe against independent probes per sample
+3. ``t2`` with the output layer (``lm_head``) left out of the probe, the
+   variance that would remain if that block's trace were computed exactly;
+   ``tr H^(k)`` by one shared probe against independent probes per sample
    (one single-sample HVP each);
 4. the cost per column of a one-sample HVP (the ``B₁`` products) by each
    kernel of :data:`curvprobe.core.problem.HVP_MODES`;
@@ -79,6 +81,12 @@ def main() -> None:
         sec = t_bm / u + t_sketch / u
         print(f"| t2, B_m deflated by a {s}-column sketch (sketch charged over the draws) | "
               f"{t2d.var().item():.3e} | {sec:.3f} | {t2d.var().item() * sec:.2e} |")
+    head = problem.layer_slices()["lm_head.weight"]
+    rest = heads.clone()
+    rest[head] = 0
+    t2r = (rest * B.mean_part(rest)).sum(0)
+    print(f"| t2 on the probes' non-output-layer part (lm_head's block trace would be exact) | "
+          f"{t2r.var().item():.3e} | {t_bm / u:.3f} | {t2r.var().item() * t_bm / u:.2e} |")
     shared = (heads * problem.hvp(heads, k)).sum(0)
 
     def per_sample() -> float:

@@ -552,11 +552,11 @@ def _hvp_batched_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Te
     """``out += ∇²f(w) V`` by reverse-over-reverse with the second backward
     batched over the columns of ``V`` (N, m) (``is_grads_batched``: one
     vmapped pass through the gradient graph, ``m`` copies of its
-    intermediates). On one tiny-gpt sample it is the fastest kernel from 8 to
-    about 50 columns (17 columns: 2.4 ms a column against 3.3 for
-    forward-over-reverse and 4.8 for double backward; at 64 forward-over-reverse
-    is ahead, ``benchmarks/gm_variance.py``); on many-sample chunks it was not
-    faster."""
+    intermediates). On one tiny-gpt sample it is the fastest kernel at 9 and
+    17 columns (17: 2.4 ms a column against 3.5 for forward-over-reverse and
+    5.1 for double backward); the two vmapped kernels are even at 51 columns
+    and forward-over-reverse is ahead at 64 (``benchmarks/gm_variance.py``).
+    On many-sample chunks it was not faster."""
     wr = w.detach().requires_grad_(True)
     value = f(wr)
     _check_finite(value.detach(), "loss")

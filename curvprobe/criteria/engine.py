@@ -522,7 +522,7 @@ class HessianDifference(LinearOperator):
         backward kernel: on one sample the columns are the batch (auto's rule
         looks at ``batch_size`` samples per chunk, which a one-sample range
         never has); on tiny-gpt it costs 2.4 ms a column at 17 columns, against
-        3.3 for forward-over-reverse and 4.8 for double backward
+        3.5 for forward-over-reverse and 5.1 for double backward
         (``benchmarks/gm_variance.py``)."""
         p, step = self.problem, self.problem.batch_size
 
@@ -561,10 +561,11 @@ def default_probes_per_unit(k: int) -> int:
 
     On tiny-gpt at k = 64 a product with ``B_m`` (k samples) costs 66 ms a
     column and one with ``B₁`` (one sample, batched double backward, with its
-    probe's draw, projection and dot products) about 4 ms, and a deflated ``B₁`` probe
-    varies about 4.5× as much as ``B_m``'s: the optimum ``r = √(4.5 · 66/4) ≈
-    9–16``, and r = 16 measured best of 8, 12, 16, 24 in wall time × variance
-    (60 units, 3 seeds; ``benchmarks/gm_variance.py`` has the parts).
+    probe's draw, projection and dot products) about 4 ms, and a deflated
+    ``B₁`` probe varies about 4.8× as much as ``B_m``'s (0.15 against 0.032),
+    so this count puts the optimum near ``r = √(4.8 · 66/4) ≈ 9``. In whole runs (60 units, 3 seeds;
+    ``benchmarks/gm_variance.py --tune``) r = 16 had the lowest wall time ×
+    variance of 8, 12, 16, 24 (4.8e-3 against 5.4e-3 to 6.1e-3).
     """
     return max(1, math.ceil(int(k) / 4))
 

@@ -20,7 +20,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "gpt"])
-@pytest.mark.parametrize("mode", ["double_backward", "forward_over_reverse", "batched_double_backward", "auto"])
+@pytest.mark.parametrize("mode", HVP_MODES)
 def test_hvp_matches_dense_hessian(small_problems, name, mode):
     problem = small_problems[name]
     assert problem.num_params <= 3000
