@@ -563,9 +563,10 @@ def default_probes_per_unit(k: int) -> int:
     column and one with ``B₁`` (one sample, batched double backward, with its
     probe's draw, projection and dot products) about 4 ms, and a deflated
     ``B₁`` probe varies about 4.8× as much as ``B_m``'s (0.15 against 0.032),
-    so this count puts the optimum near ``r = √(4.8 · 66/4) ≈ 9``. In whole runs (60 units, 3 seeds;
-    ``benchmarks/gm_variance.py --tune``) r = 16 had the lowest wall time ×
-    variance of 8, 12, 16, 24 (4.8e-3 against 5.4e-3 to 6.1e-3).
+    so this count puts the optimum near ``r = √(4.8 · 66/4) ≈ 9``. In whole
+    runs (60 units, 3 seeds; ``benchmarks/gm_variance.py --tune``) r = 16 had
+    the lowest wall time × variance of 8, 12, 16, 24 (4.8e-3 against 5.4e-3
+    to 6.1e-3).
     """
     return max(1, math.ceil(int(k) / 4))
 
@@ -632,7 +633,11 @@ def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, st
     exactly, variance of ``vᵀAv`` at most the Gaussian one): ``v_0`` is row j
     of a (u, N) draw keyed by ``(seed, stream, 0)``, ``S`` keyed by ``(seed,
     stream, 1)``, ``v_1..v_r`` the rows of an (r, N) draw keyed by ``(seed,
-    stream, j + 2)``. Given ``Q`` the unit terms are i.i.d. and unbiased, so
+    stream, j + 2)``. The probes are drawn and projected in the problem's
+    dtype, so the terms use exactly the vectors the products see (a float32
+    problem's deflation holds to float32 rounding, ≈ 1e-7 relative, far
+    below a unit's spread), and ``⌊batch_size / (r + 1)⌋`` units share one
+    call of single-sample products. Given ``Q`` the unit terms are i.i.d. and unbiased, so
     their means are the estimates and their spread the standard error (its
     square unbiased for the conditional variance, whose mean over ``Q`` is
     the total variance: the exact parts add none).
