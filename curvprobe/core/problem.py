@@ -452,8 +452,7 @@ class Problem:
         :class:`~curvprobe.core.operators.GGNOperator`.
         """
 
-        def outputs(x: Tensor, batch: Batch) -> Any:
-            parameters = self.functional_params(x)
+        def outputs(parameters: dict[str, Tensor], batch: Batch) -> Any:
             with math_attention():
                 if isinstance(batch.inputs, Mapping):
                     return functional_call(self.model, parameters, (), dict(batch.inputs))

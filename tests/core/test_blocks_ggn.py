@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from curvprobe import Problem, top_eigenspace
 from curvprobe.core.operators import BlockHessianOperator, GGNOperator, parameter_block
@@ -46,8 +47,27 @@ def test_block_hessian_is_the_dense_submatrix(make, params):
     flat = op.block.scatter(v)
     off = ~torch.isin(torch.arange(problem.num_params), idx)
     assert torch.equal(op.block.take(flat), v) and not flat[off].any()
-    w = problem.params.double()
-    assert torch.equal(op.block.embed(v, w)[idx], v)
+    base = problem.functional_params(problem.params)
+    named = op.block.named(v, base)
+    assert all(torch.equal(named[n], base[n]) for n in base if n not in op.block.names)
+    assert torch.equal(torch.cat([named[n].reshape(-1) for n in op.block.names]), v)
+
+
+@pytest.mark.parametrize("kind", ["hessian_operator", "ggn_operator"])
+def test_block_products_differentiate_the_block_alone(kind):
+    """A product on the output layer's block reaches no other weight: it
+    costs a small fraction of the FLOPs of a product on all parameters (a
+    block vector embedded into the whole flat vector would cost as much)."""
+    problem = gpt_problem()
+
+    def flops(params):
+        op = getattr(problem, kind)(params=params)
+        V = torch.randn(op.shape[0], 2, dtype=torch.float64)
+        with FlopCounterMode(display=False) as counter:
+            op.matmat(V)
+        return counter.get_total_flops()
+
+    assert flops("lm_head.weight") < 0.3 * flops(None)
 
 
 def test_block_at_another_point_and_fewer_samples():
