@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacfwd, vmap
 
-from curvprobe.core.operators import LinearOperator
+from curvprobe.core.operators import LinearOperator, ParameterBlock, ParameterSpec, parameter_block
 from curvprobe.core.problem import VMAP_MIN_VECTORS, Problem
 from curvprobe.core.samples import Batch, tree_map
 from curvprobe.criteria.probes import Isotropic, Sphere, Subspace
@@ -78,8 +78,8 @@ __all__ = ["FULL_SPACE_CLOSED_FORMS", "FULL_SPACE_PROBES", "SUBSPACE_CELLS", "Fu
            "default_probes_per_unit", "default_sketch_size", "estimate", "full_space_moments", "gm_full",
            "increments", "mean_stderr", "moment", "noise", "ordering_mean_stderr", "orderings",
            "per_k_increments", "permuted_increments", "probe_perturbations", "running_mean_stderr",
-           "sample_sketch", "subspace_derivatives", "subspace_estimator", "subspace_increments",
-           "subspace_losses", "surrogate_terms", "surrogate_values", "unit_terms"]
+           "sample_sketch", "split_block", "split_terms", "subspace_derivatives", "subspace_estimator",
+           "subspace_increments", "subspace_losses", "surrogate_terms", "surrogate_values", "unit_terms"]
 
 
 # ------------------------------------------------------------- draws and moments
@@ -516,6 +516,15 @@ class HessianDifference(LinearOperator):
         """``H^(k) V / (k+1)``: (N, m) float64 for ``V`` (N, m)."""
         return self.problem.hvp(V, self.k, self.w).div_(self.k + 1)
 
+    def block_parts(self, block: ParameterBlock, X: Tensor) -> tuple[Tensor, Tensor]:
+        """``((B₁)_AA X, (B_m)_AA X)`` (|A|, m) float64 for block vectors ``X``
+        (|A|, m): products that differentiate the block ``A`` alone
+        (:class:`~curvprobe.core.operators.BlockHessianOperator`)."""
+        p, k = self.problem, self.k
+        one = p.hessian_operator(k + 1, self.w, start=k, params=block.names)
+        mean = p.hessian_operator(k, self.w, params=block.names)
+        return one.matmat(X).div_(k + 1), mean.matmat(X).div_(k + 1)
+
     def _sample_hvp(self, V: Tensor) -> Tensor:
         """``H_{k+1} V`` in blocks of ``batch_size`` columns. Under ``hvp_mode="auto"``
         a block of ≥ ``VMAP_MIN_VECTORS`` columns takes the batched double
@@ -613,68 +622,150 @@ def unit_terms(sample_products: Tensor, probes: Tensor, mean_products: Tensor) -
     return t1 - t2, f1 - f2
 
 
+def split_block(problem: Problem, split: ParameterSpec | bool) -> ParameterBlock | None:
+    """The block ``A`` that :func:`full_space_moments` probes apart: ``split``
+    itself (names, a glob, a module or a predicate), None for False, and for
+    True the parameters of the model's last module — those named like the last
+    trainable parameter up to its last dot (``lm_head.*``: a network's output
+    layer, whose block products stop there and cost least) — unless that is
+    every parameter (then None: nothing to split)."""
+    if split is False:
+        return None
+    if split is True:
+        last = problem.param_names[-1]
+        spec: ParameterSpec = last.rsplit(".", 1)[0] + ".*" if "." in last else last
+    else:
+        spec = split
+    block = parameter_block(problem.model, problem.layer_slices(), spec)
+    return None if split is True and block.size == problem.num_params else block
+
+
+def split_terms(sampled: Tensor, mean: Tensor, probes: Tensor, sample_products: Tensor,
+                mean_products: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``(t_A, f_A)`` of ``g`` units, (g,) each: what the head probes
+    ``v_R`` (zero on the block ``A``, the rest ``R``) leave out of ``tr B_m``,
+    ``‖B_m‖²_F`` and ``⟨B₁, B_m⟩``.
+
+    ``sampled`` and ``mean`` (|A|, g) are the block rows of ``B₁ v_R`` and
+    ``B_m v_R``; ``probes`` (|A|, g n) are each unit's ``n`` block probes
+    ``a_l`` (``E a aᵀ = I``), ``sample_products`` and ``mean_products`` their
+    products with the blocks ``(B₁)_AA`` and ``(B_m)_AA``. With ``E v_R v_Rᵀ =
+    I_R`` the head terms miss ``tr (B_m)_AA``, and of ``‖B_m‖²_F`` and
+    ``⟨B₁, B_m⟩`` (sums over all (A, R) blocks) the (A, R) block once more and
+    the (A, A) block, so per unit
+
+        t_A = mean_l a_lᵀ (B_m)_AA a_l,
+        f_A = 2 ((B₁ v_R)_Aᵀ (B_m v_R)_A + mean_l ((B₁)_AA a_l)ᵀ (B_m)_AA a_l)
+              − (‖(B_m v_R)_A‖² + mean_l ‖(B_m)_AA a_l‖²).
+    """
+    g = sampled.shape[1]
+    dot = torch.linalg.vecdot
+
+    def per_unit(x: Tensor) -> Tensor:
+        return x.view(g, -1).mean(dim=1)
+
+    cross = dot(sampled, mean, dim=0) + per_unit(dot(sample_products, mean_products, dim=0))
+    square = dot(mean, mean, dim=0) + per_unit(dot(mean_products, mean_products, dim=0))
+    return per_unit(dot(probes, mean_products, dim=0)), 2 * cross - square
+
+
 def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, stream: int,
-                       probes_per_unit: int | None = None, sketch_size: int | None = None
-                       ) -> FullSpaceMoments:
+                       probes_per_unit: int | None = None, sketch_size: int | None = None,
+                       split: ParameterSpec | bool = True, block_probes: int = 4) -> FullSpaceMoments:
     """``‖c_k‖²``, and ``tr B_k`` and ``‖B_k‖²_F`` by two-level Hutchinson:
     Hutch++'s exact part of the new sample's Hessian plus ``u = num_matvecs``
-    independent units (:func:`unit_terms`).
+    independent units (:func:`unit_terms`, :func:`split_terms`).
 
     ``B_k = B₁ − B_m`` splits into the new sample's Hessian ``B₁ =
-    H_{k+1}/(k+1)``, which holds most of the probe variance and whose
-    products are cheap (one sample), and the mean's ``B_m = H^(k)/(k+1)``,
-    whose products cost k samples but vary little. A sketch of ``B₁``
+    H_{k+1}/(k+1)``, whose products are cheap (one sample), and the mean's
+    ``B_m = H^(k)/(k+1)``, whose products cost k samples. A sketch of ``B₁``
     (``s = sketch_size`` columns, default :func:`default_sketch_size`;
     :func:`sample_sketch`) gives ``Q`` and the exact parts ``tr(Qᵀ B₁ Q)``,
-    ``tr(Qᵀ B₁² Q)``, added to ``trace`` and ``frobenius``. Unit j spends one
-    product with ``B_m`` on ``v_0`` and ``r + 1`` with ``B₁`` on ``v_0`` and
-    ``P v_1 .. P v_r`` (``r = probes_per_unit``, default
-    :func:`default_probes_per_unit`). Probes are Rademacher (``E vvᵀ = I``
-    exactly, variance of ``vᵀAv`` at most the Gaussian one): ``v_0`` is row j
-    of a (u, N) draw keyed by ``(seed, stream, 0)``, ``S`` keyed by ``(seed,
-    stream, 1)``, ``v_1..v_r`` the rows of an (r, N) draw keyed by ``(seed,
-    stream, j + 2)``. The probes are drawn and projected in the problem's
-    dtype, so the terms use exactly the vectors the products see (a float32
-    problem's deflation holds to float32 rounding, ≈ 1e-7 relative, far
-    below a unit's spread), and ``⌊batch_size / (r + 1)⌋`` units share one
-    call of single-sample products. Given ``Q`` the unit terms are i.i.d. and unbiased, so
-    their means are the estimates and their spread the standard error (its
-    square unbiased for the conditional variance, whose mean over ``Q`` is
-    the total variance: the exact parts add none).
+    ``tr(Qᵀ B₁² Q)``. Unit j spends one product with ``B_m`` on ``v_R`` and
+    ``r + 1`` with ``B₁`` on ``v_R`` and ``P v_1 .. P v_r`` (``r =
+    probes_per_unit``, default :func:`default_probes_per_unit`). The block
+    ``A`` of :func:`split_block` (``split``; True: the output layer) is left
+    out of ``v_R`` and probed apart by ``n = block_probes`` block products
+    with each of ``B₁`` and ``B_m`` (:func:`split_terms`), which reach only
+    the layers from ``A`` on: on tiny-gpt ``lm_head``'s block holds a sixth of
+    a ``B_m`` probe's variance and its own and its cross terms with the rest a
+    quarter, at 2 ms a column against 65 (``benchmarks/gm_variance.py``).
+    Probes are Rademacher (``E vvᵀ = I``): the heads ``v`` are the rows of a
+    (u, N) draw keyed by ``(seed, stream, 0)``, ``S`` keyed by ``(seed,
+    stream, 1)``, unit j's ``v_1..v_r`` and then its block probes drawn from
+    the generator keyed by ``(seed, stream, j + 2)``; they are drawn and
+    projected in the problem's dtype, and ``⌊batch_size / (r + 1)⌋`` units
+    share one call of products. Given ``Q`` the unit terms are i.i.d. and
+    unbiased, so their means are the estimates and their spread the standard
+    error (the exact parts add no variance).
 
-    The split pays when ``B₁`` holds most of the variance: ``Var t ≤
-    2‖P B₁ P‖²_F/r + 2‖B_m‖²_F`` (Rademacher drops the diagonals' share) for
-    ``⟨B₁, B_m⟩ ≪ ‖B₁‖²_F`` (tiny-gpt, k = 64: 0.03 ‖B₁‖²_F), against
-    Hutchinson's ``2‖B_k‖²_F``; when the
-    per-sample Hessians share most of their mass, ``B₁ − B_m`` would cancel
-    inside one product and Hutchinson on ``B_k`` is the better estimator.
+    ``Var t ≤ 2‖P B₁ P‖²_F/r + 2‖B_m‖²_F`` (Rademacher drops the diagonals'
+    share), against Hutchinson's ``2‖B_k‖²_F``: the split pays when
+    ``⟨B₁, B_m⟩ ≪ ‖B₁‖²_F`` (tiny-gpt, k = 64: 0.03 ‖B₁‖²_F).
     """
     n, u = problem.num_params, int(num_matvecs)
     r = default_probes_per_unit(k) if probes_per_unit is None else int(probes_per_unit)
     s = default_sketch_size(k, n) if sketch_size is None else min(int(sketch_size), n)
-    if u < 1 or r < 1 or s < 0:
-        raise ValueError(f"need num_matvecs >= 1, probes_per_unit >= 1, sketch_size >= 0; got {u}, {r}, {s}")
+    if u < 1 or r < 1 or s < 0 or block_probes < 1:
+        raise ValueError("need num_matvecs, probes_per_unit, block_probes >= 1 and sketch_size >= 0; "
+                         f"got {u}, {r}, {block_probes}, {s}")
     B = HessianDifference(problem, k)
     Q, trace_q, frobenius_q = sample_sketch(B, s, _keyed_generator(seed, stream, 1))
-    dtype = problem.dtype  # what the products see: probes built and projected in it
-    heads = rademacher(u, n, _keyed_generator(seed, stream, 0), problem.device, dtype).T
-    mean_products = B.mean_part(heads)
-    t, f = (torch.zeros(u, dtype=torch.float64, device=problem.device) for _ in range(2))
-    Qp = Q.to(dtype)
-    per_call = max(1, problem.batch_size // (r + 1))  # units per block of single-sample products
-    for j0 in range(0, u, per_call):
-        j1 = min(j0 + per_call, u)
-        V = torch.empty(n, (j1 - j0) * (r + 1), dtype=dtype, device=problem.device)
-        V[:, :j1 - j0] = heads[:, j0:j1]
-        for i, j in enumerate(range(j0, j1)):
-            V[:, j1 - j0 + i * r:j1 - j0 + (i + 1) * r] = rademacher(
-                r, n, _keyed_generator(seed, stream, j + 2), problem.device, dtype).T
-        rest = V[:, j1 - j0:]
-        rest -= Qp @ (Qp.T @ rest)
-        t[j0:j1], f[j0:j1] = unit_terms(B.sample_part(V), V.double(), mean_products[:, j0:j1])
+    t, f = _units(B, Q, split_block(problem, split), u, r, int(block_probes), (seed, stream))
     g_mean = problem.gradient(k=k)
     c = (problem.gradient(k=k + 1, start=k) - g_mean) / (k + 1)
     return FullSpaceMoments(k, float(c @ c), trace_q + float(t.mean()), frobenius_q + float(f.mean()), t, f)
+
+
+def _units(B: HessianDifference, Q: Tensor, block: ParameterBlock | None, u: int, r: int, nb: int,
+           key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The ``(t, f)`` (u,) of :func:`full_space_moments`' units, in blocks of
+    units that share one call of single-sample products."""
+    problem, (seed, stream) = B.problem, key
+    n, dtype, device = problem.num_params, problem.dtype, problem.device
+    heads = rademacher(u, n, _keyed_generator(seed, stream, 0), device, dtype).T
+    for sl in () if block is None else block.slices:
+        heads[sl] = 0
+    mean_products = B.mean_part(heads)
+    t, f = (torch.zeros(u, dtype=torch.float64, device=device) for _ in range(2))
+    Qp = Q.to(dtype)
+    gens = [_keyed_generator(seed, stream, j + 2) for j in range(u)]
+    sampled = torch.zeros(0 if block is None else block.size, u, dtype=torch.float64, device=device)
+    per_call = max(1, problem.batch_size // (r + 1))
+    for j0 in range(0, u, per_call):
+        j1 = min(j0 + per_call, u)
+        g = j1 - j0
+        V = torch.empty(n, g * (r + 1), dtype=dtype, device=device)
+        V[:, :g] = heads[:, j0:j1]
+        for i, gen in enumerate(gens[j0:j1]):
+            V[:, g + i * r:g + (i + 1) * r] = rademacher(r, n, gen, device, dtype).T
+        rest = V[:, g:]
+        rest -= Qp @ (Qp.T @ rest)
+        products = B.sample_part(V)
+        t[j0:j1], f[j0:j1] = unit_terms(products, V.double(), mean_products[:, j0:j1])
+        if block is not None:
+            sampled[:, j0:j1] = block.take(products[:, :g])
+    if block is not None:
+        t_A, f_A = _block_terms(B, block, gens, sampled, block.take(mean_products), nb)
+        t -= t_A
+        f -= f_A
+    return t, f
+
+
+def _block_terms(B: HessianDifference, block: ParameterBlock, gens: list[torch.Generator], sampled: Tensor,
+                 mean: Tensor, nb: int) -> tuple[Tensor, Tensor]:
+    """:func:`split_terms` of every unit: each unit's ``nb`` block probes drawn
+    from its generator (after its ``v_1..v_r``), as many units per call of
+    block products as keep the probes within one call of full products'
+    memory (``N × batch_size``)."""
+    problem, u = B.problem, len(gens)
+    per_call = max(1, problem.num_params * problem.batch_size // (block.size * nb))
+    t, f = (torch.zeros(u, dtype=torch.float64, device=problem.device) for _ in range(2))
+    for j0 in range(0, u, per_call):
+        j1 = min(j0 + per_call, u)
+        A = torch.cat([rademacher(nb, block.size, gen, problem.device).T for gen in gens[j0:j1]], dim=1)
+        t[j0:j1], f[j0:j1] = split_terms(sampled[:, j0:j1], mean[:, j0:j1], A, *B.block_parts(block, A))
+    return t, f
 
 
 def gm_full(moments: FullSpaceMoments, a: float, sigma: float) -> Terms:
