@@ -10,15 +10,17 @@ unit (:func:`curvprobe.criteria.engine.full_space_moments`) at k = ``samples``:
    after the 64-column sketch, for r = 1, 2, 4, 8;
 2. ``t2 = v₀ᵀ B_m v₀`` with ``B_m = H^(k)/(k+1)``, plain and after deflating
    ``B_m`` by a Hutch++ sketch of s columns (its exact part added back);
-3. ``t2`` with the output layer (``lm_head``) left out of the probe, the
-   variance that would remain if that block's trace were computed exactly;
+3. ``t2`` with the output layer (``lm_head``) left out of the probe (the
+   heads of :func:`~curvprobe.criteria.engine.full_space_moments`' split),
+   and one probe of that block through its own block products;
    ``tr H^(k)`` by one shared probe against independent probes per sample
    (one single-sample HVP each);
 4. the cost per column of a one-sample HVP (the ``B₁`` products) by each
    kernel of :data:`curvprobe.core.problem.HVP_MODES`;
 5. with ``--tune``: whole :func:`~curvprobe.criteria.engine.full_space_moments`
    runs (60 units, 3 seeds) for r = 8, 12, 16, 24 probes per unit and sketch
-   sizes 32 and 64 — seconds, variance of a unit's trace term, and their
+   sizes 32 and 64, then without the output layer's split and with 2 and 8
+   block probes — seconds, variance of a unit's trace term, and their
    product over the units (the figure of merit behind the defaults).
 
 Each row prints the variance over ``draws`` draws and the seconds per draw;
@@ -85,8 +87,14 @@ def main() -> None:
     rest = heads.clone()
     rest[head] = 0
     t2r = (rest * B.mean_part(rest)).sum(0)
-    print(f"| t2 on the probes' non-output-layer part (lm_head's block trace would be exact) | "
+    print(f"| t2 on the probes' non-output-layer part (the split's heads v_R) | "
           f"{t2r.var().item():.3e} | {t_bm / u:.3f} | {t2r.var().item() * t_bm / u:.2e} |")
+    block = engine.split_block(problem, True)
+    A = rademacher(block.size, u, g)
+    (_, Bm_A), t_block = timed(lambda: B.block_parts(block, A))
+    t2a = (A * Bm_A).sum(0)
+    print(f"| t2 on lm_head's block, one block probe (both block products charged) | "
+          f"{t2a.var().item():.3e} | {t_block / u:.4f} | {t2a.var().item() * t_block / u:.2e} |")
     shared = (heads * problem.hvp(heads, k)).sum(0)
 
     def per_sample() -> float:
@@ -120,20 +128,24 @@ def kernel_table(problem, k: int, g: torch.Generator) -> None:
 
 def tune_table(problem, k: int, units: int = 60, seeds: int = 3) -> None:
     """Whole ``full_space_moments`` runs: mean seconds, mean variance of a unit's
-    ``t`` and seconds × variance / units (the variance of tr B_k per second)."""
+    ``t`` and seconds × variance / units (the variance of tr B_k per second),
+    over the sketch size s and the probes r (output layer split off, 4 block
+    probes), then without the split and with 2 and 8 block probes."""
     engine.full_space_moments(problem, k, 2, seed=99, stream=5)  # warm-up
     print(f"\n## full_space_moments at k = {k}: {units} units, {seeds} seeds (default r = "
           f"{engine.default_probes_per_unit(k)}, s = {engine.default_sketch_size(k, problem.num_params)})\n")
-    print("| sketch s | probes r | seconds | variance of t per unit | seconds × variance / units |")
-    print("|---|---|---|---|---|")
-    for s in (32, 64):
-        for r in (8, 12, 16, 24):
-            runs = [timed(lambda seed=seed, r=r, s=s: engine.full_space_moments(
-                problem, k, units, seed=seed, stream=5, probes_per_unit=r, sketch_size=s))
-                for seed in range(seeds)]
-            sec = sum(t for _, t in runs) / seeds
-            var = sum(float(m.trace_terms.var()) for m, _ in runs) / seeds
-            print(f"| {s} | {r} | {sec:.2f} | {var:.4f} | {sec * var / units:.2e} |", flush=True)
+    print("| sketch s | probes r | split (block probes) | seconds | variance of t per unit "
+          "| seconds × variance / units |")
+    print("|---|---|---|---|---|---|")
+    grid = [(s, r, True, 4) for s in (32, 64) for r in (8, 12, 16, 24)]
+    for s, r, split, nb in [*grid, (64, 16, False, 4), (64, 16, True, 2), (64, 16, True, 8)]:
+        runs = [timed(lambda seed=seed, r=r, s=s, split=split, nb=nb: engine.full_space_moments(
+            problem, k, units, seed=seed, stream=5, probes_per_unit=r, sketch_size=s, split=split,
+            block_probes=nb)) for seed in range(seeds)]
+        sec = sum(t for _, t in runs) / seeds
+        var = sum(float(m.trace_terms.var()) for m, _ in runs) / seeds
+        label = f"lm_head ({nb})" if split else "none"
+        print(f"| {s} | {r} | {label} | {sec:.2f} | {var:.4f} | {sec * var / units:.2e} |", flush=True)
 
 
 if __name__ == "__main__":
