@@ -331,7 +331,8 @@ class BlockHessianOperator(LinearOperator):
     with respect to the parameters of ``block``, the others held at ``w``
     (default ``w*``); an operator of size ``|B|``.
 
-    Each product differentiates ``x ↦ Σ_i ℓ_i(embed(x, w))`` over chunks with
+    Each product differentiates ``x ↦ Σ_i ℓ_i`` with the block's tensors taken
+    from ``x`` and the others at ``w`` (:meth:`ParameterBlock.named`) over chunks with
     the problem's HVP ``kernel`` (double backward or vmapped
     forward-over-reverse, chosen as for the full HVP), accumulates in
     float64 and divides by the sample count (all-reduced over ranks).
