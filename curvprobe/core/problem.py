@@ -386,7 +386,7 @@ class Problem:
         return self.samples.select(indices)
 
     def hvp(self, v: Tensor, k: int | None = None, w: Tensor | None = None, *,
-            start: int = 0, mode: str | None = None) -> Tensor:
+            start: int = 0, mode: str | None = None, out: Tensor | None = None) -> Tensor:
         """Exact Hessian-vector product ``H v`` of the mean loss over ``[start, k)``.
 
         Parameters
@@ -395,24 +395,31 @@ class Problem:
             One vector or ``m`` vectors as columns; any floating dtype, on the
             problem's device. Computed in the problem's dtype.
         mode : optional override of the problem's ``hvp_mode``.
+        out : Tensor (N, m) float64, optional
+            Buffer the product is written into (``v`` two-dimensional): a
+            caller that reuses one for many products spares the allocator
+            the fresh pages of a new ``N × m`` float64 tensor each time.
 
         Returns
         -------
-        Tensor, float64, same shape as ``v``.
+        Tensor, float64, same shape as ``v`` (``out`` if given).
         """
         start, stop = self.sample_range(k, start)
         w = self.point(w)
         V = self._check_vectors(v)
         chunk_hvp, size = hvp_kernel(mode or self.hvp_mode, V.shape[1], self.batch_size)
-        total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
+        if out is not None and (v.dim() != 2 or out.shape != V.shape or out.dtype != torch.float64):
+            raise ValueError(f"out must be a float64 ({V.shape[0]}, {V.shape[1]}) buffer for a 2-d v, "
+                             f"got {out.dtype} {tuple(out.shape)} for v of shape {tuple(v.shape)}")
+        total = torch.zeros(V.shape, dtype=torch.float64, device=self.device) if out is None else out.zero_()
         for a, b in self.local_chunks(start, stop, size):
 
             def chunk_loss(x: Tensor, a: int = a, b: int = b) -> Tensor:
                 return self.chunk_losses(x, a, b).sum()
 
             chunk_hvp(chunk_loss, w, V, total)
-        out = self.all_reduce(total).div_(stop - start)
-        return out[:, 0] if v.dim() == 1 else out
+        result = self.all_reduce(total).div_(stop - start)
+        return result[:, 0] if v.dim() == 1 else result
 
     def _check_vectors(self, v: Tensor) -> Tensor:
         if not isinstance(v, Tensor):

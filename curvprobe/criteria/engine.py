@@ -75,8 +75,8 @@ from curvprobe.linalg.trace import rademacher
 __all__ = ["FULL_SPACE_CLOSED_FORMS", "FULL_SPACE_PROBES", "SUBSPACE_CELLS", "FullSpaceMoments",
            "HessianDifference", "SubspaceCoefficients", "SubspaceDraws", "all_k_increments",
            "all_k_losses", "coefficients_fixed", "coefficients_from_samples", "coefficients_per_k",
-           "default_probes_per_unit", "default_sketch_size", "estimate", "full_space_moments", "gm_full",
-           "increments", "mean_stderr", "moment", "noise", "ordering_mean_stderr", "orderings",
+           "column_dots", "default_probes_per_unit", "default_sketch_size", "estimate", "full_space_moments",
+           "gm_full", "increments", "mean_stderr", "moment", "noise", "ordering_mean_stderr", "orderings",
            "per_k_increments", "permuted_increments", "probe_perturbations", "running_mean_stderr",
            "sample_sketch", "split_block", "split_terms", "subspace_derivatives", "subspace_estimator",
            "subspace_increments", "subspace_losses", "surrogate_terms", "surrogate_values", "unit_terms"]
@@ -508,9 +508,10 @@ class HessianDifference(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         return self._sample_hvp(V).sub_(self.problem.hvp(V, self.k, self.w)).div_(self.k + 1)
 
-    def sample_part(self, V: Tensor) -> Tensor:
-        """``H_{k+1} V / (k+1)``: (N, m) float64 for ``V`` (N, m)."""
-        return self._sample_hvp(V).div_(self.k + 1)
+    def sample_part(self, V: Tensor, out: Tensor | None = None) -> Tensor:
+        """``H_{k+1} V / (k+1)``: (N, m) float64 for ``V`` (N, m), written
+        into ``out`` (N, m) float64 if given (a buffer reused across calls)."""
+        return self._sample_hvp(V, out).div_(self.k + 1)
 
     def mean_part(self, V: Tensor) -> Tensor:
         """``H^(k) V / (k+1)``: (N, m) float64 for ``V`` (N, m)."""
@@ -525,26 +526,22 @@ class HessianDifference(LinearOperator):
         mean = p.hessian_operator(k, self.w, params=block.names)
         return one.matmat(X).div_(k + 1), mean.matmat(X).div_(k + 1)
 
-    def _sample_hvp(self, V: Tensor) -> Tensor:
-        """``H_{k+1} V`` in blocks of ``batch_size`` columns. Under ``hvp_mode="auto"``
-        a block of ≥ ``VMAP_MIN_VECTORS`` columns takes the batched double
-        backward kernel: on one sample the columns are the batch (auto's rule
-        looks at ``batch_size`` samples per chunk, which a one-sample range
-        never has); on tiny-gpt it costs 2.4 ms a column at 17 columns, against
-        3.5 for forward-over-reverse and 5.1 for double backward
-        (``benchmarks/gm_variance.py``)."""
+    def _sample_hvp(self, V: Tensor, out: Tensor | None = None) -> Tensor:
+        """``H_{k+1} V`` in blocks of ``batch_size`` columns (into ``out`` if
+        given). Under ``hvp_mode="auto"`` a block of ≥ ``VMAP_MIN_VECTORS``
+        columns takes the batched double backward kernel: on one sample the
+        columns are the batch (auto's rule looks at ``batch_size`` samples per
+        chunk, which a one-sample range never has); on tiny-gpt it costs 2.0 ms
+        a column at 17 columns, against 3.0 for forward-over-reverse and 4.5 for
+        double backward (``benchmarks/gm_variance.py``)."""
         p, step = self.problem, self.problem.batch_size
-
-        def product(block: Tensor) -> Tensor:
-            wide = p.hvp_mode == "auto" and block.shape[1] >= VMAP_MIN_VECTORS
-            mode = "batched_double_backward" if wide else None
-            return p.hvp(block, self.k + 1, self.w, start=self.k, mode=mode)
-
-        if V.shape[1] <= step:
-            return product(V)
-        out = torch.empty(V.shape, dtype=torch.float64, device=V.device)
+        if out is None:
+            out = torch.empty(V.shape, dtype=torch.float64, device=V.device)
         for a in range(0, V.shape[1], step):
-            out[:, a:a + step] = product(V[:, a:a + step])
+            block = V[:, a:a + step]
+            wide = p.hvp_mode == "auto" and block.shape[1] >= VMAP_MIN_VECTORS
+            p.hvp(block, self.k + 1, self.w, start=self.k, mode="batched_double_backward" if wide else None,
+                  out=out[:, a:a + step])
         return out
 
 
@@ -615,11 +612,24 @@ def unit_terms(sample_products: Tensor, probes: Tensor, mean_products: Tensor) -
     """
     g = mean_products.shape[1]
     X, W, heads, sampled = probes[:, g:], sample_products[:, g:], probes[:, :g], sample_products[:, :g]
-    dot = torch.linalg.vecdot
-    t1, f1 = dot(X, W, dim=0).view(g, -1).mean(dim=1), dot(W, W, dim=0).view(g, -1).mean(dim=1)
-    t2 = dot(heads, mean_products, dim=0)
-    f2 = 2 * dot(sampled, mean_products, dim=0) - dot(mean_products, mean_products, dim=0)
+    dot = column_dots
+    t1, f1 = dot(X, W).view(g, -1).mean(dim=1), dot(W, W).view(g, -1).mean(dim=1)
+    t2 = dot(heads, mean_products)
+    f2 = 2 * dot(sampled, mean_products) - dot(mean_products, mean_products)
     return t1 - t2, f1 - f2
+
+
+def column_dots(X: Tensor, Y: Tensor) -> Tensor:
+    """``(Σ_n X[n, j] Y[n, j])_j``: (m,) float64 for ``X``, ``Y`` (N, m) of any
+    floating dtypes, over blocks of rows whose float64 temporaries stay under
+    16 MB. (One N × m temporary per call, as a plain ``vecdot`` makes, costs
+    its pages anew each time: about a sixth of gm_full's run on tiny-gpt.)"""
+    m = X.shape[1]
+    rows = max(1, (1 << 21) // max(1, m))
+    out = torch.zeros(m, dtype=torch.float64, device=X.device)
+    for a in range(0, X.shape[0], rows):
+        out += torch.linalg.vecdot(X[a:a + rows].double(), Y[a:a + rows].double(), dim=0)
+    return out
 
 
 def split_block(problem: Problem, split: ParameterSpec | bool) -> ParameterBlock | None:
@@ -659,14 +669,14 @@ def split_terms(sampled: Tensor, mean: Tensor, probes: Tensor, sample_products: 
               − (‖(B_m v_R)_A‖² + mean_l ‖(B_m)_AA a_l‖²).
     """
     g = sampled.shape[1]
-    dot = torch.linalg.vecdot
+    dot = column_dots
 
     def per_unit(x: Tensor) -> Tensor:
         return x.view(g, -1).mean(dim=1)
 
-    cross = dot(sampled, mean, dim=0) + per_unit(dot(sample_products, mean_products, dim=0))
-    square = dot(mean, mean, dim=0) + per_unit(dot(mean_products, mean_products, dim=0))
-    return per_unit(dot(probes, mean_products, dim=0)), 2 * cross - square
+    cross = dot(sampled, mean) + per_unit(dot(sample_products, mean_products))
+    square = dot(mean, mean) + per_unit(dot(mean_products, mean_products))
+    return per_unit(dot(probes, mean_products)), 2 * cross - square
 
 
 def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, stream: int,
@@ -732,17 +742,22 @@ def _units(B: HessianDifference, Q: Tensor, block: ParameterBlock | None, u: int
     gens = [_keyed_generator(seed, stream, j + 2) for j in range(u)]
     sampled = torch.zeros(0 if block is None else block.size, u, dtype=torch.float64, device=device)
     per_call = max(1, problem.batch_size // (r + 1))
+    # one set of buffers for every block of units: a fresh N × m float64
+    # tensor per call costs its pages anew (about a fifth of the run on tiny-gpt)
+    width = min(per_call, u) * (r + 1)
+    buffers = (torch.empty(n, width, dtype=dtype, device=device),
+               torch.empty(n, width, dtype=torch.float64, device=device))
     for j0 in range(0, u, per_call):
         j1 = min(j0 + per_call, u)
         g = j1 - j0
-        V = torch.empty(n, g * (r + 1), dtype=dtype, device=device)
+        V, products = (buf[:, :g * (r + 1)] for buf in buffers)
         V[:, :g] = heads[:, j0:j1]
         for i, gen in enumerate(gens[j0:j1]):
             V[:, g + i * r:g + (i + 1) * r] = rademacher(r, n, gen, device, dtype).T
         rest = V[:, g:]
         rest -= Qp @ (Qp.T @ rest)
-        products = B.sample_part(V)
-        t[j0:j1], f[j0:j1] = unit_terms(products, V.double(), mean_products[:, j0:j1])
+        B.sample_part(V, out=products)
+        t[j0:j1], f[j0:j1] = unit_terms(products, V, mean_products[:, j0:j1])
         if block is not None:
             sampled[:, j0:j1] = block.take(products[:, :g])
     if block is not None:

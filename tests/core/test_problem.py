@@ -100,6 +100,24 @@ def test_model_not_mutated():
     assert not problem.model.training
 
 
+@pytest.mark.parametrize("mode", HVP_MODES)
+def test_hvp_into_a_reused_buffer(mode):
+    """``out=`` takes the product (earlier contents overwritten, a strided
+    column slice too) and is what is returned; a wrong buffer is refused."""
+    problem = mlp_problem()
+    N = problem.num_params
+    V = torch.randn(N, 3, dtype=torch.float64)
+    ref = problem.hvp(V, 20, mode=mode)
+    buffer = torch.full((N, 5), 7.0, dtype=torch.float64)
+    got = problem.hvp(V, 20, mode=mode, out=buffer[:, 1:4])
+    assert got.data_ptr() == buffer[:, 1:4].data_ptr()
+    assert torch.allclose(buffer[:, 1:4], ref, rtol=0, atol=1e-13) and bool((buffer[:, 0] == 7).all())
+    with pytest.raises(ValueError, match="out must be a float64"):
+        problem.hvp(V, out=torch.zeros(N, 3))
+    with pytest.raises(ValueError, match="out must be a float64"):
+        problem.hvp(V[:, 0], out=torch.zeros(N, 1, dtype=torch.float64))
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_vectors():
     problem = mlp_problem()

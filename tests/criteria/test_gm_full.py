@@ -65,6 +65,18 @@ def test_parts_sketch_and_unit_terms_match_the_dense_hessian_difference():
     assert engine.default_sketch_size(64, 24) == 24 and engine.default_sketch_size(1000, 10**5) == 64
 
 
+def test_column_dots_over_row_blocks():
+    """Column dot products in float64 over row blocks (5 columns: blocks of
+    419,430 rows, so 10⁶ rows take three) equal one float64 vecdot, for a
+    float32 and a float64 operand."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(1_000_000, 5, generator=gen)
+    Y = torch.randn(1_000_000, 5, generator=gen, dtype=torch.float64)
+    ref = torch.linalg.vecdot(X.double(), Y, dim=0)
+    got = engine.column_dots(X, Y)
+    assert got.dtype == torch.float64 and torch.allclose(got, ref, rtol=1e-12, atol=0)
+
+
 def test_split_terms_complete_the_head_probes_exactly():
     """With complete probe sets (√|R| e_j on the rest R for the heads, √|A| e_l
     on the block A for each unit's block probes) the unit terms average to
@@ -101,8 +113,9 @@ def test_split_moments_are_unbiased_with_calibrated_standard_errors():
     and the reported standard error's RMS is the empirical spread within 25 %."""
     problem, k = mlp_problem(n=12), 7
     B = (dense_hessian(problem, k + 1, start=k) - dense_hessian(problem, k)) / (k + 1)
-    runs = [engine.full_space_moments(problem, k, 6, seed=seed, stream=NOISE_STREAMS["gm_full"],
-                                      probes_per_unit=2, sketch_size=0, block_probes=2) for seed in range(150)]
+    stream = NOISE_STREAMS["gm_full"]
+    runs = [engine.full_space_moments(problem, k, 6, seed=seed, stream=stream, probes_per_unit=2,
+                                      sketch_size=0, block_probes=2) for seed in range(150)]
     for name, ref in (("trace", float(torch.trace(B))), ("frobenius", float(B.square().sum()))):
         values = np.array([getattr(m, name) for m in runs])
         errors = np.array([float(getattr(m, f"{name}_terms").std()) / np.sqrt(6) for m in runs])
