@@ -567,7 +567,7 @@ def _hvp_batched_double_backward(f: Callable[[Tensor], Tensor], w: Tensor, V: Te
     value = f(wr)
     _check_finite(value.detach(), "loss")
     (g,) = torch.autograd.grad(value, wr, create_graph=True)
-    out += torch.autograd.grad(g, wr, V.T.to(w.dtype), is_grads_batched=True)[0].T
+    accumulate_(out, torch.autograd.grad(g, wr, V.T.to(w.dtype), is_grads_batched=True)[0].T)
 
 
 def _hvp_forward_over_reverse(f: Callable[[Tensor], Tensor], w: Tensor, V: Tensor, out: Tensor) -> None:
@@ -581,4 +581,13 @@ def _hvp_forward_over_reverse(f: Callable[[Tensor], Tensor], w: Tensor, V: Tenso
     if V.shape[1] == 1:
         out[:, 0] += single(V[:, 0].to(w.dtype))
     else:
-        out += vmap(single)(V.T.to(w.dtype)).T
+        accumulate_(out, vmap(single)(V.T.to(w.dtype)).T)
+
+
+def accumulate_(out: Tensor, x: Tensor) -> None:
+    """``out += x`` for a float64 ``out`` and an ``x`` (N, m) of the problem's
+    dtype, over blocks of rows: the float64 copy of ``x`` the addition makes
+    stays under 16 MB (a whole N × m one is fresh pages every call)."""
+    rows = max(1, (1 << 21) // max(1, x.shape[1]))
+    for a in range(0, x.shape[0], rows):
+        out[a:a + rows] += x[a:a + rows]
