@@ -76,9 +76,14 @@ def shard(distributed: bool) -> Shard:
 
 
 def all_reduce_sum(x: Tensor, group: Shard) -> Tensor:
-    """``Σ_ranks x`` on every rank, in place (``x`` should be float64); a no-op for one rank."""
+    """``Σ_ranks x`` on every rank, in place (``x`` should be float64); a no-op for one rank.
+    A strided view (a column block of a reused buffer) is reduced through a
+    contiguous copy: the backends take contiguous tensors only."""
     if group.size > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        y = x if x.is_contiguous() else x.contiguous()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        if y is not x:
+            x.copy_(y)
     return x
 
 

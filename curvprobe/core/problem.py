@@ -408,9 +408,11 @@ class Problem:
         w = self.point(w)
         V = self._check_vectors(v)
         chunk_hvp, size = hvp_kernel(mode or self.hvp_mode, V.shape[1], self.batch_size)
-        if out is not None and (v.dim() != 2 or out.shape != V.shape or out.dtype != torch.float64):
-            raise ValueError(f"out must be a float64 ({V.shape[0]}, {V.shape[1]}) buffer for a 2-d v, "
-                             f"got {out.dtype} {tuple(out.shape)} for v of shape {tuple(v.shape)}")
+        if out is not None and (v.dim() != 2 or out.shape != V.shape or out.dtype != torch.float64
+                                or out.device != V.device):
+            raise ValueError(f"out must be a float64 ({V.shape[0]}, {V.shape[1]}) buffer on {V.device} for a "
+                             f"2-d v, got {out.dtype} {tuple(out.shape)} on {out.device} for v of shape "
+                             f"{tuple(v.shape)}")
         total = torch.zeros(V.shape, dtype=torch.float64, device=self.device) if out is None else out.zero_()
         for a, b in self.local_chunks(start, stop, size):
 

@@ -622,8 +622,9 @@ def unit_terms(sample_products: Tensor, probes: Tensor, mean_products: Tensor) -
 def column_dots(X: Tensor, Y: Tensor) -> Tensor:
     """``(Σ_n X[n, j] Y[n, j])_j``: (m,) float64 for ``X``, ``Y`` (N, m) of any
     floating dtypes, over blocks of rows whose float64 temporaries stay under
-    16 MB. (One N × m temporary per call, as a plain ``vecdot`` makes, costs
-    its pages anew each time: about a sixth of gm_full's run on tiny-gpt.)"""
+    16 MB: a whole N × m temporary, as a plain ``vecdot`` makes, is fresh
+    pages at every call (such pages were about a fifth of a gm_full run on
+    tiny-gpt; ``docs/performance.md``, "Curvature toolkit")."""
     m = X.shape[1]
     rows = max(1, (1 << 21) // max(1, m))
     out = torch.zeros(m, dtype=torch.float64, device=X.device)
@@ -697,9 +698,11 @@ def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, st
     ``A`` of :func:`split_block` (``split``; True: the output layer) is left
     out of ``v_R`` and probed apart by ``n = block_probes`` block products
     with each of ``B₁`` and ``B_m`` (:func:`split_terms`), which reach only
-    the layers from ``A`` on: on tiny-gpt ``lm_head``'s block holds a sixth of
-    a ``B_m`` probe's variance and its own and its cross terms with the rest a
-    quarter, at 2 ms a column against 65 (``benchmarks/gm_variance.py``).
+    the layers from ``A`` on: on tiny-gpt a ``B_m`` probe without ``lm_head``
+    varies by 0.023 instead of 0.032 (the block's own share and its cross
+    terms with the rest), a block probe by 0.0026, at 2.6 ms a column for
+    both block products against 67 ms for one ``B_m`` product
+    (``benchmarks/gm_variance.py``).
     Probes are Rademacher (``E vvᵀ = I``): the heads ``v`` are the rows of a
     (u, N) draw keyed by ``(seed, stream, 0)``, ``S`` keyed by ``(seed,
     stream, 1)``, unit j's ``v_1..v_r`` and then its block probes drawn from

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest
 
 from curvprobe import stabilization, top_eigenspace
 from curvprobe.core.distributed import init_from_environment
-from curvprobe.criteria.engine import subspace_derivatives
+from curvprobe.criteria.engine import full_space_moments, subspace_derivatives
 from curvprobe.results import save
 
 from conftest import mlp_problem
@@ -36,6 +36,11 @@ def results(distributed: bool) -> tuple[dict[str, torch.Tensor], object]:
     out = {"loss": problem.loss(k=33), "gradient": problem.gradient(k=33), "hvp": problem.hvp(V, 33),
            "per_sample_losses": problem.per_sample_losses(), "losses_at": problem.per_sample_losses_at(W),
            "eigenvalues": es.values, "subspace_g": g, "subspace_H": H}
+    buffer = torch.zeros(problem.num_params, 5, dtype=torch.float64)
+    problem.hvp(V, 33, out=buffer[:, 1:4])  # a strided view, reduced across ranks in place
+    moments = full_space_moments(problem, 20, 4, seed=0, stream=13, probes_per_unit=2, sketch_size=3)
+    out |= {"hvp_into_view": buffer,
+            "gm_moments": torch.tensor([moments.c_norm2, moments.trace, moments.frobenius])}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = stabilization(problem, [4, 9, 20], sigmas=[1e-2], dims=[1, 3], mc_samples=6, seed=2)

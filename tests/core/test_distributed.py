@@ -52,7 +52,8 @@ def test_every_rank_returns_the_same_values(two_ranks):
 def test_two_ranks_equal_one_process(two_ranks):
     single, ds_single = results(distributed=False)
     dist = torch.load(two_ranks / "rank0.pt")
-    for name in ("loss", "gradient", "hvp", "per_sample_losses", "losses_at", "subspace_g", "subspace_H"):
+    for name in ("loss", "gradient", "hvp", "per_sample_losses", "losses_at", "subspace_g", "subspace_H",
+                 "hvp_into_view", "gm_moments"):
         torch.testing.assert_close(dist[name], single[name], rtol=1e-12, atol=1e-14, msg=name)
     torch.testing.assert_close(dist["eigenvalues"], single["eigenvalues"], rtol=1e-8, atol=0)
     ds = load(two_ranks / "rank0.nc")
