@@ -623,8 +623,7 @@ def column_dots(X: Tensor, Y: Tensor) -> Tensor:
     """``(Σ_n X[n, j] Y[n, j])_j``: (m,) float64 for ``X``, ``Y`` (N, m) of any
     floating dtypes, over blocks of rows whose float64 temporaries stay under
     16 MB: a whole N × m temporary, as a plain ``vecdot`` makes, is fresh
-    pages at every call (such pages were about a fifth of a gm_full run on
-    tiny-gpt; ``docs/performance.md``, "Curvature toolkit")."""
+    pages at every call (``docs/performance.md``, "Curvature toolkit")."""
     m = X.shape[1]
     rows = max(1, (1 << 21) // max(1, m))
     out = torch.zeros(m, dtype=torch.float64, device=X.device)
@@ -700,8 +699,8 @@ def full_space_moments(problem: Problem, k: int, num_matvecs: int, seed: int, st
     with each of ``B₁`` and ``B_m`` (:func:`split_terms`), which reach only
     the layers from ``A`` on: on tiny-gpt a ``B_m`` probe without ``lm_head``
     varies by 0.023 instead of 0.032 (the block's own share and its cross
-    terms with the rest), a block probe by 0.0026, at 2.6 ms a column for
-    both block products against 67 ms for one ``B_m`` product
+    terms with the rest), a block probe by 0.0026, at 2.8 ms a column for
+    both block products against 71 ms for one ``B_m`` product
     (``benchmarks/gm_variance.py``).
     Probes are Rademacher (``E vvᵀ = I``): the heads ``v`` are the rows of a
     (u, N) draw keyed by ``(seed, stream, 0)``, ``S`` keyed by ``(seed,
@@ -746,7 +745,7 @@ def _units(B: HessianDifference, Q: Tensor, block: ParameterBlock | None, u: int
     sampled = torch.zeros(0 if block is None else block.size, u, dtype=torch.float64, device=device)
     per_call = max(1, problem.batch_size // (r + 1))
     # one set of buffers for every block of units: a fresh N × m float64
-    # tensor per call costs its pages anew (about a fifth of the run on tiny-gpt)
+    # tensor per call costs its pages anew (docs/performance.md)
     width = min(per_call, u) * (r + 1)
     buffers = (torch.empty(n, width, dtype=dtype, device=device),
                torch.empty(n, width, dtype=torch.float64, device=device))
