@@ -333,12 +333,12 @@ class BlockHessianOperator(LinearOperator):
 
     Each product differentiates ``x ↦ Σ_i ℓ_i`` with the block's tensors taken
     from ``x`` and the others at ``w`` (:meth:`ParameterBlock.named`) over chunks with
-    the problem's HVP ``kernel`` (double backward or vmapped
-    forward-over-reverse, chosen as for the full HVP), accumulates in
+    the problem's HVP ``kernel`` (chosen as for the full HVP,
+    :func:`~curvprobe.core.problem.hvp_kernel`), accumulates in
     float64 and divides by the sample count (all-reduced over ranks).
     """
 
-    def __init__(self, problem: ProblemSource, block: ParameterBlock, kernel: Callable[[str, int, int],
+    def __init__(self, problem: ProblemSource, block: ParameterBlock, kernel: Callable[[str, int, int, int],
                  tuple[HVPKernel, int]], k: int | None = None, w: Tensor | None = None, *,
                  start: int = 0) -> None:
         super().__init__(block.size, problem.device)
@@ -350,7 +350,7 @@ class BlockHessianOperator(LinearOperator):
 
     def _matmat(self, V: Tensor) -> Tensor:
         problem = self.problem
-        chunk_hvp, size = self.kernel(problem.hvp_mode, V.shape[1], problem.batch_size)
+        chunk_hvp, size = self.kernel(problem.hvp_mode, V.shape[1], problem.batch_size, self.k - self.start)
         total = torch.zeros(V.shape, dtype=torch.float64, device=self.device)
         base = problem.functional_params(self.w)
         for a, b in problem.local_chunks(self.start, self.k, size):

@@ -117,11 +117,11 @@ class Problem:
         Dtype of parameters and floating inputs (default: the model's), and the
         device everything is moved to (default: the model's).
     hvp_mode : {"auto", "double_backward", "forward_over_reverse", "batched_double_backward"}
-        HVP path. ``"auto"`` uses the vmapped forward-over-reverse product
-        for :data:`VMAP_MIN_VECTORS` vectors or more when ``batch_size //
-        m`` ≥ :data:`VMAP_MIN_CHUNK`, and double backward otherwise (see
-        :func:`hvp_kernel`); ``"batched_double_backward"`` is never picked by
-        ``"auto"`` (it wins on one-sample ranges with many vectors).
+        HVP path. ``"auto"`` uses the batched double backward for 2 to
+        ``batch_size`` vectors on a one-sample range, the vmapped
+        forward-over-reverse product for :data:`VMAP_MIN_VECTORS` vectors or
+        more when ``batch_size // m`` ≥ :data:`VMAP_MIN_CHUNK`, and double
+        backward otherwise (see :func:`hvp_kernel`).
     distributed : bool
         Data parallel over the default ``torch.distributed`` process group:
         each rank evaluates every ``W``-th chunk and every sum, per-sample
@@ -407,7 +407,7 @@ class Problem:
         start, stop = self.sample_range(k, start)
         w = self.point(w)
         V = self._check_vectors(v)
-        chunk_hvp, size = hvp_kernel(mode or self.hvp_mode, V.shape[1], self.batch_size)
+        chunk_hvp, size = hvp_kernel(mode or self.hvp_mode, V.shape[1], self.batch_size, stop - start)
         if out is not None and (v.dim() != 2 or out.shape != V.shape or out.dtype != torch.float64
                                 or out.device != V.device):
             raise ValueError(f"out must be a float64 ({V.shape[0]}, {V.shape[1]}) buffer on {V.device} for a "
@@ -518,22 +518,29 @@ def _check_finite(x: Tensor, what: str) -> None:
         raise FloatingPointError(f"non-finite {what}: the model or data produce NaN/inf at this point")
 
 
-def hvp_kernel(mode: str, num_vectors: int, batch_size: int) -> tuple[HVPKernel, int]:
+def hvp_kernel(mode: str, num_vectors: int, batch_size: int, num_samples: int = 0) -> tuple[HVPKernel, int]:
     """The HVP kernel ``(f, w, V, out)``, which adds ``∇²f(w) V`` into the
     float64 accumulator ``out`` (N, m) in place, for ``mode`` (one of
-    :data:`HVP_MODES`) and a batch of ``num_vectors`` columns, and the samples
-    per chunk to run it on. ``"auto"`` picks forward-over-reverse from
+    :data:`HVP_MODES`) and a batch of ``num_vectors`` columns over a range of
+    ``num_samples`` samples, and the samples per chunk to run it on.
+
+    ``"auto"`` picks, on a one-sample range, the batched double backward
+    for 2 to ``batch_size`` columns (on one tiny-gpt sequence 2.5–4× faster
+    per column than the other kernels from 4 columns on,
+    ``benchmarks/gm_variance.py``); otherwise forward-over-reverse from
     :data:`VMAP_MIN_VECTORS` columns on, when its chunks would still hold
     :data:`VMAP_MIN_CHUNK` samples (smaller ones were measured slower per
     vector than double backward). Double backward reuses one graph for
-    the columns in turn (chunks of ``batch_size``); the vmapped path holds
-    ``num_vectors`` copies of the activations, so its chunks hold
+    the columns in turn (chunks of ``batch_size``); the vmapped paths hold
+    ``num_vectors`` copies of the activations, so their chunks hold
     ``batch_size // num_vectors`` samples — the same memory, and measured
     2.5× faster per vector on tiny-gpt (16 vectors, 512 samples) than whole
     ``batch_size`` chunks."""
     if mode not in HVP_MODES:
         raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
-    if mode == "auto":
+    if mode == "auto" and num_samples == 1 and 2 <= num_vectors <= batch_size:
+        mode = "batched_double_backward"
+    elif mode == "auto":
         vmapped = num_vectors >= VMAP_MIN_VECTORS and batch_size // num_vectors >= VMAP_MIN_CHUNK
         mode = "forward_over_reverse" if vmapped else "double_backward"
     if mode == "double_backward":

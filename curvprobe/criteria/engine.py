@@ -64,7 +64,7 @@ from torch import Tensor
 from torch.func import grad, jacfwd, vmap
 
 from curvprobe.core.operators import LinearOperator, ParameterBlock, ParameterSpec, parameter_block
-from curvprobe.core.problem import VMAP_MIN_VECTORS, Problem
+from curvprobe.core.problem import Problem
 from curvprobe.core.samples import Batch, tree_map
 from curvprobe.criteria.probes import Isotropic, Sphere, Subspace
 from curvprobe.criteria.spec import ESTIMATORS, FULL_SPACE, NOISE_STREAMS, SUBSPACE
@@ -528,20 +528,14 @@ class HessianDifference(LinearOperator):
 
     def _sample_hvp(self, V: Tensor, out: Tensor | None = None) -> Tensor:
         """``H_{k+1} V`` in blocks of ``batch_size`` columns (into ``out`` if
-        given). Under ``hvp_mode="auto"`` a block of ≥ ``VMAP_MIN_VECTORS``
-        columns takes the batched double backward kernel: on one sample the
-        columns are the batch (auto's rule looks at ``batch_size`` samples per
-        chunk, which a one-sample range never has); on tiny-gpt it costs 2.0 ms
-        a column at 17 columns, against 3.0 for forward-over-reverse and 4.5 for
-        double backward (``benchmarks/gm_variance.py``)."""
+        given): on one sample ``hvp_mode="auto"`` batches each block's second
+        backward over its columns (:func:`~curvprobe.core.problem.hvp_kernel`),
+        and ``batch_size`` columns hold the memory of ``batch_size`` samples."""
         p, step = self.problem, self.problem.batch_size
         if out is None:
             out = torch.empty(V.shape, dtype=torch.float64, device=V.device)
         for a in range(0, V.shape[1], step):
-            block = V[:, a:a + step]
-            wide = p.hvp_mode == "auto" and block.shape[1] >= VMAP_MIN_VECTORS
-            p.hvp(block, self.k + 1, self.w, start=self.k, mode="batched_double_backward" if wide else None,
-                  out=out[:, a:a + step])
+            p.hvp(V[:, a:a + step], self.k + 1, self.w, start=self.k, out=out[:, a:a + step])
         return out
 
 

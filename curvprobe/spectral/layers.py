@@ -450,8 +450,8 @@ def block_hvp(problem: Problem, layer: Layer, V: Tensor, k: int | None = None, *
     """
     if not _block_path_available(problem):
         raise ValueError(f"{type(problem).__name__} overrides chunk_losses; use method='full'")
-    chunk_hvp, size = hvp_kernel(mode or problem.hvp_mode, V.shape[1], problem.batch_size)
     stop = resolve_k(problem, k)
+    chunk_hvp, size = hvp_kernel(mode or problem.hvp_mode, V.shape[1], problem.batch_size, stop)
     w = problem.params
     base = problem.functional_params(w)
     x0 = w[layer.flat]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from curvprobe import Problem
-from curvprobe.core.problem import HVP_MODES
+from curvprobe.core.problem import HVP_MODES, _hvp_batched_double_backward, hvp_kernel
 from curvprobe.criteria.engine import subspace_derivatives
 
 from conftest import dense_hessian, mlp_problem
@@ -196,3 +196,17 @@ def test_losses_at_many_points(small_problems):
     L = problem.per_sample_losses_at(W, start=1, stop=9, point_batch=2)
     for s in range(5):
         assert torch.allclose(L[s], problem.per_sample_losses(W[s], start=1, stop=9), rtol=1e-13)
+
+
+def test_auto_kernel_batches_the_second_backward_on_one_sample():
+    """``"auto"`` takes the batched double backward for 2..batch_size columns
+    on a one-sample range only; the product is the dense one either way."""
+    def picked(m: int, samples: int) -> bool:
+        return hvp_kernel("auto", m, 8, samples)[0] is _hvp_batched_double_backward
+
+    assert [picked(m, 1) for m in (1, 2, 8, 9)] == [False, True, True, False]
+    assert not picked(4, 2) and not picked(4, 0)
+    assert hvp_kernel("double_backward", 4, 8, 1)[0] is not _hvp_batched_double_backward
+    problem = mlp_problem()
+    V = torch.randn(problem.num_params, 5, dtype=torch.float64)
+    assert torch.allclose(problem.hvp(V, 4, start=3), dense_hessian(problem, 4, start=3) @ V, atol=1e-12)
