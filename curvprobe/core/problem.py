@@ -46,9 +46,11 @@ from curvprobe.core.samples import Batch, DatasetSamples, Samples, TensorSamples
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse", "batched_double_backward")
 
-#: Batch width from which the vmapped forward-over-reverse HVP is the default
-#: (measured by ``benchmarks/eigensolvers.py``: below it, double backward that
-#: reuses one differentiable gradient graph for all vectors is faster).
+#: Batch width from which the vmapped forward-over-reverse HVP (and, on a
+#: one-sample range, the batched double backward) is the default (measured by
+#: ``benchmarks/eigensolvers.py`` and ``benchmarks/gm_variance.py``: below it,
+#: double backward that reuses one differentiable gradient graph for all
+#: vectors is as fast or faster).
 VMAP_MIN_VECTORS = 4
 VMAP_MIN_CHUNK = 16
 
@@ -117,8 +119,9 @@ class Problem:
         Dtype of parameters and floating inputs (default: the model's), and the
         device everything is moved to (default: the model's).
     hvp_mode : {"auto", "double_backward", "forward_over_reverse", "batched_double_backward"}
-        HVP path. ``"auto"`` uses the batched double backward for 2 to
-        ``batch_size`` vectors on a one-sample range, the vmapped
+        HVP path. ``"auto"`` uses the batched double backward for
+        :data:`VMAP_MIN_VECTORS` to ``batch_size`` vectors on a one-sample
+        range, the vmapped
         forward-over-reverse product for :data:`VMAP_MIN_VECTORS` vectors or
         more when ``batch_size // m`` ≥ :data:`VMAP_MIN_CHUNK`, and double
         backward otherwise (see :func:`hvp_kernel`).
@@ -525,8 +528,10 @@ def hvp_kernel(mode: str, num_vectors: int, batch_size: int, num_samples: int = 
     ``num_samples`` samples, and the samples per chunk to run it on.
 
     ``"auto"`` picks, on a one-sample range, the batched double backward
-    for 2 to ``batch_size`` columns (on one tiny-gpt sequence 2.5–4× faster
-    per column than the other kernels from 4 columns on,
+    for :data:`VMAP_MIN_VECTORS` to ``batch_size`` columns (on one tiny-gpt
+    sequence 6.9, 5.9, 3.9 and 3.4 ms a column at 4, 8, 17 and 51 columns,
+    against 15.3, 10.6, 11.3 and 11.9 for the rule below, which looks at
+    samples per chunk; at 2 columns the kernels were even,
     ``benchmarks/gm_variance.py``); otherwise forward-over-reverse from
     :data:`VMAP_MIN_VECTORS` columns on, when its chunks would still hold
     :data:`VMAP_MIN_CHUNK` samples (smaller ones were measured slower per
@@ -538,7 +543,7 @@ def hvp_kernel(mode: str, num_vectors: int, batch_size: int, num_samples: int = 
     ``batch_size`` chunks."""
     if mode not in HVP_MODES:
         raise ValueError(f"unknown hvp mode {mode!r}; valid: {', '.join(HVP_MODES)}")
-    if mode == "auto" and num_samples == 1 and 2 <= num_vectors <= batch_size:
+    if mode == "auto" and num_samples == 1 and VMAP_MIN_VECTORS <= num_vectors <= batch_size:
         mode = "batched_double_backward"
     elif mode == "auto":
         vmapped = num_vectors >= VMAP_MIN_VECTORS and batch_size // num_vectors >= VMAP_MIN_CHUNK

@@ -199,12 +199,13 @@ def test_losses_at_many_points(small_problems):
 
 
 def test_auto_kernel_batches_the_second_backward_on_one_sample():
-    """``"auto"`` takes the batched double backward for 2..batch_size columns
-    on a one-sample range only; the product is the dense one either way."""
+    """``"auto"`` takes the batched double backward for VMAP_MIN_VECTORS (4)
+    to batch_size columns on a one-sample range only; the product is the
+    dense one either way."""
     def picked(m: int, samples: int) -> bool:
         return hvp_kernel("auto", m, 8, samples)[0] is _hvp_batched_double_backward
 
-    assert [picked(m, 1) for m in (1, 2, 8, 9)] == [False, True, True, False]
+    assert [picked(m, 1) for m in (1, 3, 4, 8, 9)] == [False, False, True, True, False]
     assert not picked(4, 2) and not picked(4, 0)
     assert hvp_kernel("double_backward", 4, 8, 1)[0] is not _hvp_batched_double_backward
     problem = mlp_problem()
