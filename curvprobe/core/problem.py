@@ -521,7 +521,7 @@ def _check_finite(x: Tensor, what: str) -> None:
         raise FloatingPointError(f"non-finite {what}: the model or data produce NaN/inf at this point")
 
 
-def hvp_kernel(mode: str, num_vectors: int, batch_size: int, num_samples: int = 0) -> tuple[HVPKernel, int]:
+def hvp_kernel(mode: str, num_vectors: int, batch_size: int, num_samples: int) -> tuple[HVPKernel, int]:
     """The HVP kernel ``(f, w, V, out)``, which adds ``∇²f(w) V`` into the
     float64 accumulator ``out`` (N, m) in place, for ``mode`` (one of
     :data:`HVP_MODES`) and a batch of ``num_vectors`` columns over a range of
